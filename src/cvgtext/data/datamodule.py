@@ -1,0 +1,153 @@
+"""The LightningDataModule of one city, gallery type and text version, in the CVG-Text layout.
+
+    {data_dir}/annotation/{version}/{train,test}.json     {file_name: caption}
+    {data_dir}/reference/{version}-satellite/{file_name}  (or -OSM; query/{version}-ground for street views)
+
+``versions`` lists the text versions read together: ``[{city}]`` for panorama texts,
+``[{city}-photos]`` for single-view texts, both for ``mixed``. The release has no validation
+split; ``val`` is carved out of ``train`` by a hash of the file name. ``test`` is only reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from cvgtext.data.annotations import Pair, in_validation, load_pairs
+from cvgtext.data.dataset import PairDataset
+from cvgtext.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class CVGTextDataModule(L.LightningDataModule):
+    """Batches of captions and their gallery images for ``train``, ``val`` and ``test``.
+
+    ``batch_size`` is global: each of the ``world_size`` devices loads ``batch_size / world_size``.
+    ``synthetic``, when given, is the generator's arguments: the city is generated into
+    ``data_dir`` on first use.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        city: str,
+        versions: Sequence[str] = ("{city}", "{city}-photos"),
+        image_folder: str = "reference/{version}-satellite",
+        annotation_file: str = "annotation/{version}/{split}.json",
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        pin_memory: bool = False,
+        synthetic: dict[str, Any] | None = None,
+        preprocess: Callable | None = None,
+        tokenizer: Callable | None = None,
+    ):
+        super().__init__()
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        self.data_dir = Path(data_dir)
+        self.city = city
+        self.versions = [template.format(city=city) for template in versions]
+        self.image_folder = image_folder
+        self.annotation_file = annotation_file
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.pin_memory = pin_memory
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.pairs: dict[str, list[Pair]] = {}
+
+    def prepare_data(self) -> None:
+        if self.synthetic is not None:
+            from cvgtext.data.synthetic import ensure_city
+
+            ensure_city(self.data_dir, name=self.city, **self.synthetic)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check every split at once, so a broken test file stops the run before training."""
+        if not self.pairs:
+            self.pairs = self.read_splits()
+        self.per_device_batch_size = self._per_device(self.batch_size, "data.batch_size")
+        self.per_device_eval_batch_size = self._per_device(self.eval_batch_size, "data.eval_batch_size")
+
+    def read_splits(self) -> dict[str, list[Pair]]:
+        """All pairs of the configured versions, by split; checks files, names and images."""
+        if self.synthetic is None and not self.data_dir.is_dir():
+            raise DataError(
+                f"data folder {self.data_dir} does not exist; point paths.data_dir at the CVG-Text "
+                "download (the folder holding annotation/, reference/ and query/)"
+            )
+        splits: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
+        for version in self.versions:
+            image_dir = self.data_dir / self.image_folder.format(version=version, city=self.city)
+            for source in ("train", "test"):
+                path = self.data_dir / self.annotation_file.format(version=version, split=source, city=self.city)
+                for pair in load_pairs(path, image_dir):
+                    if source == "test":
+                        splits["test"].append(pair)
+                    else:
+                        splits["val" if in_validation(pair.name, self.val_fraction) else "train"].append(pair)
+        for split, pairs in splits.items():
+            if not pairs:
+                raise DataError(
+                    f"the {split} split of {self.city} ({', '.join(self.versions)}) in {self.data_dir} is empty"
+                )
+        log.info(
+            "%s %s: %s",
+            self.city,
+            "+".join(self.versions),
+            ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()),
+        )
+        return splits
+
+    def _per_device(self, batch_size: int, key: str) -> int:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        if batch_size % world_size:
+            raise ConfigError(
+                f"{key}={batch_size} is the global batch size and must divide by the number of "
+                f"devices ({world_size})"
+            )
+        return batch_size // world_size
+
+    def dataset(self, split: str) -> PairDataset:
+        """The dataset of one split (``train``, ``val`` or ``test``)."""
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        if not self.pairs:
+            self.setup()
+        if self.preprocess is None or self.tokenizer is None:
+            raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
+        return PairDataset(self.pairs[split], self.preprocess, self.tokenizer)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.per_device_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.per_device_eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.per_device_eval_batch_size, shuffle=False)

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from cvgtext.data.annotations import in_validation, load_pairs, read_annotation
+from cvgtext.data.names import check_plain_name, is_panorama, parse_coordinates
+from cvgtext.errors import DataError
+from conftest import panorama_name, photo_name
+
+
+def test_coordinates_come_from_the_file_name():
+    assert parse_coordinates("40.75290377,-73.97958215_2022-08_x_d62_z3.jpg") == (40.75290377, -73.97958215)
+    assert parse_coordinates("-27.5,+153.25_abc.jpg") == (-27.5, 153.25)
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [("no_coordinates.jpg", "does not start with 'lat,lon'"), ("91.0,10.0_a.jpg", "out of range"),
+     ("10.0,-181.0_a.jpg", "out of range")],
+)
+def test_names_without_valid_coordinates_are_refused(name, problem):
+    with pytest.raises(DataError, match=problem):
+        parse_coordinates(name)
+
+
+def test_panorama_names_have_more_than_two_parts():
+    assert is_panorama(panorama_name(1))
+    assert not is_panorama(photo_name(1))
+
+
+@pytest.mark.parametrize("name", ["../x.jpg", "/etc/passwd", "a/b.jpg", "a\\b.jpg", "..", ""])
+def test_names_leaving_the_image_folder_are_refused(name):
+    with pytest.raises(DataError, match="not a plain file name"):
+        check_plain_name(name)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [("{not json", "not valid JSON"), ("[1, 2]", "holds a JSON list"),
+     ('{"1.0,2.0_a.jpg": ""}', "expected a non-empty string"),
+     ('{"1.0,2.0_a.jpg": 3}', "expected a non-empty string")],
+)
+def test_malformed_annotation_files_are_named(tmp_path, content, problem):
+    path = tmp_path / "train.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=problem) as error:
+        read_annotation(path)
+    assert str(path) in str(error.value)
+
+
+def test_missing_annotation_file_is_named(tmp_path):
+    with pytest.raises(DataError, match="does not exist") as error:
+        read_annotation(tmp_path / "test.json")
+    assert "test.json" in str(error.value)
+
+
+def _annotation(tmp_path, content: dict):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.mark.parametrize(
+    "key, problem",
+    [("../1.0,2.0_a.jpg", "not a plain file name"), ("/etc/passwd", "not a plain file name"),
+     ("sub/1.0,2.0_a.jpg", "not a plain file name"), ("nowhere.jpg", "lat,lon"), ("95.0,2.0_a.jpg", "out of range")],
+)
+def test_bad_keys_are_refused_with_the_annotation_file(tmp_path, key, problem):
+    path = _annotation(tmp_path, {key: "a caption"})
+    with pytest.raises(DataError, match=problem) as error:
+        load_pairs(path, tmp_path / "images")
+    assert str(path) in str(error.value)
+
+
+def test_a_missing_image_is_named(tmp_path):
+    path = _annotation(tmp_path, {"1.0,2.0_a.jpg": "a caption"})
+    with pytest.raises(DataError, match="does not exist") as error:
+        load_pairs(path, tmp_path / "images")
+    assert "1.0,2.0_a.jpg" in str(error.value) and "train.json" in str(error.value)
+
+
+def test_pairs_carry_coordinates_and_the_view(tmp_path):
+    name = panorama_name(3)
+    path = _annotation(tmp_path, {name: "a caption"})
+    (tmp_path / "images" / name).write_bytes(b"")
+    (pair,) = load_pairs(path, tmp_path / "images")
+    assert (pair.lat, pair.lon) == parse_coordinates(name)
+    assert pair.is_panorama and pair.image_path == tmp_path / "images" / name
+
+
+def test_validation_split_depends_on_the_name_only():
+    names = [panorama_name(i) for i in range(400)]
+    held_out = {n for n in names if in_validation(n, 0.2)}
+    assert held_out == {n for n in reversed(names) if in_validation(n, 0.2)}
+    assert 40 < len(held_out) < 120
+    assert {n for n in names if in_validation(n, 0.1)} <= held_out

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from cvgtext.data.datamodule import CVGTextDataModule
+from cvgtext.errors import ConfigError, DataError
+from conftest import CITY
+
+
+def to_tensor(image):
+    return torch.zeros(3, 8, 8) + image.getpixel((0, 0))[0] / 255
+
+
+def tokenize(texts):
+    return torch.tensor([[len(text), 0, 0] for text in texts])
+
+
+def make(release_dir, versions=("{city}", "{city}-photos"), val_fraction=0.3, **kwargs):
+    return CVGTextDataModule(
+        data_dir=release_dir, city=CITY, versions=versions, val_fraction=val_fraction,
+        preprocess=to_tensor, tokenizer=tokenize, **kwargs,
+    )
+
+
+def test_mixed_reads_both_versions_and_carves_validation_out_of_train(release_dir):
+    mixed, panorama, photos = make(release_dir), make(release_dir, ["{city}"]), make(release_dir, ["{city}-photos"])
+    for datamodule in (mixed, panorama, photos):
+        datamodule.setup("fit")
+    for split in ("train", "val", "test"):
+        assert len(mixed.pairs[split]) == len(panorama.pairs[split]) + len(photos.pairs[split])
+    assert len(mixed.pairs["test"]) == 6 + 3
+    assert len(mixed.pairs["train"]) + len(mixed.pairs["val"]) == 18 + 9
+    assert all(p.is_panorama for p in panorama.pairs["train"])
+    assert not any(p.is_panorama for p in photos.pairs["train"])
+    train_names = {p.name for p in mixed.pairs["train"]}
+    assert not train_names & {p.name for p in mixed.pairs["val"]}
+    assert not train_names & {p.name for p in mixed.pairs["test"]}
+
+
+def test_batches_carry_images_tokens_coordinates_names_and_view(release_dir):
+    datamodule = make(release_dir, batch_size=4, eval_batch_size=5)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.val_dataloader()))
+    assert batch["image"].shape[1:] == (3, 8, 8)
+    assert batch["tokens"].shape[1] == 3 and batch["tokens"].dtype == torch.long
+    assert batch["lat"].dtype == torch.float64 and (batch["lat"] < 0).all()
+    assert isinstance(batch["name"][0], str) and isinstance(batch["caption"][0], str)
+    assert batch["is_panorama"].dtype == torch.bool
+    train_batch = next(iter(datamodule.train_dataloader()))
+    assert len(train_batch["index"]) == 4
+
+
+def test_image_folder_comes_from_the_image_type(release_dir):
+    datamodule = make(release_dir, image_folder="query/{version}-ground")
+    datamodule.setup()
+    assert datamodule.pairs["test"][0].image_path.parent.name == f"{CITY}-ground"
+
+
+def test_a_missing_data_folder_says_where_to_point(tmp_path):
+    with pytest.raises(DataError, match="paths.data_dir"):
+        CVGTextDataModule(data_dir=tmp_path / "nowhere", city=CITY).setup()
+
+
+def test_a_broken_test_file_stops_setup_before_training(release_dir):
+    (release_dir / "annotation" / f"{CITY}-photos" / "test.json").write_text("[]")
+    with pytest.raises(DataError, match="test.json holds a JSON list"):
+        make(release_dir).setup("fit")
+
+
+def test_an_empty_split_is_refused(release_dir):
+    (release_dir / "annotation" / CITY / "test.json").write_text("{}")
+    (release_dir / "annotation" / f"{CITY}-photos" / "test.json").write_text("{}")
+    with pytest.raises(DataError, match="test split .* is empty"):
+        make(release_dir).setup()
+
+
+def test_an_unreadable_image_is_named_when_decoded(release_dir):
+    datamodule = make(release_dir)
+    datamodule.setup()
+    pair = datamodule.pairs["test"][0]
+    pair.image_path.write_bytes(b"this is text, not a JPEG")
+    with pytest.raises(DataError, match="cannot be decoded") as error:
+        datamodule.dataset("test")[0]
+    assert pair.name in str(error.value)
+
+
+def test_batch_size_must_divide_by_the_devices(release_dir):
+    class TwoDevices:
+        world_size = 2
+
+    datamodule = make(release_dir, batch_size=5)
+    datamodule.trainer = TwoDevices()
+    with pytest.raises(ConfigError, match="data.batch_size=5 .* number of devices \\(2\\)"):
+        datamodule.setup()
+
+
+def test_unknown_split_is_refused(release_dir):
+    with pytest.raises(ConfigError, match="split='dev'"):
+        make(release_dir).dataset("dev")
