@@ -1,0 +1,226 @@
+"""ContrastiveLoss: equal to open_clip's ClipLoss, and exact under 2-process data parallelism."""
+
+import math
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from cvgtext.model.loss import ContrastiveLoss
+
+# float32 results that differ only in summation order (blocked matmuls, gathered vs whole
+# batches, DDP's all-reduce of two gradients) agree to within an ulp or two; the values here are
+# of order 1 to 10 (logit scale 1 / 0.07), where a float32 ulp is 1e-7 to 1e-6.
+ATOL = 1e-6
+RTOL = 1e-5
+
+WORLD_SIZE = 2
+INPUT_DIM, EMBED_DIM = 8, 6
+
+
+def _features(batch: int, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    image = F.normalize(torch.randn(batch, dim, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(batch, dim, generator=generator), dim=-1)
+    return image, text
+
+
+@pytest.mark.parametrize("negatives", ["global", "local"])
+@pytest.mark.parametrize("local_loss", [False, True])
+def test_single_process_loss_equals_open_clip(negatives, local_loss):
+    # Imported here rather than at the top so the spawned workers below need not import open_clip.
+    from open_clip.loss import ClipLoss
+
+    image, text = _features(batch=10)
+    logit_scale = torch.tensor(math.log(100.0)).exp()
+
+    ours = ContrastiveLoss(negatives=negatives)(image, text, logit_scale)
+    reference = ClipLoss(local_loss=local_loss)(image, text, logit_scale)
+
+    torch.testing.assert_close(ours, reference, atol=ATOL, rtol=RTOL)
+
+
+def test_label_smoothing_matches_cross_entropy():
+    image, text = _features(batch=7)
+    logit_scale = torch.tensor(20.0)
+    logits = logit_scale * image @ text.T
+    labels = torch.arange(7)
+    expected = (
+        F.cross_entropy(logits, labels, label_smoothing=0.1)
+        + F.cross_entropy(logits.T, labels, label_smoothing=0.1)
+    ) / 2
+
+    smoothed = ContrastiveLoss(label_smoothing=0.1)(image, text, logit_scale)
+
+    torch.testing.assert_close(smoothed, expected, atol=ATOL, rtol=RTOL)
+    assert not torch.isclose(smoothed, ContrastiveLoss()(image, text, logit_scale))
+
+
+def test_forward_with_logits_returns_square_logits_and_diagonal_labels():
+    image, text = _features(batch=5)
+    output = ContrastiveLoss().forward_with_logits(image, text, torch.tensor(10.0))
+
+    assert output.logits_per_image.shape == output.logits_per_text.shape == (5, 5)
+    torch.testing.assert_close(output.logits_per_text, output.logits_per_image.T)
+    assert output.labels.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_rejects_unpaired_features_and_unknown_negatives():
+    image, text = _features(batch=4)
+    with pytest.raises(ValueError, match="paired"):
+        ContrastiveLoss()(image, text[:3], torch.tensor(1.0))
+    with pytest.raises(ValueError, match="negatives"):
+        ContrastiveLoss(negatives="batch")
+
+
+class PairEncoder(nn.Module):
+    """A minimal dual encoder: one linear layer a tower, and a learnable temperature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image = nn.Linear(INPUT_DIM, EMBED_DIM)
+        self.text = nn.Linear(INPUT_DIM, EMBED_DIM)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def forward(self, images, texts):
+        image = F.normalize(self.image(images), dim=-1)
+        text = F.normalize(self.text(texts), dim=-1)
+        return image, text, self.logit_scale.exp()
+
+
+def _global_batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and text inputs [size, INPUT_DIM] of the whole batch, the same in every process."""
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(size, INPUT_DIM, generator=generator)
+    texts = torch.randn(size, INPUT_DIM, generator=generator)
+    return images, texts
+
+
+def _step(model: nn.Module, loss_fn: ContrastiveLoss, images, texts) -> dict:
+    """One forward and backward pass; returns the loss, logits and all gradients."""
+    image, text, scale = model(images, texts)
+    image.retain_grad()
+    text.retain_grad()
+    output = loss_fn.forward_with_logits(image, text, scale)
+    output.loss.backward()
+    module = getattr(model, "module", model)
+    return {
+        "loss": output.loss.detach(),
+        "logits_per_image": output.logits_per_image.detach(),
+        "image_grad": image.grad,
+        "text_grad": text.grad,
+        "param_grads": {name: p.grad.clone() for name, p in module.named_parameters()},
+    }
+
+
+# (rows on rank 0, rows on rank 1): an even split, and an uneven last batch.
+SPLITS = [(4, 4), (3, 2)]
+
+
+def _row_slices(split) -> list[slice]:
+    """Rows of the global batch held by each rank."""
+    starts = [sum(split[:rank]) for rank in range(len(split))]
+    return [slice(start, start + size) for start, size in zip(starts, split)]
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
+    )
+    try:
+        results = {}
+        for split in SPLITS:
+            images, texts = _global_batch(sum(split))
+            rows = _row_slices(split)[rank]
+            for negatives in ("global", "local"):
+                torch.manual_seed(0)
+                model = DistributedDataParallel(PairEncoder())
+                loss_fn = ContrastiveLoss(negatives=negatives)
+                results[split, negatives] = _step(model, loss_fn, images[rows], texts[rows])
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    """Results of every rank of a 2-process gloo run of ``_worker``."""
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+def _single_process(split) -> dict:
+    """The reference: the whole batch of ``split`` on one process."""
+    images, texts = _global_batch(sum(split))
+    torch.manual_seed(0)
+    return _step(PairEncoder(), ContrastiveLoss(), images, texts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", SPLITS)
+def test_global_negatives_see_the_whole_batch(ranks, split):
+    single = _single_process(split)
+    for rank, rows in enumerate(_row_slices(split)):
+        torch.testing.assert_close(
+            ranks[rank][split, "global"]["logits_per_image"],
+            single["logits_per_image"][rows],
+            atol=ATOL,
+            rtol=RTOL,
+        )
+    # Each rank's loss is its rows' share of the global mean, so the ranks' mean is the global loss.
+    mean_loss = sum(r[split, "global"]["loss"] for r in ranks) / WORLD_SIZE
+    torch.testing.assert_close(mean_loss, single["loss"], atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", SPLITS)
+def test_global_negatives_give_ddp_the_single_process_gradient(ranks, split):
+    single = _single_process(split)
+    # DDP's averaged parameter gradient is already identical on every rank.
+    for rank_result in ranks:
+        for name, grad in single["param_grads"].items():
+            torch.testing.assert_close(
+                rank_result[split, "global"]["param_grads"][name], grad, atol=ATOL, rtol=RTOL
+            )
+    # Through the gather each rank's features receive the gradient of the sum of all ranks'
+    # losses, which is world_size times that of the global mean loss.
+    for rank, rows in enumerate(_row_slices(split)):
+        for grad in ("image_grad", "text_grad"):
+            torch.testing.assert_close(
+                ranks[rank][split, "global"][grad],
+                WORLD_SIZE * single[grad][rows],
+                atol=ATOL,
+                rtol=RTOL,
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", SPLITS)
+def test_local_negatives_equal_each_rank_alone(ranks, split):
+    images, texts = _global_batch(sum(split))
+    alone = []
+    for rank, rows in enumerate(_row_slices(split)):
+        torch.manual_seed(0)
+        alone.append(_step(PairEncoder(), ContrastiveLoss("local"), images[rows], texts[rows]))
+        torch.testing.assert_close(
+            ranks[rank][split, "local"]["loss"], alone[rank]["loss"], atol=ATOL, rtol=RTOL
+        )
+        assert ranks[rank][split, "local"]["logits_per_image"].shape == (split[rank], split[rank])
+    for name in alone[0]["param_grads"]:
+        averaged = sum(a["param_grads"][name] for a in alone) / WORLD_SIZE
+        torch.testing.assert_close(
+            ranks[0][split, "local"]["param_grads"][name], averaged, atol=ATOL, rtol=RTOL
+        )
