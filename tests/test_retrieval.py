@@ -1,0 +1,175 @@
+"""The retrieval engine: per-query rankings against the plain protocol, chunking, both input kinds."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from reference_protocol import rank_query, synthetic_names
+
+from cvgtext import retrieval
+from cvgtext.data.names import parse_coordinates
+from cvgtext.retrieval import NOT_RANKED, Ranking, rank_gallery, rank_similarity, summarize
+
+
+def city(seed: int, tiles: int, duplicates: int) -> tuple[list[str], list[str]]:
+    """Query and gallery names; the gallery repeats ``duplicates`` names, one query has no tile."""
+    rng = random.Random(seed)
+    gallery = synthetic_names(rng, tiles)
+    gallery += rng.sample(gallery, duplicates)
+    rng.shuffle(gallery)
+    queries = rng.sample(sorted(set(gallery)), tiles // 2) + synthetic_names(rng, 1)
+    return queries, gallery
+
+
+def embeddings(rows: int, dim: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1)
+
+
+def assert_matches_plain_protocol(ranking: Ranking, sim: torch.Tensor, queries, gallery, nearest, k) -> None:
+    places = [parse_coordinates(name) for name in gallery]
+    for i, (row, name) in enumerate(zip(sim.tolist(), queries)):
+        expected = rank_query(row, name, gallery, places, nearest)
+        got = [gallery[j] for j in ranking.indices[i].tolist() if j >= 0]
+        assert got == expected.ranked_names[:k], f"query {i}"
+        assert all(gallery.index(gallery[j]) == j for j in ranking.indices[i].tolist() if j >= 0)
+        assert ranking.true_rank[i].item() == (expected.true_rank or NOT_RANKED), f"query {i}"
+        assert ranking.top1_error_km[i].item() == pytest.approx(expected.top1_error_km, rel=1e-12, abs=1e-12)
+
+
+def assert_same_ranking(a: Ranking, b: Ranking) -> None:
+    assert torch.equal(a.indices, b.indices)
+    assert torch.equal(a.true_rank, b.true_rank)
+    torch.testing.assert_close(a.scores, b.scores)
+    torch.testing.assert_close(a.top1_error_km, b.top1_error_km, equal_nan=True)
+
+
+@pytest.mark.parametrize("duplicates", [0, 15])
+@pytest.mark.parametrize("nearest", [100, 9, None])
+def test_ranking_matches_plain_protocol_query_by_query(nearest, duplicates):
+    queries, gallery = city(seed=11, tiles=150, duplicates=duplicates)
+    sim = embeddings(len(queries), 16, seed=1) @ embeddings(len(gallery), 16, seed=2).T
+    ranking = rank_similarity(sim, queries, gallery, nearest=nearest, k=12)
+    assert ranking.indices.shape == (len(queries), 12)
+    assert ranking.true_rank[-1].item() == NOT_RANKED  # the query without a tile
+    assert_matches_plain_protocol(ranking, sim, queries, gallery, nearest, k=12)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 33])
+@pytest.mark.parametrize("nearest", [9, None])
+def test_chunk_size_does_not_change_the_ranking(chunk_size, nearest):
+    queries, gallery = city(seed=12, tiles=90, duplicates=6)
+    sim = embeddings(len(queries), 16, seed=3) @ embeddings(len(gallery), 16, seed=4).T
+    whole = rank_similarity(sim, queries, gallery, nearest=nearest, chunk_size=len(queries))
+    assert_same_ranking(rank_similarity(sim, queries, gallery, nearest=nearest, chunk_size=chunk_size), whole)
+
+
+@pytest.mark.parametrize("nearest", [9, None])
+def test_embeddings_rank_as_their_similarity_matrix(nearest):
+    queries, gallery = city(seed=13, tiles=90, duplicates=6)
+    query_emb, gallery_emb = embeddings(len(queries), 32, seed=5), embeddings(len(gallery), 32, seed=6)
+    from_embeddings = rank_gallery(query_emb, gallery_emb, queries, gallery, nearest=nearest, chunk_size=7)
+    from_sim = rank_similarity(query_emb @ gallery_emb.T, queries, gallery, nearest=nearest)
+    assert_same_ranking(from_embeddings, from_sim)
+    assert summarize(from_embeddings, queries) == summarize(from_sim, queries)
+
+
+def test_nearest_set_is_exact_where_the_cosine_shortlist_cannot_tell_places_apart():
+    # 40 places on a line within 6 cm of the query, on both sides: their cosines to it all round
+    # to 1.0, so only the exact pass over every place can find the nearest ones.
+    rng = random.Random(14)
+    steps = [k if k % 2 else -k for k in range(1, 41)]
+    crowd = [f"{-33.86 + 1e-8 * k:.8f},{151.21 + 1e-8 * k:.8f}_{k}.jpg" for k in steps]
+    here = "-33.86000000,151.21000000_2022-08_here_d62_z3.jpg"
+    gallery = crowd + [here] + synthetic_names(rng, 30, center=(-33.86, 151.21))
+    rng.shuffle(gallery)
+    queries = [here] + crowd[:6]
+    sim = embeddings(len(queries), 8, seed=7) @ embeddings(len(gallery), 8, seed=8).T
+    ranking = rank_similarity(sim, queries, gallery, nearest=5)
+    assert_matches_plain_protocol(ranking, sim, queries, gallery, nearest=5, k=10)
+
+
+@pytest.mark.parametrize("with_copies", [False, True])
+def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(with_copies):
+    # 40 places 100 m from the query in all directions, 0.05 um apart in distance: float64
+    # cosines cannot order them, so the shortlist may miss the 4 nearest and must be redone.
+    rng = random.Random(19)
+    km_per_degree = 6371.0 * math.pi / 180
+    ring = []
+    for i in rng.sample(range(40), 40):
+        distance_deg, angle = (0.1 + i * 5e-11) / km_per_degree, rng.uniform(0, 2 * math.pi)
+        ring.append(f"{distance_deg * math.sin(angle):.16f},{distance_deg * math.cos(angle):.16f}_{i}.jpg")
+    here = "0.0,0.0_2022-08_here_d62_z3.jpg"
+    gallery = [here] + ring + synthetic_names(rng, 30, center=(0.0, 0.0))
+    if with_copies:  # places holding several entries take the general path
+        gallery += gallery[-3:]
+    sim = embeddings(1, 8, seed=15) @ embeddings(len(gallery), 8, seed=16).T
+    ranking = rank_similarity(sim, [here], gallery, nearest=5, k=5)
+    assert_matches_plain_protocol(ranking, sim, [here], gallery, nearest=5, k=5)
+
+
+def test_nearest_set_is_exact_without_a_shortlist_margin(monkeypatch):
+    # With no margin the shortlist is never provably complete, so every row takes the exhaustive pass.
+    monkeypatch.setattr(retrieval, "_SHORTLIST_MARGIN", 0)
+    queries, gallery = city(seed=15, tiles=80, duplicates=8)
+    sim = embeddings(len(queries), 8, seed=9) @ embeddings(len(gallery), 8, seed=10).T
+    assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
+
+
+def test_equal_scores_rank_the_true_tile_last_among_them():
+    queries, gallery = city(seed=16, tiles=20, duplicates=0)
+    ranking = rank_similarity(torch.zeros(len(queries), len(gallery)), queries, gallery, nearest=None, k=25)
+    ranked = ranking.true_rank != NOT_RANKED
+    assert (ranking.true_rank[ranked] == len(gallery)).all()
+    assert summarize(ranking, queries)["all"]["R@1"] == 0.0
+    for i in ranked.nonzero().squeeze(1).tolist():  # the list agrees with the rank
+        assert gallery[ranking.indices[i, len(gallery) - 1]] == queries[i]
+
+
+def test_short_lists_are_padded():
+    gallery = ["1.0,2.0_a.jpg", "1.0,2.001_b.jpg", "1.0,2.0_a.jpg"]
+    ranking = rank_similarity(torch.tensor([[0.1, 0.5, 0.9]]), ["1.0,2.0_a.jpg"], gallery, nearest=None, k=4)
+    assert ranking.indices.tolist() == [[0, 1, -1, -1]]
+    assert ranking.scores[0, :2].tolist() == pytest.approx([0.9, 0.5])
+    assert ranking.scores[0, 2:].tolist() == [-math.inf, -math.inf]
+    assert ranking.true_rank.tolist() == [1] and ranking.top1_error_km.tolist() == [0.0]
+
+
+def test_top1_error_is_the_distance_to_the_top1_tile():
+    gallery = ["0.0,0.0_a.jpg", "0.0,1.0_b.jpg"]
+    ranking = rank_similarity(torch.tensor([[0.1, 0.9]]), ["0.0,0.0_a.jpg"], gallery, nearest=None)
+    assert ranking.true_rank.tolist() == [2]
+    assert ranking.top1_error_km.item() == pytest.approx(6371.0 * math.pi / 180, rel=1e-12)
+
+
+def test_nan_scores_are_refused():
+    queries, gallery = ["0.0,0.0_a.jpg"], ["0.0,0.0_a.jpg", "0.0,1.0_b.jpg"]
+    with pytest.raises(ValueError, match="NaN"):
+        rank_similarity(torch.tensor([[0.5, math.nan]]), queries, gallery, nearest=None)
+
+
+def test_mismatched_names_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        rank_similarity(torch.zeros(2, 3), ["0.0,0.0_a.jpg"], ["0.0,0.0_a.jpg"] * 3)
+
+
+def test_reduced_precision_embeddings_keep_their_dtype():
+    queries, gallery = city(seed=17, tiles=30, duplicates=2)
+    query_emb, gallery_emb = embeddings(len(queries), 16, seed=11), embeddings(len(gallery), 16, seed=12)
+    ranking = rank_gallery(query_emb.bfloat16(), gallery_emb.bfloat16(), queries, gallery, nearest=10)
+    assert ranking.scores.dtype == torch.bfloat16
+    assert summarize(ranking, queries)["all"]["count"] == len(queries)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ranks_as_cpu():
+    queries, gallery = city(seed=18, tiles=200, duplicates=10)
+    query_emb = embeddings(len(queries), 64, seed=13).double()
+    gallery_emb = embeddings(len(gallery), 64, seed=14).double()
+    for nearest in (20, None):
+        on_cpu = rank_gallery(query_emb, gallery_emb, queries, gallery, nearest=nearest)
+        on_cuda = rank_gallery(query_emb.cuda(), gallery_emb.cuda(), queries, gallery, nearest=nearest, chunk_size=16)
+        assert_same_ranking(on_cuda, on_cpu)
