@@ -1,0 +1,82 @@
+"""From the embeddings of one split to its ranking and CVG-Text metrics.
+
+The gallery of a split is its set of distinct tiles; every caption of the split is a query.
+Both protocols are computed: the paper's (each query ranks the ``nearest`` tiles around its
+true place) and the whole city as gallery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from cvgtext.data.dataset import PairDataset
+from cvgtext.retrieval import Ranking, rank_gallery, summarize
+
+
+@dataclass
+class EmbeddedSplit:
+    """Embeddings of the pairs of one split; ``index`` points into its dataset."""
+
+    image: torch.Tensor  # [pairs, embed_dim]
+    text: torch.Tensor  # [pairs, embed_dim]
+    index: torch.Tensor  # [pairs]
+
+
+@dataclass
+class Evaluation:
+    """A split's queries, gallery, ranking (under the chosen protocol) and metrics."""
+
+    query_index: list[int]  # dataset positions of the queries
+    gallery_index: list[int]  # dataset positions of the gallery tiles
+    ranking: Ranking
+    metrics: dict[str, dict[str, float]]
+    full_city_metrics: dict[str, dict[str, float]]
+    nearest: int | None
+
+
+def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int | None = 100) -> Evaluation:
+    """Rank each caption's gallery and compute the metrics of both protocols."""
+    index = embedded.index.tolist()
+    names = [dataset.pairs[i].name for i in index]
+    first_of_name: dict[str, int] = {}
+    for position, name in enumerate(names):
+        first_of_name.setdefault(name, position)
+    gallery_positions = list(first_of_name.values())
+    gallery_names = list(first_of_name)
+    gallery = embedded.image[gallery_positions]
+    ranking = rank_gallery(embedded.text, gallery, names, gallery_names, nearest=nearest)
+    metrics = summarize(ranking, names)
+    if nearest is None:
+        full_city = metrics
+    else:
+        full_city = summarize(rank_gallery(embedded.text, gallery, names, gallery_names, nearest=None), names)
+    return Evaluation(
+        query_index=index,
+        gallery_index=[index[p] for p in gallery_positions],
+        ranking=ranking,
+        metrics=metrics,
+        full_city_metrics=full_city,
+        nearest=nearest,
+    )
+
+
+def flatten_metrics(
+    metrics: dict[str, dict[str, Any]], prefix: str, groups: Sequence[str] | None = None
+) -> dict[str, float]:
+    """``{"all": {"R@1": ..}, "panorama": ..}`` -> ``{"val/R@1": .., "val/panorama/R@1": ..}``.
+
+    Query counts are left out: they describe the split, not the model.
+    """
+    flat = {}
+    for group, values in metrics.items():
+        if groups is not None and group not in groups:
+            continue
+        for key, value in values.items():
+            if key == "count":
+                continue
+            name = f"{prefix}/{key}" if group == "all" else f"{prefix}/{group}/{key}"
+            flat[name] = float(value)
+    return flat

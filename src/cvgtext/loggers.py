@@ -1,0 +1,29 @@
+"""Experiment loggers built from the ``logger`` config group."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B credentials are present (an API key in the environment or in ~/.netrc)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(offline: bool | None = None, **kwargs: Any) -> WandbLogger:
+    """A WandbLogger that runs offline unless it is asked to go online or the user is logged in.
+
+    ``WANDB_MODE`` in the environment, when set, has the last word, as everywhere with W&B.
+    """
+    if offline is None:
+        offline = not wandb_logged_in()
+    return WandbLogger(offline=offline, **kwargs)

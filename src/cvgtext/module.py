@@ -1,0 +1,170 @@
+"""The LightningModule: a CLIP dual encoder trained with symmetric InfoNCE, evaluated by retrieval.
+
+Batches become embeddings in :meth:`embed`; embeddings become a loss in :meth:`training_step`
+(``model/loss.py``) and a ranking plus metrics at the end of each validation or test epoch
+(``retrieval.py``, ``evaluation.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cvgtext.evaluation import EmbeddedSplit, evaluate_split, flatten_metrics
+from cvgtext.model.encoder import build_encoder
+from cvgtext.model.loss import ContrastiveLoss
+
+MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnt temperature here
+
+
+def _plain(config: Any) -> Any:
+    return OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+
+
+class CrossViewRetrieval(L.LightningModule):
+    """Text -> gallery-image retrieval with an open_clip dual encoder.
+
+    ``optimizer`` and ``scheduler`` are Hydra configs (``_target_`` + arguments) completed with the
+    parameters and the optimizer here; the scheduler steps once per epoch, as in the paper.
+    ``nearest`` is the evaluation protocol: rank the ``nearest`` tiles closest to the query's true
+    place (the paper's 100), or the whole gallery when ``None``.
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        loss: dict | None = None,
+        nearest: int | None = 100,
+        lock_image: bool = False,
+        lock_text: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "backbone": _plain(backbone),
+                "optimizer": _plain(optimizer),
+                "scheduler": _plain(scheduler),
+                "loss": _plain(loss) or {},
+                "nearest": nearest,
+                "lock_image": lock_image,
+                "lock_text": lock_text,
+            }
+        )
+        encoder = build_encoder(**self.hparams.backbone)
+        self.model = encoder.model
+        self.preprocess = encoder.preprocess
+        self.tokenizer = encoder.tokenizer
+        self.criterion = ContrastiveLoss(**self.hparams.loss)
+        self._lock_towers(lock_image, lock_text)
+        self._embedded: list[dict[str, torch.Tensor]] = []
+        self.best_metrics: dict[str, float] = {}
+        self.last_evaluation: dict[str, Any] = {}
+
+    def _lock_towers(self, lock_image: bool, lock_text: bool) -> None:
+        image_tower = self.model.visual
+        for name, parameter in self.model.named_parameters():
+            in_image_tower = name.startswith("visual.")
+            if (lock_image and in_image_tower) or (lock_text and not in_image_tower and name != "logit_scale"):
+                parameter.requires_grad_(False)
+        if lock_image:
+            image_tower.eval()
+
+    def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised ``(image_features, text_features)``, each ``[batch, embed_dim]``."""
+        image_features = self.model.encode_image(batch["image"], normalize=True)
+        text_features = self.model.encode_text(batch["tokens"], normalize=True)
+        return image_features, text_features
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image_features, text_features = self.embed(batch)
+        loss = self.criterion(image_features, text_features, self.model.logit_scale.exp())
+        batch_size = len(batch["index"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    # Evaluation: collect embeddings over the epoch, rank once at its end.
+    def on_validation_epoch_start(self) -> None:
+        self._embedded = []
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        image_features, text_features = self.embed(batch)
+        self._embedded.append({"image": image_features, "text": text_features, "index": batch["index"]})
+
+    test_step = validation_step
+
+    def _gather_embeddings(self) -> EmbeddedSplit:
+        image = torch.cat([part["image"] for part in self._embedded]).float()
+        text = torch.cat([part["text"] for part in self._embedded]).float()
+        index = torch.cat([part["index"] for part in self._embedded])
+        if self.trainer.world_size > 1:
+            # Samplers pad the last batches with repeated samples: gather, then keep each index once.
+            image, text, index = (self.all_gather(t).flatten(0, 1) for t in (image, text, index))
+        index, keep = _first_occurrence(index)
+        return EmbeddedSplit(image=image[keep], text=text[keep], index=index)
+
+    def _evaluate(self, stage: str) -> None:
+        embedded = self._gather_embeddings()
+        self._embedded = []
+        dataset = getattr(self.trainer, f"{stage}_dataloaders").dataset
+        evaluation = evaluate_split(embedded, dataset, nearest=self.hparams.nearest)
+        # Validation logs the overall figures; the test also breaks them down by text view.
+        groups = None if stage == "test" else ("all",)
+        metrics = flatten_metrics(evaluation.metrics, stage, groups)
+        metrics.update(flatten_metrics(evaluation.full_city_metrics, f"{stage}/full", groups))
+        if stage == "val" and not self.trainer.sanity_checking:
+            for key in (f"{stage}/R@1", f"{stage}/L@50"):
+                self.best_metrics[key] = max(self.best_metrics.get(key, -math.inf), metrics[key])
+                metrics[f"{key}_best"] = self.best_metrics[key]
+        self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+        self.last_evaluation[stage] = evaluation
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            # As open_clip: no weight decay on gains, biases, embeddings' scale and temperature.
+            (no_decay if parameter.ndim < 2 or "logit_scale" in name else decay).append(parameter)
+        make_optimizer = instantiate(self.hparams.optimizer, _partial_=True)
+        weight_decay = make_optimizer.keywords.get("weight_decay", 0.0)
+        optimizer = make_optimizer(
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        )
+        if not self.hparams.scheduler:
+            return {"optimizer": optimizer}
+        scheduler = instantiate(self.hparams.scheduler, optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["best_metrics"] = dict(self.best_metrics)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_metrics = dict(checkpoint.get("best_metrics", {}))
+
+
+def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique ``index`` values and, for each, the position of its first occurrence."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    positions = torch.arange(len(index), device=index.device)
+    first = torch.full_like(unique, len(index)).scatter_reduce(0, inverse, positions, reduce="amin")
+    return unique, first

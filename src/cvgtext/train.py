@@ -1,0 +1,83 @@
+"""Training: seed, build everything from the config, fit, then test the best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from cvgtext.callbacks import ConfigInCheckpoint
+from cvgtext.reports import write_reports
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that maps names to ``_target_`` configs."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """Close the W&B run even when training failed, so sweeps start each job with a fresh run."""
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[str, Any]:
+    """What an evaluation was of, for metrics.json."""
+    return {
+        "city": cfg.city.name,
+        "img": cfg.img.name,
+        "text": cfg.text.name,
+        "split": split,
+        "protocol": cfg.protocol.name,
+        "backbone": backbone.get("model_name"),
+        "pretrained": backbone.get("pretrained"),
+        "context_length": backbone.get("context_length"),
+        "checkpoint": cfg.get("ckpt_path"),
+    }
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model of ``cfg`` on its city, test the best checkpoint, return the logged metrics."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    log.info("Building the %s backbone", cfg.backbone.model_name)
+    model = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
+    callbacks = instantiate_group(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if cfg.get("test"):
+            checkpoint = trainer.checkpoint_callback
+            best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+            if not best:
+                log.warning("No best checkpoint was saved: testing the weights at the end of training")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+            if trainer.is_global_zero:
+                summary = {**run_summary(cfg, resolved["backbone"], "test"), "checkpoint": best or None}
+                write_reports(output_dir, model.last_evaluation["test"], datamodule.dataset("test"), summary, loggers)
+    finally:
+        finish_wandb(loggers)
+    return metrics
