@@ -1,0 +1,119 @@
+"""Reading checkpoints safely and loading their weights into an open_clip model.
+
+Accepted: this project's Lightning checkpoints (weights under ``state_dict`` as ``model.*``),
+open_clip training checkpoints (``state_dict`` with ``module.*``), plain open_clip / OpenAI-format
+state dicts, and the official CrossText2Loc checkpoints, whose text positional embedding has
+300 rows. Files are read with ``weights_only=True``: a pickle that would run code is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cvgtext.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file as plain tensors and containers, or raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            content = load_file(str(path), device="cpu")
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it holds objects other than tensors and plain "
+                "containers, which could run code when loaded"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint ({error})") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
+    return content
+
+
+def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The open_clip model weights of a checkpoint of any accepted format."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, dict):
+        raise CheckpointError("checkpoint has a 'state_dict' entry that is not a dict of weights")
+    if any(key.startswith("model.") for key in state):
+        # A Lightning checkpoint of this project: the open_clip model is the module's ``model``.
+        state = {key[len("model.") :]: value for key, value in state.items() if key.startswith("model.")}
+    elif state and all(key.startswith("module.") for key in state):
+        # Saved from a DistributedDataParallel wrapper, as open_clip's training does.
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    context_length: int | None = None,
+    context_resize: str = "interpolate",
+) -> None:
+    """Load a checkpoint file's weights into ``model``; see :func:`load_state`."""
+    load_state(model, model_state_dict(read_checkpoint(path)), context_length, context_resize, source=str(path))
+
+
+def load_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    context_length: int | None = None,
+    context_resize: str = "interpolate",
+    source: str = "checkpoint",
+) -> None:
+    """Load open_clip weights into ``model``, whose text context becomes ``context_length``.
+
+    A state whose positional embedding has another number of rows (e.g. 300 for the
+    official CrossText2Loc weights) is resized with ``context_resize``. Keys present on one side
+    only are reported; weights of another architecture (shape mismatches) are refused.
+    """
+    from cvgtext.model.encoder import model_context_length
+    from cvgtext.model.positional import resize_state_dict_context_length, set_context_length
+
+    length = context_length or model_context_length(model)
+    if length != model_context_length(model):
+        set_context_length(model, length, mode=context_resize)
+    try:
+        state = resize_state_dict_context_length(state, length, mode=context_resize)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {source} has no usable text positional embedding ({error})") from None
+    expected = model.state_dict()
+    mismatched = [
+        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if key in expected and expected[key].shape != value.shape and key != "logit_scale"
+    ]
+    if mismatched or not set(state) & set(expected):
+        detail = "; ".join(mismatched[:3]) if mismatched else "no parameter names in common"
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the {type(model).__name__} of this backbone "
+            f"(checkpoint vs model: {detail}); set backbone=... to the architecture it was trained with"
+        )
+    if "logit_scale" in state:
+        state["logit_scale"] = state["logit_scale"].reshape(expected["logit_scale"].shape)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        log.warning(
+            "checkpoint %s lacks %d weights, left as initialised: %s",
+            source, len(result.missing_keys), ", ".join(result.missing_keys[:10]),
+        )
+    if result.unexpected_keys:
+        log.warning(
+            "checkpoint %s has %d weights this model does not use: %s",
+            source, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]),
+        )

@@ -1,0 +1,74 @@
+"""Evaluation: a checkpoint, or a backbone's pretrained weights, on one split of one city."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cvgtext.checkpoints import load_state, model_state_dict, read_checkpoint
+from cvgtext.errors import CheckpointError, ConfigError
+from cvgtext.reports import write_reports
+from cvgtext.train import finish_wandb, instantiate_group, run_summary
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test")
+# What a checkpoint of this project records about its model and must keep when evaluated.
+ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size")
+
+
+def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
+    """The backbone to build for ``checkpoint``: no pretrained download, its own text length."""
+    saved = checkpoint.get("hyper_parameters", {}).get("backbone")
+    backbone = {**backbone, "pretrained": None}
+    if saved:
+        if saved.get("model_name") != backbone["model_name"]:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with backbone.model_name={saved.get('model_name')} "
+                f"(backbone={saved.get('name')}), but this run builds {backbone['model_name']}; "
+                f"add backbone={saved.get('name')}"
+            )
+        backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS if key in saved})
+    return backbone
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    state = None
+    if cfg.get("ckpt_path"):
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        backbone = backbone_for_checkpoint(backbone, checkpoint, cfg.ckpt_path)
+        state = model_state_dict(checkpoint)
+        del checkpoint
+    module = instantiate(cfg.model, backbone=backbone)
+    if state is not None:
+        load_state(module.model, state, backbone.get("context_length"), backbone["context_resize"], cfg.ckpt_path)
+        del state
+    datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    try:
+        if split == "test":
+            trainer.test(module, datamodule=datamodule)
+        else:
+            trainer.validate(module, datamodule=datamodule)
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        if trainer.is_global_zero:
+            write_reports(
+                Path(cfg.paths.output_dir), module.last_evaluation[split], datamodule.dataset(split),
+                run_summary(cfg, backbone, split), loggers,
+            )
+    finally:
+        finish_wandb(loggers)
+    return metrics

@@ -1,0 +1,150 @@
+"""What an evaluation leaves in the run directory: metrics.json, predictions.csv, examples.png.
+
+All files are written atomically; the printed table is the same as the one in the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from cvgtext.atomic import atomic_write
+from cvgtext.data.dataset import PairDataset, load_image
+from cvgtext.evaluation import Evaluation
+from cvgtext.geo import haversine_km
+
+log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "mean_error_km", "count")
+TOP = 5  # candidates per query in predictions.csv and examples.png
+
+
+def metrics_table(metrics: dict[str, dict[str, float]], title: str = "") -> str:
+    """A fixed-width table: one row per text view (all, panorama, single), percent and km."""
+    header = f"{'queries':<10}" + "".join(f"{column:>14}" for column in TABLE_COLUMNS)
+    lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
+    for group, values in metrics.items():
+        cells = [
+            f"{int(values[c]):>14d}" if c == "count" else f"{values[c]:>14.2f}" for c in TABLE_COLUMNS
+        ]
+        lines.append(f"{group:<10}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_metrics(path: Path, evaluation: Evaluation, summary: dict[str, Any]) -> None:
+    """``metrics.json``: the metrics of both protocols and what produced them."""
+    content = {
+        **evaluation.metrics,
+        "protocol": "full" if evaluation.nearest is None else f"nearest{evaluation.nearest}",
+        "full_city": evaluation.full_city_metrics,
+        "run": summary,
+    }
+    with atomic_write(path) as stream:
+        json.dump(content, stream, indent=2)
+        stream.write("\n")
+
+
+def _top_candidates(evaluation: Evaluation, dataset: PairDataset, query: int) -> list[tuple[int, float]]:
+    """``(dataset index, score)`` of a query's top candidates, best first."""
+    ranking = evaluation.ranking
+    candidates = []
+    for position, score in zip(ranking.indices[query, :TOP].tolist(), ranking.scores[query, :TOP].tolist()):
+        if position >= 0:
+            candidates.append((evaluation.gallery_index[position], score))
+    return candidates
+
+
+def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset) -> None:
+    """``predictions.csv``: per query, its top-5 tiles with scores and distances from the true place."""
+    header = ["query", "caption", "lat", "lon", "view", "correct", "true_rank", "top1_error_m"]
+    for rank in range(1, TOP + 1):
+        header += [f"top{rank}", f"top{rank}_score", f"top{rank}_distance_m"]
+    with atomic_write(path, newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        for query, index in enumerate(evaluation.query_index):
+            pair = dataset.pairs[index]
+            true_rank = int(evaluation.ranking.true_rank[query])
+            row: list[Any] = [
+                pair.name, pair.caption, pair.lat, pair.lon, "panorama" if pair.is_panorama else "single",
+                int(true_rank == 1), true_rank or "", round(float(evaluation.ranking.top1_error_km[query]) * 1000, 1),
+            ]
+            for candidate, score in _top_candidates(evaluation, dataset, query):
+                tile = dataset.pairs[candidate]
+                distance_km = haversine_km(
+                    torch.tensor(pair.lat), torch.tensor(pair.lon), torch.tensor(tile.lat), torch.tensor(tile.lon)
+                )
+                row += [tile.name, round(score, 5), round(float(distance_km) * 1000, 1)]
+            writer.writerow(row)
+
+
+def draw_examples(path: Path, evaluation: Evaluation, dataset: PairDataset, count: int = 4, tile: int = 128) -> None:
+    """``examples.png``: a few queries, caption wrapped on the left, their top-5 tiles beside it.
+
+    The true tile is outlined in green where it was retrieved; wrong candidates in red.
+    Queries are spread evenly over the split, so the picture is the same for the same split.
+    """
+    queries = len(evaluation.query_index)
+    chosen = sorted({round(i * (queries - 1) / max(1, count - 1)) for i in range(min(count, queries))})
+    text_width, margin = 360, 8
+    width = text_width + TOP * (tile + margin) + margin
+    height = len(chosen) * (tile + 2 * margin) + margin
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for row, query in enumerate(chosen):
+        top = margin + row * (tile + 2 * margin)
+        pair = dataset.pairs[evaluation.query_index[query]]
+        lines = textwrap.wrap(pair.caption, width=58)[: tile // 12]
+        draw.multiline_text((margin, top), "\n".join(lines), fill="black", font=font, spacing=2)
+        for column, (candidate, score) in enumerate(_top_candidates(evaluation, dataset, query)):
+            left = text_width + column * (tile + margin)
+            image = load_image(dataset.pairs[candidate].image_path)
+            image.thumbnail((tile, tile))
+            canvas.paste(image, (left, top))
+            correct = dataset.pairs[candidate].name == pair.name
+            draw.rectangle(
+                [left - 3, top - 3, left + image.width + 2, top + image.height + 2],
+                outline="limegreen" if correct else "red", width=3 if correct else 1,
+            )
+            draw.text((left, top + image.height + 1), f"{column + 1}: {score:.3f}", fill="black", font=font)
+    with atomic_write(path, "wb") as stream:
+        canvas.save(stream, format="PNG")
+
+
+def write_reports(
+    output_dir: str | Path,
+    evaluation: Evaluation,
+    dataset: PairDataset,
+    summary: dict[str, Any],
+    loggers: list[Any] = (),
+) -> dict[str, Path]:
+    """Write the three report files, print the metrics table and hand the reports to the loggers."""
+    output_dir = Path(output_dir)
+    paths = {
+        "metrics": output_dir / "metrics.json",
+        "predictions": output_dir / "predictions.csv",
+        "examples": output_dir / "examples.png",
+    }
+    write_metrics(paths["metrics"], evaluation, summary)
+    write_predictions(paths["predictions"], evaluation, dataset)
+    draw_examples(paths["examples"], evaluation, dataset)
+    protocol = "whole gallery" if evaluation.nearest is None else f"{evaluation.nearest} nearest tiles"
+    title = f"{summary.get('city')} {summary.get('img')} {summary.get('split')} ({protocol}), percent / km"
+    table = metrics_table(evaluation.metrics, title)
+    print(table)
+    log.info("Reports written to %s", output_dir)
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            with open(paths["predictions"], newline="") as stream:
+                rows = list(csv.reader(stream))
+            logger.log_table(key=f"{summary.get('split')}/predictions", columns=rows[0], data=rows[1:])
+            logger.log_image(key=f"{summary.get('split')}/examples", images=[str(paths["examples"])])
+    return paths
