@@ -40,10 +40,15 @@ _SHORTLIST_MARGIN = 16
 _COSINE_ERROR = 1e-13
 # Distances closer than this (km) are treated as possibly equal when checking the shortlist.
 _DISTANCE_SLACK_KM = 1e-6
+# The cosine shortlist looks at a window of places sorted by latitude, of about this many
+# times sqrt(nearest * places): about the band a uniform city needs to hold each query's nearest.
+_LATITUDE_WINDOW = 1.5
 # Elements per block when counting the scores above the true one: a block stays in cache.
 _COUNT_BLOCK_ELEMENTS = 1 << 20
 
-ScoreChunks = Callable[[int, int], torch.Tensor]  # (start, stop) -> scores [stop - start, gallery]
+# (start, stop, columns) -> scores [stop - start, candidates] of those queries against the gallery
+# entries `columns  # [stop - start, candidates]`, or against the whole gallery when columns is None.
+ScoreChunks = Callable[[int, int, "torch.Tensor | None"], torch.Tensor]
 
 
 @dataclass
@@ -94,10 +99,20 @@ def rank_gallery(
     _check_names(query_emb.shape[0], gallery_emb.shape[0], query_names, gallery_names)
     if chunk_size is None:
         chunk_size = default_chunk_size(gallery_emb.shape[0], query_emb.dtype)
-    return _rank(
-        lambda start, stop: query_emb[start:stop] @ gallery_emb.T,
-        query_names, gallery_names, nearest, k, chunk_size, query_emb.device,
-    )
+    # Elements of the gathered candidate embeddings per product: the size of a chunk's score rows.
+    budget = chunk_size * gallery_emb.shape[0]
+
+    def scores(start: int, stop: int, columns: torch.Tensor | None) -> torch.Tensor:
+        if columns is None:
+            return query_emb[start:stop] @ gallery_emb.T
+        # A batched product with each query's own candidates: far less work than the full row.
+        rows = max(1, budget // (columns.shape[1] * gallery_emb.shape[1]))
+        return torch.cat([
+            (gallery_emb[part] @ queries[:, :, None]).squeeze(2)
+            for queries, part in zip(query_emb[start:stop].split(rows), columns.split(rows))
+        ])
+
+    return _rank(scores, query_names, gallery_names, nearest, k, chunk_size, query_emb.device)
 
 
 def rank_similarity(
@@ -114,7 +129,11 @@ def rank_similarity(
     _check_names(sim.shape[0], sim.shape[1], query_names, gallery_names)
     if chunk_size is None:
         chunk_size = default_chunk_size(sim.shape[1], sim.dtype)
-    return _rank(lambda start, stop: sim[start:stop], query_names, gallery_names, nearest, k, chunk_size, sim.device)
+
+    def scores(start: int, stop: int, columns: torch.Tensor | None) -> torch.Tensor:
+        return sim[start:stop] if columns is None else sim[start:stop].gather(1, columns)
+
+    return _rank(scores, query_names, gallery_names, nearest, k, chunk_size, sim.device)
 
 
 def summarize(ranking: Ranking, query_names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -184,8 +203,8 @@ def _places(lat: torch.Tensor, lon: torch.Tensor) -> _Places:
     )
     entries = torch.argsort(location, stable=True)
     return _Places(
-        lat=coords[:, 0],
-        lon=coords[:, 1],
+        lat=coords[:, 0].contiguous(),
+        lon=coords[:, 1].contiguous(),
         xyz=_unit_vectors(coords[:, 0], coords[:, 1]),
         count=count,
         start=count.cumsum(0) - count,
@@ -199,22 +218,35 @@ def _nearest_entries(
 ) -> torch.Tensor:
     """``[queries, m]`` gallery entries nearest to each query place, as a stable sort by distance picks them.
 
-    A cosine proxy shortlists locations cheaply; exact haversine distances order the shortlist.
-    Rows whose shortlist cannot be proven to hold the nearest set are redone over all locations.
+    A window of places sorted by latitude, then a cosine proxy within it, shortlist places
+    cheaply; exact haversine distances order the shortlist. Rows whose shortlist cannot be
+    proven to hold the nearest set are redone over all locations.
     """
     locations = places.lat.shape[0]
     width = min(locations, m + _SHORTLIST_MARGIN)
+    window = min(locations, max(2 * width, math.ceil(_LATITUDE_WINDOW * math.sqrt(m * locations))))
+    # Places are sorted by latitude (torch.unique sorts), so a window of them is a band of latitude.
+    first = (torch.searchsorted(places.lat, lat) - window // 2).clamp(0, locations - window)
+    columns = first[:, None] + torch.arange(window, device=lat.device)  # [queries, window]
+    # Windows are rows of an unfolded view, so taking them copies contiguous memory.
+    cosine = sum(
+        xyz[:, i, None] * places.xyz[:, i].contiguous().unfold(0, window, 1).index_select(0, first) for i in range(3)
+    )
     # Unsorted: the exact distances order the shortlist anyway.
-    cosine, shortlist = (xyz @ places.xyz.T).topk(width, dim=1, sorted=False)  # [queries, width]
-    entries, boundary_km = _take_nearest(lat, lon, shortlist, places, m)
-    if width < locations:
-        # Locations left out have cosine <= the least one kept, hence lie at least this far away.
-        least = cosine.min(dim=1).values
-        beyond_km = EARTH_RADIUS_KM * torch.acos((least + _COSINE_ERROR).clamp(max=1.0))
-        unsure = (beyond_km <= boundary_km + _DISTANCE_SLACK_KM).nonzero().squeeze(1)
-        if unsure.numel():
-            every = torch.arange(locations, device=lat.device).expand(unsure.numel(), locations)
-            entries[unsure] = _take_nearest(lat[unsure], lon[unsure], every, places, m)[0]
+    cosine, shortlist = cosine.topk(width, dim=1, sorted=False)  # [queries, width]
+    entries, boundary_km = _take_nearest(lat, lon, columns.gather(1, shortlist), places, m)
+    # Places left out of the shortlist have cosine <= the least one kept, hence lie at least this
+    # far away; those outside the window lie at least their difference in latitude away.
+    least = cosine.min(dim=1).values if width < window else torch.full_like(lat, -math.inf)
+    beyond_km = EARTH_RADIUS_KM * torch.acos((least + _COSINE_ERROR).clamp(-1.0, 1.0))
+    south = places.lat[(first - 1).clamp(min=0)].masked_fill(first == 0, -math.inf)
+    north = places.lat[(first + window).clamp(max=locations - 1)].masked_fill(first + window == locations, math.inf)
+    band_km = EARTH_RADIUS_KM * torch.deg2rad(torch.minimum(lat - south, north - lat)) * (1 - 1e-12)
+    beyond_km = torch.minimum(beyond_km, band_km)
+    unsure = (beyond_km <= boundary_km + _DISTANCE_SLACK_KM).nonzero().squeeze(1)
+    if unsure.numel():
+        every = torch.arange(locations, device=lat.device).expand(unsure.numel(), locations)
+        entries[unsure] = _take_nearest(lat[unsure], lon[unsure], every, places, m)[0]
     return entries
 
 
@@ -246,7 +278,10 @@ def _rank(
     chunk_size: int,
     device: torch.device,
 ) -> Ranking:
-    """The single ranking path; ``score_chunks(start, stop)`` gives the scores of those queries."""
+    """The single ranking path; ``score_chunks`` gives the scores of a chunk of queries.
+
+    Each query ranks a row of candidate entries: its ``nearest`` ones, or the whole gallery.
+    """
     if not gallery_names:
         raise ValueError("the gallery is empty")
     if nearest is not None and nearest < 1:
@@ -256,11 +291,8 @@ def _rank(
     first_of_name: dict[str, int] = {}
     for index, name in enumerate(gallery_names):
         first_of_name.setdefault(name, index)
-    # Copies of a name share the first copy's column: it holds the best candidate score.
-    copies = [i for i, name in enumerate(gallery_names) if first_of_name[name] != i]
-    copy_columns = torch.tensor(copies, dtype=torch.long, device=device)
-    copy_targets = torch.tensor([first_of_name[gallery_names[i]] for i in copies], dtype=torch.long, device=device)
-    true_column = torch.tensor([first_of_name.get(name, -1) for name in query_names], dtype=torch.long, device=device)
+    first_copy = torch.tensor([first_of_name[name] for name in gallery_names], dtype=torch.long, device=device)
+    true_entry = torch.tensor([first_of_name.get(name, -1) for name in query_names], dtype=torch.long, device=device)
 
     place_of_name = {name: parse_coordinates(name) for name in first_of_name}
 
@@ -271,10 +303,12 @@ def _rank(
 
     query_lat, query_lon = coordinates(query_names)
     gallery_lat, gallery_lon = coordinates(gallery_names)
-    restrict = nearest is not None and nearest < len(gallery_names)
-    if restrict:
-        places = _places(gallery_lat, gallery_lon)
-        query_xyz = _unit_vectors(query_lat, query_lon)
+    if nearest is not None and nearest < len(gallery_names):
+        candidates, at_place, copy_offset = _candidates(
+            query_lat, query_lon, gallery_lat, gallery_lon, first_copy, nearest, chunk_size
+        )
+    else:  # every query ranks the whole gallery, in gallery order
+        candidates, copy_offset = None, torch.arange(len(gallery_names), device=device) - first_copy
 
     # Filled chunk by chunk: nothing long-lived is allocated between the chunks' large buffers,
     # which keeps the allocator from fragmenting and the resident memory from creeping up.
@@ -283,17 +317,20 @@ def _rank(
     true_rank = torch.zeros(len(query_names), dtype=torch.long)
     for start in range(0, len(query_names), chunk_size):
         stop = min(start + chunk_size, len(query_names))
-        scores = score_chunks(start, stop)  # [chunk, gallery]
-        if restrict:
-            rows = slice(start, stop)
-            candidates = _nearest_entries(query_lat[rows], query_lon[rows], query_xyz[rows], places, nearest)
-            scores = torch.full_like(scores, -math.inf).scatter_(1, candidates, scores.gather(1, candidates))
-        if copies:
-            targets = copy_targets.expand(scores.shape[0], -1)
-            scores = scores.scatter_reduce(1, targets, scores[:, copy_columns], "amax")
-            scores.index_fill_(1, copy_columns, -math.inf)
-        chunk_indices, chunk_scores, chunk_rank = _rank_chunk(scores, true_column[start:stop], k)
+        true_column = true_entry[start:stop]
+        columns = None if candidates is None else candidates[at_place[start:stop]]  # [chunk, nearest] entries
+        scores = score_chunks(start, stop, columns)  # [chunk, candidates]
+        if columns is None:
+            offset = copy_offset[None, :]
+        else:
+            offset = copy_offset[columns]
+            found = columns == true_column[:, None]
+            true_column = torch.where(found.any(1), found.to(torch.uint8).argmax(1), -1)
+        scores = _merge_copies(scores, offset)
+        chunk_indices, chunk_scores, chunk_rank = _rank_chunk(scores, true_column, k)
         del scores  # before the next chunk's scores are allocated
+        if columns is not None:
+            chunk_indices = columns.gather(1, chunk_indices.clamp(min=0)).masked_fill(chunk_indices < 0, -1)
         if start == 0:
             top_scores = top_scores.to(chunk_scores.dtype)
         indices[start:stop], top_scores[start:stop], true_rank[start:stop] = chunk_indices, chunk_scores, chunk_rank
@@ -305,6 +342,53 @@ def _rank(
     top1_error_km[true_rank == 1] = 0.0
     top1_error_km[top1 < 0] = math.nan
     return Ranking(indices, top_scores, true_rank, top1_error_km, nearest)
+
+
+def _candidates(
+    query_lat: torch.Tensor,
+    query_lon: torch.Tensor,
+    gallery_lat: torch.Tensor,
+    gallery_lon: torch.Tensor,
+    first_copy: torch.Tensor,
+    nearest: int,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ``nearest`` entries of each query place, the place of each query, and each entry's offset from its name's first copy.
+
+    Returns ``[query places, nearest]`` entries, ``[queries]`` place indices and ``[gallery]`` offsets.
+
+    Candidates depend only on the query's place, so they are found once per distinct place.
+    Copies of a name share its place, and a place's entries are candidates in gallery order
+    and as a prefix, so a candidate's first copy sits ``offset`` columns before it in the row.
+    """
+    places = _places(gallery_lat, gallery_lon)
+    query_place, at_place = torch.unique(torch.stack([query_lat, query_lon], dim=1), dim=0, return_inverse=True)
+    lat, lon = query_place[:, 0], query_place[:, 1]
+    xyz = _unit_vectors(lat, lon)
+    rows = max(1, chunk_size // 4)  # the shortlist's buffers are a few times a score row's
+    nearest_entries = torch.cat([
+        _nearest_entries(lat[part], lon[part], xyz[part], places, nearest)
+        for part in torch.arange(lat.shape[0], device=lat.device).split(rows)
+    ])
+    # Position of each entry within its place's entries.
+    position = torch.empty_like(places.entries)
+    position[places.entries] = torch.arange(places.entries.shape[0], device=lat.device) - places.start.repeat_interleave(places.count)
+    return nearest_entries, at_place, position - position[first_copy]
+
+
+def _merge_copies(scores: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Give a name's first candidate copy the best score of its copies; the others get ``-inf``.
+
+    ``offset  # [chunk or 1, candidates]`` is how many columns before each column its name's
+    first copy sits (0 for a first copy).
+    """
+    is_copy = offset != 0
+    columns = is_copy.any(0).nonzero().squeeze(1)  # columns holding a copy in some row
+    if not columns.numel():
+        return scores
+    targets = (columns - offset[:, columns]).expand(scores.shape[0], -1)
+    scores = scores.scatter_reduce(1, targets, scores[:, columns], "amax")
+    return scores.masked_fill(is_copy, -math.inf)
 
 
 def _rank_chunk(scores: torch.Tensor, true_column: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
