@@ -27,7 +27,7 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 bench: install
-	$(BIN)/python benchmarks/run.py $(ARGS)
+	for bench in benchmarks/bench_*.py; do $(BIN)/python $$bench $(ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.callbacks import ConfigInCheckpoint
-from cvgtext.reports import write_reports
+from cvgtext.reports import metrics_table, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +68,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        if not best:
+            log.warning("No best checkpoint was saved: evaluating the weights at the end of training")
+        # The best checkpoint's validation figures: what model selection saw.
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+        if trainer.is_global_zero:
+            print(metrics_table(model.last_evaluation["val"].metrics, "Validation, best checkpoint (percent / km)"))
         if cfg.get("test"):
-            checkpoint = trainer.checkpoint_callback
-            best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-            if not best:
-                log.warning("No best checkpoint was saved: testing the weights at the end of training")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
             if trainer.is_global_zero:
                 summary = {**run_summary(cfg, resolved["backbone"], "test"), "checkpoint": best or None}
