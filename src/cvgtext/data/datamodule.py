@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, in_validation, load_pairs
 from cvgtext.data.dataset import PairDataset
+from cvgtext.data.sampler import GeoBatchSampler
 from cvgtext.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+SAMPLERS = ("random", "geo")
 
 
 class CVGTextDataModule(L.LightningDataModule):
@@ -31,7 +33,9 @@ class CVGTextDataModule(L.LightningDataModule):
 
     ``batch_size`` is global: each of the ``world_size`` devices loads ``batch_size / world_size``.
     ``synthetic``, when given, is the generator's arguments: the city is generated into
-    ``data_dir`` on first use.
+    ``data_dir`` on first use. ``sampler`` chooses the training batches: ``random`` (shuffled)
+    or ``geo`` (places near each other, a share ``geo_fraction`` of them; see ``sampler.py``),
+    deterministic given ``seed`` and the epoch.
     """
 
     def __init__(
@@ -47,6 +51,9 @@ class CVGTextDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         pin_memory: bool = False,
         synthetic: dict[str, Any] | None = None,
+        sampler: str = "random",
+        geo_fraction: float = 1.0,
+        seed: int | None = None,
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
     ):
@@ -55,6 +62,10 @@ class CVGTextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be a positive integer")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= geo_fraction <= 1.0:
+            raise ConfigError(f"data.geo_fraction={geo_fraction} must lie in [0, 1]")
         self.data_dir = Path(data_dir)
         self.city = city
         self.versions = [template.format(city=city) for template in versions]
@@ -66,6 +77,9 @@ class CVGTextDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.pin_memory = pin_memory
         self.synthetic = dict(synthetic) if synthetic else None
+        self.sampler = sampler
+        self.geo_fraction = geo_fraction
+        self.seed = seed or 0
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.pairs: dict[str, list[Pair]] = {}
@@ -144,7 +158,33 @@ class CVGTextDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.sampler == "geo":
+            return self._geo_loader()
         return self._loader("train", self.per_device_batch_size, shuffle=True)
+
+    def _geo_loader(self) -> DataLoader:
+        """Training batches of neighbouring places; each rank loads its share of every global batch.
+
+        The ``DistributedSampler`` only carries rank, world size and epoch to the batch sampler;
+        under DDP Lightning swaps in its own (same rank, its ``set_epoch`` called each epoch).
+        """
+        dataset = self.dataset("train")
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        batch_sampler = GeoBatchSampler(
+            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False),
+            coordinates=[(pair.lat, pair.lon) for pair in self.pairs["train"]],
+            batch_size=self.per_device_batch_size,
+            drop_last=True,
+            seed=self.seed,
+            geo_fraction=self.geo_fraction,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.per_device_eval_batch_size, shuffle=False)

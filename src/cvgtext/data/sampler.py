@@ -1,0 +1,125 @@
+"""Training batches of places near each other: geographic hard negatives, as in Sample4Geo.
+
+With in-batch negatives, a random batch from a city holds places kilometres apart that the
+model tells apart from the district's style alone. :class:`GeoBatchSampler` instead fills each
+global batch with a random anchor and its nearest not-yet-used neighbours, so the negatives
+of every caption are look-alike tiles of the same streets. Each sample is used at most once
+per epoch (exactly once when the epoch divides into whole batches, or with ``drop_last=False``).
+
+Under data parallelism each rank takes its contiguous share of every global batch, so the
+negatives gathered across ranks in one step are still neighbours. Rank, world size and epoch
+come from the :class:`~torch.utils.data.DistributedSampler` it wraps: the one Lightning
+injects under DDP (it passes it as ``sampler`` and calls its ``set_epoch``), or one built
+for the trainer's rank. That sampler's own order is not used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from torch.utils.data import BatchSampler, Sampler
+
+
+def unit_vectors(coordinates: np.ndarray) -> np.ndarray:
+    """``[n, 3]`` points on the unit sphere for ``[n, 2]`` (lat, lon) in degrees.
+
+    Their straight-line (chord) distances order places exactly as great-circle distances do.
+    """
+    lat, lon = np.deg2rad(coordinates[:, 0]), np.deg2rad(coordinates[:, 1])
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+
+
+class GeoBatchSampler(BatchSampler):
+    """Batches of geographic neighbours for one rank; deterministic given ``seed`` and the epoch.
+
+    Args:
+        sampler: a ``DistributedSampler`` over the dataset, read for its ``rank``,
+            ``num_replicas`` and ``epoch`` (any other sampler means one process, and the epoch
+            set through :meth:`set_epoch`).
+        coordinates: ``[n, 2]`` (lat, lon) in degrees of every sample of the dataset.
+        batch_size: samples per rank; a global batch holds ``batch_size * num_replicas``.
+        drop_last: drop the last, incomplete global batch; else it is padded by repeating
+            its own samples so that every rank gets an equal share.
+        seed: with the epoch, decides the anchors and the order of the batches.
+        geo_fraction: the share of global batches built around an anchor; the others are
+            drawn at random from the unused samples (1.0: all geographic, 0.0: plain shuffling).
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | None,
+        coordinates: Sequence[Sequence[float]] | np.ndarray,
+        batch_size: int,
+        drop_last: bool = True,
+        seed: int = 0,
+        geo_fraction: float = 1.0,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not 0.0 <= geo_fraction <= 1.0:
+            raise ValueError(f"geo_fraction must lie in [0, 1], got {geo_fraction}")
+        points = np.asarray(coordinates, dtype=np.float64)
+        if points.ndim != 2 or points.shape[1] != 2:
+            raise ValueError(f"coordinates must be [n, 2] (lat, lon), got shape {points.shape}")
+        self.sampler = sampler
+        self.coordinates = points
+        self.points = unit_vectors(points)  # [n, 3]
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.seed = seed
+        self.geo_fraction = geo_fraction
+        self._epoch = 0
+
+    @property
+    def rank(self) -> int:
+        return getattr(self.sampler, "rank", 0)
+
+    @property
+    def world_size(self) -> int:
+        return getattr(self.sampler, "num_replicas", 1)
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.sampler, "epoch", self._epoch)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """Every global batch of an epoch (all ranks' samples), as dataset indices."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        size = self.global_batch_size
+        remaining = rng.permutation(len(self.points))  # the unused samples, in random order
+        batches = []
+        while len(remaining) >= size:
+            if rng.random() < self.geo_fraction:
+                anchor = self.points[remaining[0]]
+                distance = np.sum((self.points[remaining] - anchor) ** 2, axis=1)  # squared chord
+                nearest = np.argsort(distance, kind="stable")[:size]
+                batches.append(remaining[nearest])
+                remaining = np.delete(remaining, nearest)
+            else:
+                batches.append(remaining[:size])
+                remaining = remaining[size:]
+        if len(remaining) and not self.drop_last:
+            padded = math.ceil(len(remaining) / self.world_size) * self.world_size
+            batches.append(np.resize(remaining, padded))
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            share = len(batch) // self.world_size
+            yield batch[self.rank * share : (self.rank + 1) * share].tolist()
+
+    def __len__(self) -> int:
+        batches = len(self.points) / self.global_batch_size
+        return math.floor(batches) if self.drop_last else math.ceil(batches)
