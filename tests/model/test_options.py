@@ -1,0 +1,70 @@
+"""Memory and fine-tuning options of the module: gradient checkpointing, locked towers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cvgtext.module import CrossViewRetrieval
+
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
+
+
+def tiny_module(**options) -> CrossViewRetrieval:
+    torch.manual_seed(0)
+    return CrossViewRetrieval(backbone={"model_name": "cvg-tiny"}, optimizer=OPTIMIZER, **options)
+
+
+def batch(size: int = 4) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return {
+        "image": torch.randn(size, 3, 64, 64, generator=generator),
+        "tokens": torch.randint(1, 49407, (size, 77), generator=generator),
+        "index": torch.arange(size),
+    }
+
+
+def loss_and_gradients(module: CrossViewRetrieval) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    module.train()
+    module.zero_grad()
+    image_features, text_features = module.embed(batch())
+    loss = module.criterion(image_features, text_features, module.model.logit_scale.exp())
+    loss.backward()
+    gradients = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+    return loss.detach(), gradients
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    plain = tiny_module()
+    checkpointed = tiny_module(grad_checkpointing=True)
+    assert checkpointed.model.transformer.grad_checkpointing and checkpointed.model.visual.transformer.grad_checkpointing
+    assert not plain.model.transformer.grad_checkpointing
+    checkpointed.load_state_dict(plain.state_dict())
+
+    loss, gradients = loss_and_gradients(plain)
+    checkpointed_loss, checkpointed_gradients = loss_and_gradients(checkpointed)
+    assert checkpointed_loss == pytest.approx(loss.item(), abs=1e-6)
+    assert gradients.keys() == checkpointed_gradients.keys() and len(gradients) > 10
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(checkpointed_gradients[name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("lock_image, lock_text", [(True, False), (False, True), (True, True)])
+def test_locking_a_tower_freezes_exactly_its_parameters(lock_image, lock_text):
+    module = tiny_module(lock_image=lock_image, lock_text=lock_text)
+    for name, parameter in module.model.named_parameters():
+        if name == "logit_scale":
+            expected_frozen = False  # the temperature is shared and always learnt
+        elif name.startswith("visual."):
+            expected_frozen = lock_image
+        else:
+            expected_frozen = lock_text
+        assert parameter.requires_grad is not expected_frozen, name
+
+    # Only what is learnt reaches the optimizer, and receives gradients.
+    optimizer = module.configure_optimizers()["optimizer"]
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert in_optimizer == {id(p) for p in module.parameters() if p.requires_grad}
+    _, gradients = loss_and_gradients(module)
+    assert all(module.get_parameter(name).requires_grad for name in gradients)
+    assert "model.logit_scale" in gradients
