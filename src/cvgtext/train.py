@@ -9,9 +9,13 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.callbacks import ConfigInCheckpoint
+from cvgtext.cli import in_multirun
+from cvgtext.errors import ConfigError
 from cvgtext.reports import metrics_table, write_reports
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,19 @@ def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[s
     }
 
 
+def check_launch(trainer: L.Trainer) -> None:
+    """Refuse what Lightning cannot launch: its own DDP processes inside a Hydra sweep.
+
+    Lightning starts the other ranks by re-running the command line with the run directory of a
+    single run; inside a ``-m`` sweep each of them would start the whole sweep again.
+    """
+    if in_multirun() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
+        raise ConfigError(
+            "strategy=ddp cannot start its processes inside a sweep (-m): use strategy=ddp_spawn, "
+            "or launch each rank with torchrun or SLURM"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg`` on its city, test the best checkpoint, return the logged metrics."""
     if cfg.get("seed") is not None:
@@ -54,7 +71,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    # Every rank shares the run directory; the first writes what describes the run.
+    if rank_zero_only.rank == 0:
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
     log.info("Building the %s backbone", cfg.backbone.model_name)
     model = instantiate(cfg.model)
@@ -62,6 +81,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_group(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_launch(trainer)
     for logger in loggers:
         logger.log_hyperparams(resolved)
 
