@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from typing import Any, Callable
 
+from hydra.errors import CompactHydraException
+
 from cvgtext.errors import CVGTextError
+
+log = logging.getLogger(__name__)
+
+
+class JobFailed(CompactHydraException):
+    """A sweep job stopped by a user error; Hydra prints it as one line when the sweep ends."""
 
 
 def user_message(error: BaseException) -> str:
@@ -19,20 +28,49 @@ def user_message(error: BaseException) -> str:
     return message
 
 
-def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a :class:`CVGTextError` as one line and exit with status 1.
+def find_user_error(error: BaseException) -> CVGTextError | None:
+    """The :class:`CVGTextError` behind ``error``, also when ``hydra.utils.instantiate`` wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, CVGTextError):
+            return seen
+        seen = seen.__cause__
+    return None
 
-    ``HYDRA_FULL_ERROR=1`` keeps the full traceback, as it does for Hydra's own errors.
+
+def in_multirun() -> bool:
+    """Whether this job is one of a ``-m`` sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def reports_user_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a :class:`CVGTextError` as one line instead of a traceback.
+
+    A single run prints it and exits with status 1. A job of a sweep (``-m``) logs it to its own
+    log and fails only itself: the sweep goes on with the next jobs, Hydra's basic sweeper then
+    ends the sweep with status 1 and the failed job's overrides, and the Optuna sweeper records
+    the trial as failed. ``HYDRA_FULL_ERROR=1`` keeps the full traceback, as it does for Hydra's
+    own errors.
     """
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
-        except CVGTextError as error:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as raised:
+            error = find_user_error(raised)
+            if error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {user_message(error)}", file=sys.stderr)
+            message = f"error: {user_message(error)}"
+            if in_multirun():
+                # SystemExit would end the whole sweep: fail this job with an exception Hydra
+                # stores in the job's result and prints without a traceback.
+                log.error(message)
+                raise JobFailed(message) from None
+            print(message, file=sys.stderr)
             sys.exit(1)
 
     return wrapper
