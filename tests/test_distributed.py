@@ -65,5 +65,5 @@ def test_ddp_processes_cannot_be_started_inside_a_sweep(release_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_cli("train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *ddp_overrides(release_dir, tmp_path / "outputs"))
     assert result.returncode == 1
-    assert "use strategy=ddp_spawn" in result.stderr
+    assert "strategy=ddp cannot start its processes inside a sweep" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

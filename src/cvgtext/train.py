@@ -59,8 +59,8 @@ def check_launch(trainer: L.Trainer) -> None:
     """
     if in_multirun() and isinstance(trainer.strategy.launcher, _SubprocessScriptLauncher):
         raise ConfigError(
-            "strategy=ddp cannot start its processes inside a sweep (-m): use strategy=ddp_spawn, "
-            "or launch each rank with torchrun or SLURM"
+            "strategy=ddp cannot start its processes inside a sweep (-m): run the jobs one by one, "
+            "or start every rank with torchrun or SLURM and a fixed hydra.sweep.dir"
         )
 
 
