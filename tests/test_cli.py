@@ -132,3 +132,17 @@ def test_unknown_city_fails_with_hydra_listing_the_options(tmp_path):
     result = run_cli("train.py", "city=Atlantis", f"hydra.run.dir={tmp_path}/run")
     assert result.returncode != 0
     assert "Could not find 'city/Atlantis'" in result.stderr and "Brisbane" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_paper_recipe_runs_end_to_end_with_the_tiny_backbone(release_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "train.py", *tiny_overrides(release_dir, run_dir, "experiment=crosstext2loc", "backbone=tiny")
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = (run_dir / "config.yaml").read_text()
+    for setting in ("context_length: 300", "negatives: local", "precision: 16-mixed", "_target_: torch.optim.Adam"):
+        assert setting in config, setting
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["state_dict"]["model.positional_embedding"].shape[0] == 300
