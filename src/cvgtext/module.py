@@ -79,13 +79,11 @@ class CrossViewRetrieval(L.LightningModule):
         self.last_evaluation: dict[str, Any] = {}
 
     def _lock_towers(self, lock_image: bool, lock_text: bool) -> None:
-        image_tower = self.model.visual
+        """Freeze a tower's parameters; the learnt temperature always stays trainable."""
         for name, parameter in self.model.named_parameters():
             in_image_tower = name.startswith("visual.")
             if (lock_image and in_image_tower) or (lock_text and not in_image_tower and name != "logit_scale"):
                 parameter.requires_grad_(False)
-        if lock_image:
-            image_tower.eval()
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised ``(image_features, text_features)``, each ``[batch, embed_dim]``."""

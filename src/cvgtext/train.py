@@ -13,6 +13,7 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cvgtext.atomic import atomic_write
 from cvgtext.callbacks import ConfigInCheckpoint
 from cvgtext.cli import in_multirun
 from cvgtext.errors import ConfigError
@@ -73,7 +74,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # Every rank shares the run directory; the first writes what describes the run.
     if rank_zero_only.rank == 0:
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        with atomic_write(output_dir / "config.yaml") as stream:
+            stream.write(OmegaConf.to_yaml(resolved))
 
     log.info("Building the %s backbone", cfg.backbone.model_name)
     model = instantiate(cfg.model)
