@@ -15,3 +15,7 @@ class ConfigError(CVGTextError):
 
 class CheckpointError(CVGTextError):
     """A checkpoint is missing, unreadable or belongs to another model."""
+
+
+class OutputError(CVGTextError):
+    """An output file (checkpoint, report, log) cannot be written: no space, no permission."""
