@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,23 @@ from cvgtext.errors import OutputError
 
 # Failures of the file system rather than of the program: reported as one message.
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of earlier writes of ``path`` that a kill interrupted.
+
+    Each output file has one writer at a time, so any such file is a dead one's.
+    """
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+
+
+def current_umask() -> int:
+    """The process's file mode creation mask (reading it means setting it, so set it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -27,7 +45,10 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(path)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # mkstemp makes the file private; give it the permissions a plain open() would have.
+        os.chmod(temporary, 0o666 & ~current_umask())
         with os.fdopen(handle, mode, **open_kwargs) as stream:
             yield stream
             stream.flush()

@@ -14,15 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from cvgtext.atomic import atomic_write
 from cvgtext.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file as plain tensors and containers, or raise CheckpointError."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file as plain tensors and containers, or raise CheckpointError.
+
+    ``mmap=True`` maps the tensors instead of reading them: cheap when only the metadata is needed.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -32,7 +37,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
             content = load_file(str(path), device="cpu")
         else:
-            content = torch.load(path, map_location="cpu", weights_only=True)
+            content = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
         if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
             raise CheckpointError(
@@ -43,6 +48,33 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
     return content
+
+
+def check_backbone(saved: dict[str, Any], model_name: str, path: str | Path) -> None:
+    """Refuse a checkpoint whose recorded backbone (``saved``) is not ``model_name``."""
+    if saved and saved.get("model_name") != model_name:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with backbone.model_name={saved.get('model_name')} "
+            f"(backbone={saved.get('name')}), but this run builds {model_name}; add backbone={saved.get('name')}"
+        )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: a kill mid-write keeps the previous file.
+
+    Lightning serialises a checkpoint in memory and then writes it over the old file, so a job
+    killed during the write leaves a truncated ``last.ckpt``. This writes a temporary file beside
+    it, flushes it to disk and renames it over the old one. A full disk is reported as an
+    :class:`~cvgtext.errors.OutputError` naming the file. Remote paths (``s3://``...) are written
+    as Lightning writes them.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_write(path, "wb") as stream:
+            torch.save(checkpoint, stream)
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

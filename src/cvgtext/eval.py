@@ -10,8 +10,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cvgtext.checkpoints import load_state, model_state_dict, read_checkpoint
-from cvgtext.errors import CheckpointError, ConfigError
+from cvgtext.checkpoints import check_backbone, load_state, model_state_dict, read_checkpoint
+from cvgtext.errors import ConfigError
 from cvgtext.reports import write_reports
 from cvgtext.train import finish_wandb, instantiate_group, run_summary
 
@@ -27,12 +27,7 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     saved = checkpoint.get("hyper_parameters", {}).get("backbone")
     backbone = {**backbone, "pretrained": None}
     if saved:
-        if saved.get("model_name") != backbone["model_name"]:
-            raise CheckpointError(
-                f"checkpoint {path} was trained with backbone.model_name={saved.get('model_name')} "
-                f"(backbone={saved.get('name')}), but this run builds {backbone['model_name']}; "
-                f"add backbone={saved.get('name')}"
-            )
+        check_backbone(saved, backbone["model_name"], path)
         backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS if key in saved})
     return backbone
 

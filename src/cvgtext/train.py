@@ -14,10 +14,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.atomic import atomic_write
-from cvgtext.callbacks import ConfigInCheckpoint
+from cvgtext.callbacks import RandomStateInCheckpoint, RunInCheckpoint
 from cvgtext.cli import in_multirun
 from cvgtext.errors import ConfigError
 from cvgtext.reports import metrics_table, write_reports
+from cvgtext.resume import continue_run, find_resume
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg`` on its city, test the best checkpoint, return the logged metrics."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    resume = find_resume(cfg)
+    if resume is not None:
+        log.info("Resuming from %s", resume.path)
+        continue_run(cfg, resume)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -80,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Building the %s backbone", cfg.backbone.model_name)
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
+    callbacks = instantiate_group(cfg.get("callbacks")) + [RunInCheckpoint(resolved), RandomStateInCheckpoint()]
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_launch(trainer)
@@ -88,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(resolved)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None, weights_only=True)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""

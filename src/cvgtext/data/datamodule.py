@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, in_validation, load_pairs
 from cvgtext.data.dataset import PairDataset
-from cvgtext.data.sampler import GeoBatchSampler
+from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -146,48 +147,55 @@ class CVGTextDataModule(L.LightningDataModule):
             raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
         return PairDataset(self.pairs[split], self.preprocess, self.tokenizer)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, batch_size: int) -> DataLoader:
         return DataLoader(
             self.dataset(split),
             batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle,
+            shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.sampler == "geo":
-            return self._geo_loader()
-        return self._loader("train", self.per_device_batch_size, shuffle=True)
-
-    def _geo_loader(self) -> DataLoader:
-        """Training batches of neighbouring places; each rank loads its share of every global batch.
+        """Training batches, the same for a given seed and epoch; each rank loads its share.
 
         The ``DistributedSampler`` only carries rank, world size and epoch to the batch sampler;
         under DDP Lightning swaps in its own (same rank, its ``set_epoch`` called each epoch).
+        The loader's position in the epoch goes into checkpoints, so a resumed run continues the
+        interrupted epoch where it stopped.
         """
         dataset = self.dataset("train")
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        batch_sampler = GeoBatchSampler(
-            DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False),
-            coordinates=[(pair.lat, pair.lon) for pair in self.pairs["train"]],
-            batch_size=self.per_device_batch_size,
-            drop_last=True,
-            seed=self.seed,
-            geo_fraction=self.geo_fraction,
-        )
-        return DataLoader(
+        ranks = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+        coordinates = [(pair.lat, pair.lon) for pair in self.pairs["train"]]
+        if self.sampler == "geo":
+            batch_sampler = GeoBatchSampler(
+                ranks, coordinates, self.per_device_batch_size, seed=self.seed, geo_fraction=self.geo_fraction
+            )
+        else:
+            batch_sampler = SeededBatchSampler(ranks, coordinates, self.per_device_batch_size, seed=self.seed)
+        return ResumableLoader(
             dataset,
             batch_sampler=batch_sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Worker seeds come from this generator, not from the global one: creating the
+            # loader's iterator then draws nothing that training would otherwise have drawn.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches the loop takes: the position a checkpoint saves."""
+        if self.trainer is not None and self.trainer.training:
+            batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+            if isinstance(batch_sampler, SeededBatchSampler):
+                batch_sampler.taken += 1
+        return batch
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.per_device_eval_batch_size, shuffle=False)
+        return self._loader("val", self.per_device_eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.per_device_eval_batch_size, shuffle=False)
+        return self._loader("test", self.per_device_eval_batch_size)

@@ -1,0 +1,119 @@
+"""Continuing an interrupted training run from its checkpoint.
+
+``ckpt_path=PATH`` resumes from a checkpoint file, ``ckpt_path=last`` from this run folder's
+``checkpoints/last.ckpt``, and ``resume=auto`` from that file when it exists (and starts afresh
+when it does not), so that a pre-empted job can be submitted again unchanged. A checkpoint that
+lies in the ``checkpoints/`` folder of a run continues that run: its folder receives the new
+checkpoints, logs and reports, the best score so far is kept, and the W&B run goes on under the
+same id.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, open_dict
+
+from cvgtext.checkpoints import check_backbone, read_checkpoint
+from cvgtext.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto",)
+# What a Lightning checkpoint must hold to continue training, not only to load weights.
+TRAINING_STATE = ("state_dict", "optimizer_states", "loops")
+# Backbone settings that decide the shapes of the weights: a resumed run must keep them.
+ARCHITECTURE_KEYS = ("model_name", "context_length", "image_size")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues from, and what it says about the run."""
+
+    path: Path
+    run_dir: Path | None  # the run folder holding the checkpoint, when it lies in one
+    wandb_id: str | None  # the W&B run the checkpoint was logged to
+
+
+def last_checkpoint(output_dir: str | Path) -> Path:
+    """Where a run folder keeps its newest checkpoint."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
+def find_resume(cfg: DictConfig) -> Resume | None:
+    """The checkpoint named by ``cfg.ckpt_path`` / ``cfg.resume``, checked; ``None`` to start afresh."""
+    ckpt_path, mode = cfg.get("ckpt_path"), cfg.get("resume")
+    if mode is not None and mode not in RESUME_MODES:
+        raise ConfigError(f"resume={mode!r} is not one of: {', '.join(RESUME_MODES)} (or null)")
+    if ckpt_path and mode:
+        raise ConfigError("ckpt_path and resume=auto both name a checkpoint to resume from: set only one")
+    last = last_checkpoint(cfg.paths.output_dir)
+    if ckpt_path == "last":
+        if not last.is_file():
+            raise CheckpointError(
+                f"ckpt_path=last: this run folder has no {last}; set run_id=<the run's folder name> to "
+                "continue that run, or ckpt_path=<path to a .ckpt file>"
+            )
+        path = last
+    elif ckpt_path:
+        path = Path(ckpt_path)
+    elif mode == "auto" and last.is_file():
+        path = last
+    else:
+        if mode == "auto":
+            log.info("resume=auto: %s does not exist yet, starting a new run", last)
+        return None
+    checkpoint = read_checkpoint(path, mmap=True)
+    check_resumable(checkpoint, cfg, path)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+    if run_dir is not None and not (run_dir / "config.yaml").is_file():
+        run_dir = None
+    wandb_id = checkpoint.get("loggers", {}).get("wandb")
+    return Resume(path=path.resolve(), run_dir=run_dir.resolve() if run_dir else None, wandb_id=wandb_id)
+
+
+def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """Refuse a checkpoint that holds no training state or was made with another architecture."""
+    missing = [key for key in TRAINING_STATE if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} cannot resume training: it has no {', '.join(missing)} (it is not a "
+            f"training checkpoint of this project); to start from its weights, set backbone.pretrained={path}"
+        )
+    saved = checkpoint.get("hyper_parameters", {}).get("backbone") or {}
+    check_backbone(saved, cfg.backbone.model_name, path)
+    changed = [
+        f"backbone.{key}={saved[key]} (this run: {cfg.backbone.get(key)})"
+        for key in ARCHITECTURE_KEYS
+        if key in saved and saved[key] != cfg.backbone.get(key)
+    ]
+    if changed:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with {', '.join(changed)}: resume with the settings it was trained with"
+        )
+
+
+def continue_run(cfg: DictConfig, resume: Resume) -> None:
+    """Point the run's outputs and W&B run at those of the run being resumed."""
+    with open_dict(cfg):
+        if resume.run_dir is not None and resume.run_dir != Path(cfg.paths.output_dir).resolve():
+            log.info("Continuing the run in %s", resume.run_dir)
+            cfg.paths.output_dir = str(resume.run_dir)
+            log_to(resume.run_dir / f"{cfg.task_name}.log")
+        wandb = (cfg.get("logger") or {}).get("wandb")
+        if resume.wandb_id and wandb is not None:
+            wandb.id = resume.wandb_id
+            wandb.resume = "allow"
+
+
+def log_to(path: Path) -> None:
+    """Also append this process's log to ``path``, formatted as the log Hydra writes."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, mode="a")
+    files = [existing for existing in root.handlers if isinstance(existing, logging.FileHandler)]
+    if files and files[0].formatter is not None:
+        handler.setFormatter(files[0].formatter)
+    root.addHandler(handler)

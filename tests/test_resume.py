@@ -1,0 +1,246 @@
+"""Resuming: the data order, random state and run folder come back; a killed run ends as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cvgtext.callbacks import RandomStateInCheckpoint
+from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
+from cvgtext.errors import CheckpointError, ConfigError
+from cvgtext.resume import continue_run, find_resume
+
+from conftest import ROOT, compose_config, write_release
+from test_cli import run_cli, tiny_overrides
+
+
+def city(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.uniform(-27.5, -27.4, n), rng.uniform(153.0, 153.1, n)], axis=1)
+
+
+@pytest.mark.parametrize("kind", [SeededBatchSampler, GeoBatchSampler])
+def test_an_epoch_is_the_same_for_a_seed_and_differs_between_epochs(kind):
+    first, again = kind(None, city(40), 4, seed=7), kind(None, city(40), 4, seed=7)
+    assert list(first) == list(again)
+    first.set_epoch(1)
+    assert list(first) != list(again)
+    assert sorted(i for batch in first for i in batch) == sorted(i for batch in again for i in batch)
+
+
+@pytest.mark.parametrize("kind", [SeededBatchSampler, GeoBatchSampler])
+def test_a_loaded_state_continues_the_epoch_where_the_loop_stopped(kind):
+    reference = kind(None, city(40), 4, seed=3)
+    reference.set_epoch(2)
+    epoch = list(reference)
+    interrupted = kind(None, city(40), 4, seed=3)
+    interrupted.set_epoch(2)
+    for _ in zip(range(3), iter(interrupted)):
+        interrupted.taken += 1  # as the data module counts the batches the loop takes
+    state = interrupted.state_dict()
+    assert state == {"seed": 3, "epoch": 2, "batches": 3, "world_size": 1}
+
+    # Two interruptions in the same epoch: the count goes on from where it resumed.
+    resumed = kind(None, city(40), 4, seed=3)
+    resumed.load_state_dict(state)
+    iterator = iter(resumed)
+    assert next(iterator) == epoch[3]
+    resumed.taken += 1
+    again = kind(None, city(40), 4, seed=3)
+    again.load_state_dict(resumed.state_dict())
+    assert list(again) == epoch[4:]
+    assert list(again) == epoch, "after the resumed epoch, iteration starts the epoch over"
+
+
+def test_a_state_of_another_seed_starts_the_epoch_over(caplog):
+    sampler = SeededBatchSampler(None, city(40), 4, seed=1)
+    sampler.load_state_dict({"seed": 2, "epoch": 1, "batches": 5, "world_size": 1})
+    assert sampler.epoch == 1 and len(list(sampler)) == len(sampler)
+    assert "starts over" in caplog.text
+
+
+def test_random_state_survives_a_weights_only_checkpoint(tmp_path):
+    callback = RandomStateInCheckpoint()
+    checkpoint: dict = {}
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    callback.on_save_checkpoint(None, None, checkpoint)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    torch.save(checkpoint, tmp_path / "state.ckpt")
+    callback.on_load_checkpoint(None, None, torch.load(tmp_path / "state.ckpt", weights_only=True))
+    drawn = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(drawn[0], expected[0]) and np.array_equal(drawn[1], expected[1]) and drawn[2] == expected[2]
+
+
+def training_checkpoint(path: Path, **backbone) -> Path:
+    backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "image_size": None, **backbone}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"state_dict": {}, "optimizer_states": [], "loops": {}, "hyper_parameters": {"backbone": backbone},
+         "loggers": {"wandb": "abc123"}},
+        path,
+    )
+    return path
+
+
+def test_ckpt_path_last_and_resume_auto_look_in_this_run_folder(tmp_path):
+    cfg = compose_config("train", ["ckpt_path=last"], tmp_path)
+    with pytest.raises(CheckpointError, match=r"ckpt_path=last: this run folder has no .*run/checkpoints/last.ckpt"):
+        find_resume(cfg)
+    assert find_resume(compose_config("train", ["resume=auto"], tmp_path)) is None
+    last = training_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    for override in ("ckpt_path=last", "resume=auto"):
+        resume = find_resume(compose_config("train", [override], tmp_path))
+        assert resume.path == last.resolve() and resume.wandb_id == "abc123"
+
+
+def test_a_checkpoint_of_another_run_continues_that_run_and_its_wandb_run(tmp_path):
+    other = tmp_path / "outputs" / "train" / "runs" / "earlier"
+    (other / "config.yaml").parent.mkdir(parents=True)
+    (other / "config.yaml").write_text("seed: 42\n")
+    path = training_checkpoint(other / "checkpoints" / "last.ckpt")
+    cfg = compose_config("train", [f"ckpt_path={path}"], tmp_path)
+    resume = find_resume(cfg)
+    continue_run(cfg, resume)
+    assert Path(cfg.paths.output_dir) == other.resolve()
+    assert cfg.callbacks.model_checkpoint.dirpath == f"{other.resolve()}/checkpoints"
+    assert cfg.logger.wandb.id == "abc123" and cfg.logger.wandb.resume == "allow"
+
+
+@pytest.mark.parametrize(
+    "overrides, content, message",
+    [
+        (["resume=always"], None, "resume='always' is not one of: auto"),
+        (["resume=auto", "ckpt_path=x.ckpt"], None, "set only one"),
+        ([], {"state_dict": {}}, "cannot resume training: it has no optimizer_states, loops"),
+        ([], {"backbone": {"name": "vit_b16", "model_name": "ViT-B-16"}}, "add backbone=vit_b16"),
+        ([], {"backbone": {"context_length": 300}}, "backbone.context_length=300 (this run: 77)"),
+    ],
+)
+def test_what_cannot_be_resumed_is_refused_with_one_message(tmp_path, overrides, content, message):
+    path = tmp_path / "model.ckpt"
+    if content is not None and "backbone" in content:
+        training_checkpoint(path, **content["backbone"])
+    elif content is not None:
+        torch.save(content, path)
+    cfg = compose_config("train", overrides or [f"ckpt_path={path}"], tmp_path)
+    with pytest.raises((CheckpointError, ConfigError), match=message.replace("(", r"\(").replace(")", r"\)")):
+        find_resume(cfg)
+
+
+class WritesMarker:
+    """A pickle payload that would create a file if the checkpoint were unpickled unsafely."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(release_dir, tmp_path, script):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "payload": WritesMarker(marker)}, path)
+    result = run_cli(script, *tiny_overrides(release_dir, tmp_path / "run", f"ckpt_path={path}"))
+    assert result.returncode == 1
+    assert f"checkpoint {path} was refused" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not marker.exists()
+
+
+def test_every_torch_load_of_the_project_is_weights_only():
+    for source in (ROOT / "src").rglob("*.py"):
+        for number, line in enumerate(source.read_text().splitlines(), 1):
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{source}:{number} loads without weights_only=True"
+
+
+def last_step(run_dir: Path) -> int:
+    """The global step of a run folder's last.ckpt, or -1 while there is none."""
+    try:
+        return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return -1
+
+
+def resume_overrides(data_dir: Path, run_dir: Path) -> list[str]:
+    """A tiny run of two epochs of batches of 2, checkpointed every 2 steps, logged to W&B (offline) and CSV."""
+    overrides = [item for item in tiny_overrides(data_dir, run_dir) if item != "debug=fast"]
+    return overrides + [
+        "trainer.max_epochs=2", "data.batch_size=2", "data.num_workers=0",
+        "callbacks.step_checkpoint.every_n_train_steps=2", "logger=wandb", "resume=auto",
+        "~callbacks.rich_progress_bar", "~callbacks.model_summary",
+    ]
+
+
+def wandb_run_ids(run_dir: Path) -> set[str]:
+    return {folder.name.rsplit("-", 1)[-1] for folder in (run_dir / "wandb").glob("offline-run-*")}
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(tmp_path):
+    """SIGKILL in the second epoch, then the same command again: same weights, metrics, best score, W&B run.
+
+    Tolerance: none. On the CPU the resumed run's weights are bitwise those of the uninterrupted one.
+    """
+    data_dir = write_release(tmp_path / "data")
+    uninterrupted = tmp_path / "uninterrupted"
+    result = run_cli("train.py", *resume_overrides(data_dir, uninterrupted))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_per_epoch = reference["global_step"] // 2
+
+    killed = tmp_path / "killed"
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *resume_overrides(data_dir, killed)],
+        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while last_step(killed) < steps_per_epoch + 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    interrupted = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    position = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert position["epoch"] == 1 and 0 < position["batches"] < steps_per_epoch, position
+
+    result = run_cli("train.py", *resume_overrides(data_dir, killed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == reference["global_step"]
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    for key, value in reference["optimizer_states"][0]["state"].items():
+        assert torch.equal(resumed["optimizer_states"][0]["state"][key]["exp_avg"], value["exp_avg"])
+    best = [state for name, state in reference["callbacks"].items() if "val/R@1" in name][0]
+    resumed_best = [state for name, state in resumed["callbacks"].items() if "val/R@1" in name][0]
+    assert resumed_best["best_model_score"] == best["best_model_score"]
+    assert resumed["best_metrics"] == reference["best_metrics"]
+    test_metrics = [json.loads((run / "metrics.json").read_text())["all"] for run in (uninterrupted, killed)]
+    assert test_metrics[0] == test_metrics[1]
+    assert len(wandb_run_ids(killed)) == 1 and resumed["loggers"]["wandb"] in wandb_run_ids(killed)
+    assert len(list((killed / "wandb").glob("offline-run-*"))) == 2
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_metrics(release_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for run_dir in (first, second):
+        result = run_cli("train.py", *tiny_overrides(release_dir, run_dir))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert (first / "metrics.json").read_text().replace(str(first), "") == (
+        (second / "metrics.json").read_text().replace(str(second), "")
+    )
+    assert (first / "predictions.csv").read_text() == (second / "predictions.csv").read_text()
