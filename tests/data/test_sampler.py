@@ -8,7 +8,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-from cvgtext.data.sampler import GeoBatchSampler
+from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
 from cvgtext.errors import ConfigError
 from cvgtext.geo import haversine_km
 from test_datamodule import make
@@ -125,3 +125,10 @@ def test_lightning_distributed_sampler_injection_keeps_the_geo_batches():
     _set_sampler_epoch(rebuilt, 2)
     reference.set_epoch(2)
     assert [batch.tolist() for batch in rebuilt] == list(reference)
+
+
+def test_without_shuffling_every_epoch_has_the_same_batches_in_dataset_order():
+    sampler = SeededBatchSampler(None, city(10), batch_size=4, shuffle=False)
+    assert list(sampler) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    sampler.set_epoch(3)
+    assert list(sampler) == [[0, 1, 2, 3], [4, 5, 6, 7]]

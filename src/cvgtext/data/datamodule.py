@@ -174,7 +174,11 @@ class CVGTextDataModule(L.LightningDataModule):
                 ranks, coordinates, self.per_device_batch_size, seed=self.seed, geo_fraction=self.geo_fraction
             )
         else:
-            batch_sampler = SeededBatchSampler(ranks, coordinates, self.per_device_batch_size, seed=self.seed)
+            # Overfitting a few batches means the same batches every epoch: no shuffling.
+            shuffle = not (self.trainer and self.trainer.overfit_batches)
+            batch_sampler = SeededBatchSampler(
+                ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=shuffle
+            )
         return ResumableLoader(
             dataset,
             batch_sampler=batch_sampler,

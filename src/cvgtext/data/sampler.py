@@ -54,6 +54,7 @@ class SeededBatchSampler(BatchSampler):
         drop_last: drop the last, incomplete global batch; else it is padded by repeating
             its own samples so that every rank gets an equal share.
         seed: with the epoch, decides the order of the batches.
+        shuffle: ``False`` keeps the dataset's order in every epoch (to overfit a few batches).
 
     ``taken`` counts the batches of the current epoch the training loop has taken (the data
     module advances it as the loop takes each batch, not when a worker loads it ahead).
@@ -66,6 +67,7 @@ class SeededBatchSampler(BatchSampler):
         batch_size: int,
         drop_last: bool = True,
         seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -77,6 +79,7 @@ class SeededBatchSampler(BatchSampler):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.seed = seed
+        self.shuffle = shuffle
         self._epoch = 0
         self.taken = 0
         self._resume_at = 0
@@ -105,7 +108,7 @@ class SeededBatchSampler(BatchSampler):
     def global_batches(self, epoch: int | None = None) -> list[np.ndarray]:
         """Every global batch of an epoch (all ranks' samples), as dataset indices."""
         rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
-        order = rng.permutation(len(self.coordinates))
+        order = rng.permutation(len(self.coordinates)) if self.shuffle else np.arange(len(self.coordinates))
         size = self.global_batch_size
         whole = len(order) // size
         batches = [order[i * size : (i + 1) * size] for i in range(whole)]
