@@ -48,6 +48,14 @@ def test_malformed_annotation_files_are_named(tmp_path, content, problem):
     assert str(path) in str(error.value)
 
 
+def test_a_key_given_twice_is_refused_rather_than_losing_a_caption(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text('{"1.0,2.0_a.jpg": "first", "1.0,3.0_b.jpg": "other", "1.0,2.0_a.jpg": "second"}')
+    with pytest.raises(DataError, match="has the key '1.0,2.0_a.jpg' twice") as error:
+        read_annotation(path)
+    assert str(path) in str(error.value)
+
+
 def test_missing_annotation_file_is_named(tmp_path):
     with pytest.raises(DataError, match="does not exist") as error:
         read_annotation(tmp_path / "test.json")

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -96,3 +98,14 @@ def test_batch_size_must_divide_by_the_devices(release_dir):
 def test_unknown_split_is_refused(release_dir):
     with pytest.raises(ConfigError, match="split='dev'"):
         make(release_dir).dataset("dev")
+
+
+def test_a_test_image_annotated_for_training_is_refused(release_dir):
+    test_file = release_dir / "annotation" / f"{CITY}-photos" / "test.json"
+    train_file = release_dir / "annotation" / f"{CITY}-photos" / "train.json"
+    test_name = next(iter(json.loads(test_file.read_text())))
+    train_file.write_text(json.dumps({**json.loads(train_file.read_text()), test_name: "A street."}))
+    with pytest.raises(DataError, match="annotated both in") as error:
+        make(release_dir).setup()
+    assert test_name in str(error.value) and str(train_file) in str(error.value) and str(test_file) in str(error.value)
+

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cvgtext.data.names import check_plain_name, is_panorama, parse_coordinates
 from cvgtext.errors import DataError
@@ -30,12 +31,24 @@ class Pair:
 
 
 def read_annotation(path: Path) -> dict[str, str]:
-    """Load one annotation file and check its shape: a JSON object of file name -> non-empty caption."""
+    """Load one annotation file and check its shape: a JSON object of file name -> non-empty caption.
+
+    A key given twice is refused: JSON keeps only its last caption, so one would vanish unseen.
+    """
     if not path.is_file():
         raise DataError(f"annotation file {path} does not exist (expected a JSON object {{file_name: caption}})")
+
+    def refuse_repeated_keys(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        content: dict[str, Any] = {}
+        for key, value in items:
+            if key in content:
+                raise DataError(f"annotation file {path} has the key {key!r} twice; expected each file name once")
+            content[key] = value
+        return content
+
     try:
         with open(path, encoding="utf-8") as handle:
-            content = json.load(handle)
+            content = json.load(handle, object_pairs_hook=refuse_repeated_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"annotation file {path} is not valid JSON: {error}") from None
     if not isinstance(content, dict):
@@ -69,6 +82,28 @@ def load_pairs(annotation_path: Path, image_dir: Path) -> list[Pair]:
             raise DataError(f"image {image_dir / name} does not exist (annotated in {annotation_path})")
         pairs.append(Pair(name, caption, image_dir / name, lat, lon, is_panorama(name)))
     return pairs
+
+
+def check_test_names_unseen(train: dict[str, Path], test: dict[str, Path]) -> None:
+    """Refuse a file name annotated both for training (``train``, ``val``) and for test.
+
+    Both map file names to the annotation file that holds them. A file name is the gallery
+    tile's and carries its coordinates, so duplicate names cannot disagree on the place, and
+    most are harmless: the same name in the panorama and the photo version of one split is two
+    captions of one place, and evaluation ranks each tile once (galleries are de-duplicated by
+    name). Names that differ only in case are two files here; on a case-insensitive file system
+    one is missing from its folder's listing and reported as a missing image. What is an error
+    is a tile in both training and test: the test would then measure memory, not retrieval.
+    A key given twice within one file is refused by :func:`read_annotation`.
+    """
+    shared = sorted(set(train) & set(test))
+    if shared:
+        name = shared[0]
+        others = f" and {len(shared) - 1} more" if len(shared) > 1 else ""
+        raise DataError(
+            f"file name {name!r}{others} is annotated both in {train[name]} and in {test[name]}; "
+            "expected the test images to be kept out of training"
+        )
 
 
 def in_validation(name: str, fraction: float) -> bool:

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from cvgtext.data.annotations import Pair, in_validation, load_pairs
+from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
 from cvgtext.data.dataset import PairDataset
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.errors import ConfigError, DataError
@@ -99,22 +99,28 @@ class CVGTextDataModule(L.LightningDataModule):
         self.per_device_eval_batch_size = self._per_device(self.eval_batch_size, "data.eval_batch_size")
 
     def read_splits(self) -> dict[str, list[Pair]]:
-        """All pairs of the configured versions, by split; checks files, names and images."""
+        """All pairs of the configured versions, by split; checks files, names and images.
+
+        Also refuses an image annotated for both training and test (``check_test_names_unseen``).
+        """
         if self.synthetic is None and not self.data_dir.is_dir():
             raise DataError(
                 f"data folder {self.data_dir} does not exist; point paths.data_dir at the CVG-Text "
                 "download (the folder holding annotation/, reference/ and query/)"
             )
         splits: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
+        annotated_in: dict[str, dict[str, Path]] = {"train": {}, "test": {}}  # source -> name -> annotation file
         for version in self.versions:
             image_dir = self.data_dir / self.image_folder.format(version=version, city=self.city)
             for source in ("train", "test"):
                 path = self.data_dir / self.annotation_file.format(version=version, split=source, city=self.city)
                 for pair in load_pairs(path, image_dir):
+                    annotated_in[source].setdefault(pair.name, path)
                     if source == "test":
                         splits["test"].append(pair)
                     else:
                         splits["val" if in_validation(pair.name, self.val_fraction) else "train"].append(pair)
+        check_test_names_unseen(annotated_in["train"], annotated_in["test"])
         for split, pairs in splits.items():
             if not pairs:
                 raise DataError(
