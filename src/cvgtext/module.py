@@ -7,6 +7,7 @@ Batches become embeddings in :meth:`embed`; embeddings become a loss in :meth:`t
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any
@@ -20,11 +21,16 @@ from cvgtext.evaluation import EmbeddedSplit, evaluate_split, flatten_metrics
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.loss import ContrastiveLoss
 
+log = logging.getLogger(__name__)
+
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnt temperature here
 
-# Evaluation metrics are computed from the embeddings of all ranks, so every rank logs the same
-# value and there is nothing to reduce: Lightning's advice to log them with sync_dist is moot.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/", category=UserWarning)
+# Evaluation metrics are computed from the embeddings of all ranks, and the skipped images are
+# gathered from all ranks, so every rank logs the same value and there is nothing to reduce:
+# Lightning's advice to log them with sync_dist is moot.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self\.log\('((val|test)/|train/skipped_images')", category=UserWarning
+)
 
 
 def _plain(config: Any) -> Any:
@@ -40,6 +46,10 @@ class CrossViewRetrieval(L.LightningModule):
     place (the paper's 100), or the whole gallery when ``None``. ``grad_checkpointing``
     recomputes each transformer block's activations in the backward pass instead of keeping them:
     less memory for about a third more compute, the same loss and gradients.
+
+    ``skipped_images`` holds the messages of the training images the loader left out because
+    they cannot be decoded (``data.on_bad_image=skip``), from every rank and, through
+    checkpoints, from before a resume; their number is logged as ``train/skipped_images``.
     """
 
     def __init__(
@@ -77,6 +87,7 @@ class CrossViewRetrieval(L.LightningModule):
         self._embedded: list[dict[str, torch.Tensor]] = []
         self.best_metrics: dict[str, float] = {}
         self.last_evaluation: dict[str, Any] = {}
+        self.skipped_images: set[str] = set()
 
     def _lock_towers(self, lock_image: bool, lock_text: bool) -> None:
         """Freeze a tower's parameters; the learnt temperature always stays trainable."""
@@ -98,6 +109,29 @@ class CrossViewRetrieval(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
         return loss
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Warn once about each training image left out of its batch (``data.on_bad_image=skip``)."""
+        for message in batch.get("skipped", ()):
+            if message not in self.skipped_images:
+                self.skipped_images.add(message)
+                log.warning("%s; its pair is left out of training (data.on_bad_image=skip)", message)
+
+    def on_train_epoch_end(self) -> None:
+        # Each rank loads its own share of the batches: count the images all ranks left out.
+        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[list[str] | None] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, sorted(self.skipped_images))
+            self.skipped_images.update(*gathered)
+        if self.skipped_images:
+            self.log("train/skipped_images", float(len(self.skipped_images)))
+
+    def on_fit_end(self) -> None:
+        if self.skipped_images and self.trainer.is_global_zero:
+            log.warning(
+                "%d training images could not be decoded and were left out (data.on_bad_image=skip)",
+                len(self.skipped_images),
+            )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():
@@ -166,9 +200,12 @@ class CrossViewRetrieval(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_metrics"] = dict(self.best_metrics)
+        checkpoint["skipped_images"] = sorted(self.skipped_images)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_metrics = dict(checkpoint.get("best_metrics", {}))
+        # A union: validating the best checkpoint after fitting must not forget later skips.
+        self.skipped_images.update(checkpoint.get("skipped_images", ()))
 
 
 def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

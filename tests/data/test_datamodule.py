@@ -100,6 +100,11 @@ def test_unknown_split_is_refused(release_dir):
         make(release_dir).dataset("dev")
 
 
+def test_an_unknown_bad_image_policy_is_refused(release_dir):
+    with pytest.raises(ConfigError, match="data.on_bad_image='ignore' is not one of raise, skip"):
+        make(release_dir, on_bad_image="ignore")
+
+
 def test_a_test_image_annotated_for_training_is_refused(release_dir):
     test_file = release_dir / "annotation" / f"{CITY}-photos" / "test.json"
     train_file = release_dir / "annotation" / f"{CITY}-photos" / "train.json"
@@ -109,3 +114,9 @@ def test_a_test_image_annotated_for_training_is_refused(release_dir):
         make(release_dir).setup()
     assert test_name in str(error.value) and str(train_file) in str(error.value) and str(test_file) in str(error.value)
 
+
+def test_only_the_training_split_skips_bad_images(release_dir):
+    datamodule = make(release_dir, on_bad_image="skip")
+    datamodule.setup()
+    assert [datamodule.dataset(split).on_bad_image for split in ("train", "val", "test")] == ["skip"] * 3
+    assert [datamodule.dataset(split).split for split in ("train", "val", "test")] == ["train", "val", "test"]

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
-from cvgtext.data.dataset import PairDataset
+from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.errors import ConfigError, DataError
 
@@ -36,7 +36,9 @@ class CVGTextDataModule(L.LightningDataModule):
     ``synthetic``, when given, is the generator's arguments: the city is generated into
     ``data_dir`` on first use. ``sampler`` chooses the training batches: ``random`` (shuffled)
     or ``geo`` (places near each other, a share ``geo_fraction`` of them; see ``sampler.py``),
-    deterministic given ``seed`` and the epoch.
+    deterministic given ``seed`` and the epoch. ``on_bad_image`` is what an image that cannot be
+    decoded does: ``raise`` stops the run, ``skip`` leaves the pair out of its training batch
+    (see ``dataset.py``).
     """
 
     def __init__(
@@ -55,6 +57,7 @@ class CVGTextDataModule(L.LightningDataModule):
         sampler: str = "random",
         geo_fraction: float = 1.0,
         seed: int | None = None,
+        on_bad_image: str = "raise",
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
     ):
@@ -67,6 +70,8 @@ class CVGTextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.sampler={sampler!r} is not one of {', '.join(SAMPLERS)}")
         if not 0.0 <= geo_fraction <= 1.0:
             raise ConfigError(f"data.geo_fraction={geo_fraction} must lie in [0, 1]")
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ConfigError(f"data.on_bad_image={on_bad_image!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
         self.data_dir = Path(data_dir)
         self.city = city
         self.versions = [template.format(city=city) for template in versions]
@@ -81,6 +86,7 @@ class CVGTextDataModule(L.LightningDataModule):
         self.sampler = sampler
         self.geo_fraction = geo_fraction
         self.seed = seed or 0
+        self.on_bad_image = on_bad_image
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.pairs: dict[str, list[Pair]] = {}
@@ -151,7 +157,7 @@ class CVGTextDataModule(L.LightningDataModule):
             self.setup()
         if self.preprocess is None or self.tokenizer is None:
             raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
-        return PairDataset(self.pairs[split], self.preprocess, self.tokenizer)
+        return PairDataset(self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image)
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         return DataLoader(

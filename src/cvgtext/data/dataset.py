@@ -1,39 +1,73 @@
-"""A dataset of (caption, gallery image) pairs, as the model sees them."""
+"""A dataset of (caption, gallery image) pairs, as the model sees them, and the bad-image policy.
+
+An image that cannot be decoded (truncated, empty, not an image) is only found when a batch is
+loaded. ``on_bad_image="raise"`` stops the run with a :class:`~cvgtext.errors.DataError` naming
+the file. ``"skip"`` leaves the pair out of its training batch instead (:func:`collate_pairs`
+drops it and lists it under ``skipped``, for the module to count); validation and test raise
+either way, since a gallery without the tile would change their metrics.
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from cvgtext.data.annotations import Pair
 from cvgtext.errors import DataError
 
+BAD_IMAGE_POLICIES = ("raise", "skip")
+
 
 def load_image(path) -> Image.Image:
-    """Decode an image fully, turning any decoding failure into a DataError naming the file."""
+    """Decode an image fully, turning any decoding failure into a DataError naming the file.
+
+    ``convert`` reads every pixel, so a truncated JPEG fails here (PIL's
+    ``LOAD_TRUNCATED_IMAGES`` is left off) rather than training on a half-grey tile.
+    """
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
+    except UnidentifiedImageError:
+        # PIL's own message repeats the path and does not say what it found.
+        found = "an empty file" if os.path.getsize(path) == 0 else "no image format PIL reads"
+        raise DataError(f"image {path} cannot be decoded ({found}; expected an image such as a JPEG)") from None
+    except (OSError, SyntaxError, ValueError) as error:
         raise DataError(f"image {path} cannot be decoded ({error})") from None
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """The item of a pair whose image cannot be decoded, in a training dataset that skips them."""
+
+    message: str  # the DataError's: names the file and what went wrong
 
 
 class PairDataset(Dataset):
     """Items are dicts: ``image`` [3, H, W], ``tokens`` [context], ``lat``/``lon`` (degrees),
-    ``is_panorama``, ``index`` (position in this dataset), ``name`` and ``caption``."""
+    ``is_panorama``, ``index`` (position in this dataset), ``name`` and ``caption``.
+
+    With ``on_bad_image="skip"`` and ``split="train"``, the item of an image that cannot be
+    decoded is a :class:`SkippedImage`; every other split raises, saying why.
+    """
 
     def __init__(
         self,
         pairs: Sequence[Pair],
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[..., torch.Tensor],
+        split: str = "train",
+        on_bad_image: str = "raise",
     ):
         self.pairs = list(pairs)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        self.split = split
+        self.on_bad_image = on_bad_image
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -42,10 +76,21 @@ class PairDataset(Dataset):
     def names(self) -> list[str]:
         return [pair.name for pair in self.pairs]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedImage:
         pair = self.pairs[index]
+        try:
+            image = load_image(pair.image_path)
+        except DataError as error:
+            if self.on_bad_image == "raise":
+                raise
+            if self.split == "train":
+                return SkippedImage(str(error))
+            raise DataError(
+                f"{error}; data.on_bad_image=skip leaves bad images out of training only: "
+                f"the {self.split} split needs every image, as a smaller gallery changes its metrics"
+            ) from None
         return {
-            "image": self.preprocess(load_image(pair.image_path)),
+            "image": self.preprocess(image),
             "tokens": self.tokenizer([pair.caption])[0],
             "lat": pair.lat,
             "lon": pair.lon,
@@ -54,3 +99,23 @@ class PairDataset(Dataset):
             "name": pair.name,
             "caption": pair.caption,
         }
+
+
+def collate_pairs(items: list[dict[str, Any] | SkippedImage]) -> dict[str, Any]:
+    """Collate training items, leaving out the pairs whose image could not be decoded.
+
+    The batch may then be smaller than asked for; ``skipped`` lists the messages of the pairs
+    left out, so that the main process can count them (this runs in the loader's workers). A
+    batch with no image left cannot be trained on, and means a broken folder rather than a few
+    bad files: it raises.
+    """
+    kept = [item for item in items if not isinstance(item, SkippedImage)]
+    skipped = [item.message for item in items if isinstance(item, SkippedImage)]
+    if not kept:
+        raise DataError(
+            f"none of the {len(items)} images of a training batch can be decoded, e.g. {skipped[0]}; "
+            "check the image folder"
+        )
+    batch = default_collate(kept)
+    batch["skipped"] = skipped
+    return batch
