@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,32 @@ def write_release(root: Path, city: str = CITY, panoramas: int = 24, photos: int
 def release_dir(tmp_path: Path) -> Path:
     """A tiny city, ``Testville``, in the release layout under ``tmp_path/data``."""
     return write_release(tmp_path / "data")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):
+    """An empty folder that this process cannot write to.
+
+    Root ignores permission bits, so as root it is a read-only tmpfs mounted for the test;
+    otherwise a folder of mode 0o555. Skips when neither stops a write.
+    """
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                               capture_output=True, text=True)
+        if mount.returncode != 0:
+            pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mount.stderr.strip()}")
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+        return
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("a folder of mode 0o555 is still writable here")
+        yield folder
+    finally:
+        folder.chmod(0o755)
 
 
 def compose_config(config_name: str, overrides: list[str], tmp_path: Path):

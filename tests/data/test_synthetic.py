@@ -8,7 +8,7 @@ from PIL import Image
 from cvgtext.data import synthetic
 from cvgtext.data.names import is_panorama, parse_coordinates
 from cvgtext.data.synthetic import STAMP, ensure_city, generate_city
-from cvgtext.errors import ConfigError
+from cvgtext.errors import ConfigError, DataError
 
 SMALL = {"places": 30, "tile_size": 32}
 VERSIONS = ("Synthetic", "Synthetic-photos")
@@ -161,3 +161,9 @@ def test_interrupted_generation_leaves_no_stamp_and_is_redone(tmp_path, monkeypa
 def test_bad_arguments_are_refused(tmp_path, bad):
     with pytest.raises(ConfigError):
         generate_city(tmp_path, **{**SMALL, **bad})
+
+
+def test_a_read_only_folder_asks_for_a_writable_one(read_only_dir):
+    with pytest.raises(DataError, match="point paths.data_dir \\(or CVGTEXT_DATA_DIR\\) at a writable folder") as error:
+        ensure_city(read_only_dir, **SMALL)
+    assert f"cannot generate the synthetic city in {read_only_dir}" in str(error.value)

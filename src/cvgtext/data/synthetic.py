@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cvgtext.atomic import STORAGE_ERRORS
 from cvgtext.data import synthetic_render as render
 from cvgtext.data.names import check_plain_name
-from cvgtext.errors import ConfigError
+from cvgtext.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +454,9 @@ def ensure_city(root, name: str = "Synthetic", places: int = 2000, seed: int = 0
     """Generate the synthetic city unless ``root`` already holds one made with these arguments.
 
     Returns True when it generated. A missing stamp (never generated, or interrupted) or one
-    recording other arguments means the city is written again over whatever is there.
+    recording other arguments means the city is written again over whatever is there. A folder
+    that cannot be written (read-only, full) raises a DataError saying where to point instead;
+    a city already generated there is read without writing anything.
     """
     arguments = _arguments(name, places, seed, test_fraction, photo_fraction, tile_size)
     stamp = Path(root) / "annotation" / name / STAMP
@@ -463,5 +466,14 @@ def ensure_city(root, name: str = "Synthetic", places: int = 2000, seed: int = 0
     except (OSError, ValueError):
         pass
     log.info("Generating the synthetic city %r with %d places in %s", name, places, Path(root).resolve())
-    generate_city(root, name, places, seed, test_fraction, photo_fraction, tile_size)
+    try:
+        generate_city(root, name, places, seed, test_fraction, photo_fraction, tile_size)
+    except OSError as error:
+        if error.errno not in STORAGE_ERRORS:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        raise DataError(
+            f"cannot generate the synthetic city in {Path(root).resolve()}: {error.strerror}{where}; "
+            "point paths.data_dir (or CVGTEXT_DATA_DIR) at a writable folder"
+        ) from None
     return True
