@@ -6,9 +6,13 @@ import functools
 import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from cvgtext.errors import CVGTextError
 
@@ -17,6 +21,43 @@ log = logging.getLogger(__name__)
 
 class JobFailed(CompactHydraException):
     """A sweep job stopped by a user error; Hydra prints it as one line when the sweep ends."""
+
+
+def writable_folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be created or written to, or None when it can (it is then created)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as error:
+        return error.strerror
+
+
+class CheckRunFolder(Callback):
+    """Stop with one line when the run folder cannot be written, before Hydra writes into it.
+
+    Hydra creates the folder, its ``.hydra/`` configs and the log file before the job starts; a
+    read-only or forbidden folder fails there with a traceback from ``pathlib`` or ``logging``.
+    Hydra turns an exception raised by a callback into a warning and goes on, so this one
+    prints the message and exits itself, as :func:`reports_user_errors` does.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def check(folder: str, key: str) -> None:
+        problem = writable_folder_problem(folder)
+        if problem is not None:
+            print(
+                f"error: cannot write the run folder {folder} ({problem}); "
+                f"point {key} (or paths.log_dir) at a writable folder",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
 
 def user_message(error: BaseException) -> str:
