@@ -291,6 +291,7 @@ def test_skipped_training_images_are_warned_once_and_counted(release_dir, tmp_pa
     for image in (truncated, empty):
         assert sum(f"image {image} cannot be decoded" in line for line in log.splitlines()) == 1, log
     assert "2 training images could not be decoded and were left out" in log
+    assert "2 training images could not be decoded and were left out (data.on_bad_image=skip)" in result.stdout
     with open(next(run_dir.glob("csv/*/metrics.csv"))) as handle:
         counts = {row["train/skipped_images"] for row in csv.DictReader(handle) if row.get("train/skipped_images")}
     assert counts == {"2.0"}

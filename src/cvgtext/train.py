@@ -103,6 +103,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
         if trainer.is_global_zero:
             print(metrics_table(model.last_evaluation["val"].metrics, "Validation, best checkpoint (percent / km)"))
+            if model.skipped_images:
+                print(
+                    f"{len(model.skipped_images)} training images could not be decoded and were left out "
+                    f"(data.on_bad_image=skip); {cfg.task_name}.log names them"
+                )
         if cfg.get("test"):
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
-from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset
+from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.errors import ConfigError, DataError
 
@@ -120,7 +120,9 @@ class CVGTextDataModule(L.LightningDataModule):
             image_dir = self.data_dir / self.image_folder.format(version=version, city=self.city)
             for source in ("train", "test"):
                 path = self.data_dir / self.annotation_file.format(version=version, split=source, city=self.city)
-                for pair in load_pairs(path, image_dir):
+                # A missing training image may be skipped; a missing test tile would change the gallery.
+                missing = self.on_bad_image if source == "train" else "raise"
+                for pair in load_pairs(path, image_dir, missing):
                     annotated_in[source].setdefault(pair.name, path)
                     if source == "test":
                         splits["test"].append(pair)
@@ -197,6 +199,7 @@ class CVGTextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_pairs,
             # Worker seeds come from this generator, not from the global one: creating the
             # loader's iterator then draws nothing that training would otherwise have drawn.
             generator=torch.Generator().manual_seed(self.seed),
