@@ -86,6 +86,15 @@ def test_a_missing_image_is_named(tmp_path):
     with pytest.raises(DataError, match="does not exist") as error:
         load_pairs(path, tmp_path / "images")
     assert "1.0,2.0_a.jpg" in str(error.value) and "train.json" in str(error.value)
+    assert "data.on_bad_image=skip" in str(error.value)
+
+
+def test_a_missing_image_can_be_left_out_with_a_warning(tmp_path, caplog):
+    path = _annotation(tmp_path, {"1.0,2.0_a.jpg": "a caption", "1.0,2.0_b.jpg": "another"})
+    (tmp_path / "images" / "1.0,2.0_b.jpg").write_bytes(b"")
+    (pair,) = load_pairs(path, tmp_path / "images", missing="skip")
+    assert pair.name == "1.0,2.0_b.jpg"
+    assert "1.0,2.0_a.jpg does not exist" in caplog.text and "left out" in caplog.text
 
 
 def test_pairs_carry_coordinates_and_the_view(tmp_path):

@@ -120,3 +120,21 @@ def test_only_the_training_split_skips_bad_images(release_dir):
     datamodule.setup()
     assert [datamodule.dataset(split).on_bad_image for split in ("train", "val", "test")] == ["skip"] * 3
     assert [datamodule.dataset(split).split for split in ("train", "val", "test")] == ["train", "val", "test"]
+
+
+def test_skip_leaves_out_a_missing_training_image_but_not_a_missing_test_image(release_dir):
+    def training_pairs(datamodule):
+        datamodule.setup()
+        return len(datamodule.pairs["train"]) + len(datamodule.pairs["val"])
+
+    complete = training_pairs(make(release_dir))
+    folder = release_dir / "reference" / f"{CITY}-satellite"
+    names = {split: json.loads((release_dir / "annotation" / CITY / f"{split}.json").read_text())
+             for split in ("train", "test")}
+    (folder / next(iter(names["train"]))).unlink()
+    assert training_pairs(make(release_dir, on_bad_image="skip")) == complete - 1
+    with pytest.raises(DataError, match="data.on_bad_image=skip"):
+        make(release_dir).setup()
+    (folder / next(iter(names["test"]))).unlink()
+    with pytest.raises(DataError, match="does not exist"):
+        make(release_dir, on_bad_image="skip").setup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 from cvgtext.data.names import check_plain_name, is_panorama, parse_coordinates
 from cvgtext.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,12 @@ def read_annotation(path: Path) -> dict[str, str]:
     return content
 
 
-def load_pairs(annotation_path: Path, image_dir: Path) -> list[Pair]:
-    """Read an annotation file and link each caption to its image in ``image_dir``, checking both."""
+def load_pairs(annotation_path: Path, image_dir: Path, missing: str = "raise") -> list[Pair]:
+    """Read an annotation file and link each caption to its image in ``image_dir``, checking both.
+
+    An annotated image that is not in ``image_dir`` raises, or with ``missing="skip"`` leaves
+    its pair out with a warning (the release has a training text without its tile).
+    """
     annotation = read_annotation(annotation_path)
     try:
         present = set(os.listdir(image_dir))
@@ -79,7 +86,14 @@ def load_pairs(annotation_path: Path, image_dir: Path) -> list[Pair]:
         except DataError as error:
             raise DataError(f"annotation file {annotation_path}: {error}") from None
         if name not in present:
-            raise DataError(f"image {image_dir / name} does not exist (annotated in {annotation_path})")
+            if missing == "skip":
+                log.warning("image %s does not exist (annotated in %s): its pair is left out", image_dir / name,
+                            annotation_path)
+                continue
+            raise DataError(
+                f"image {image_dir / name} does not exist (annotated in {annotation_path}); "
+                "add the image, or set data.on_bad_image=skip to train without its pair"
+            )
         pairs.append(Pair(name, caption, image_dir / name, lat, lon, is_panorama(name)))
     return pairs
 
