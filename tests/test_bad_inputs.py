@@ -259,6 +259,26 @@ def test_a_full_disk_leaves_the_previous_report_whole(release_dir, tmp_path):
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == previous
 
 
+@pytest.mark.slow
+def test_a_full_disk_while_a_checkpoint_is_written_stops_training_and_keeps_the_previous_one(release_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    first = run_cli("train.py", *tiny_overrides(release_dir, run_dir, "test=false"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    # A checkpoint of the tiny model is about 90 MB: a 10 MB limit stops its write half-way.
+    result = run_cli(
+        "train.py",
+        *tiny_overrides(release_dir, run_dir, "ckpt_path=last", "trainer.max_epochs=2",
+                        "hydra.job_logging.handlers.file.filename=/dev/null"),
+        preexec_fn=limit_file_size(10 * 2**20),
+    )
+    assert result.returncode == 1
+    assert_one_message(result.stderr, "cannot write", str(run_dir / "checkpoints"), "the previous file is unchanged")
+    assert last.read_bytes() == before
+    assert not list(last.parent.glob(".*.tmp"))
+
+
 def test_a_bad_gallery_image_stops_evaluation_even_when_training_skips_them(release_dir, tmp_path):
     previous_dir = tmp_path / "outputs" / "previous"
     previous_dir.mkdir(parents=True)

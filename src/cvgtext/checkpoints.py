@@ -8,6 +8,7 @@ state dicts, and the official CrossText2Loc checkpoints, whose text positional e
 
 from __future__ import annotations
 
+import io
 import logging
 import pickle
 from pathlib import Path
@@ -73,8 +74,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
+        # Serialised in memory first, as Lightning does: a failing write then raises the file
+        # system's OSError (a full disk) rather than an error of torch's zip writer.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         with atomic_write(path, "wb") as stream:
-            torch.save(checkpoint, stream)
+            stream.write(buffer.getbuffer())
 
 
 def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
