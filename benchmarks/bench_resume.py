@@ -1,10 +1,11 @@
 """Kill-and-resume: SIGKILL a tiny training run at random moments, resume it, compare with an uninterrupted run.
 
-Each trial starts ``train.py ... resume=auto`` in a fresh run folder, kills it with SIGKILL
-after a random time drawn uniformly from the first 90 % of the uninterrupted run's duration,
-checks that the ``last.ckpt`` left behind (if any) loads, then runs the same command again,
-which resumes and finishes. A trial fails when a checkpoint does not load or when the finished
-run's weights, optimizer state, best score or test metrics differ from the uninterrupted run's
+Each trial starts ``train.py ... resume=auto`` in a fresh run folder and kills it with SIGKILL
+after a random time, drawn uniformly from 80 % of the time the uninterrupted run took to write
+its first ``last.ckpt`` (start-up is not worth killing in) to 90 % of its duration. It checks
+that the ``last.ckpt`` left behind (if any) loads, then runs the same command again, which
+resumes and finishes. A trial fails when a checkpoint does not load or when the finished run's
+weights, optimizer state, best score or test metrics differ from the uninterrupted run's
 (bitwise: no tolerance). The run writes ``last.ckpt`` after every optimizer step, so kills land
 during checkpoint writes too; those are counted from the temporary files the kills leave.
 
@@ -52,11 +53,19 @@ def start(data_dir: Path, run_dir: Path) -> subprocess.Popen:
     )
 
 
-def finish(data_dir: Path, run_dir: Path) -> None:
+def finish(data_dir: Path, run_dir: Path) -> float | None:
+    """Run to the end; return how long the first last.ckpt took to appear (None if it never did)."""
+    began = time.monotonic()
     process = start(data_dir, run_dir)
+    first_checkpoint = None
+    while process.poll() is None:
+        if first_checkpoint is None and (run_dir / "checkpoints" / "last.ckpt").exists():
+            first_checkpoint = time.monotonic() - began
+        time.sleep(0.05)
     _, errors = process.communicate()
     if process.returncode:
         raise RuntimeError(f"train.py failed in {run_dir}:\n{errors[-3000:]}")
+    return first_checkpoint
 
 
 def outcome(run_dir: Path) -> dict:
@@ -94,19 +103,21 @@ def main() -> None:
         data_dir = scratch / "data"
         ensure_city(data_dir, places=PLACES, tile_size=TILE_SIZE)
         began = time.monotonic()
-        finish(data_dir, scratch / "uninterrupted")
+        first_checkpoint = finish(data_dir, scratch / "uninterrupted")
         duration = time.monotonic() - began
         reference = outcome(scratch / "uninterrupted")
 
-        rows, failures, unloadable, during_write, no_checkpoint = [], 0, 0, 0, 0
-        for trial in range(args.trials):
-            run_dir = scratch / f"trial-{trial}"
-            delay = rng.uniform(0.0, 0.9 * duration)
+        rows, failures, unloadable, during_write, no_checkpoint, missed = [], 0, 0, 0, 0, 0
+        while len(rows) < args.trials:
+            run_dir = scratch / f"trial-{len(rows) + missed}"
+            delay = rng.uniform(0.8 * first_checkpoint, 0.9 * duration)
             process = start(data_dir, run_dir)
             time.sleep(delay)
             process.send_signal(signal.SIGKILL)
             process.communicate()
-            killed = process.returncode == -signal.SIGKILL
+            if process.returncode != -signal.SIGKILL:
+                missed += 1  # the run had ended already: draw another kill time
+                continue
             last = run_dir / "checkpoints" / "last.ckpt"
             leftovers = list((run_dir / "checkpoints").glob(".*.tmp")) if last.parent.is_dir() else []
             during_write += bool(leftovers)
@@ -119,22 +130,22 @@ def main() -> None:
             else:
                 no_checkpoint += 1
             finish(data_dir, run_dir)
-            result = outcome(run_dir)
-            ok = same(reference, result)
+            ok = same(reference, outcome(run_dir))
             failures += not ok
-            rows.append((trial, delay, killed, step, bool(leftovers), ok))
-            print(f"trial {trial:2d}: kill after {delay:5.1f} s, killed={killed}, last.ckpt step={step}, "
-                  f"during a write={bool(leftovers)}, same result={ok}", flush=True)
+            rows.append((delay, step, bool(leftovers), ok))
+            print(f"kill {len(rows):2d}: after {delay:5.1f} s, last.ckpt at step {step}, "
+                  f"during a write: {bool(leftovers)}, same result: {ok}", flush=True)
 
     print()
     print(f"Kill-and-resume, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"uninterrupted run: {reference['step']} steps, {duration:.1f} s")
+    print(f"uninterrupted run: {reference['step']} steps, {duration:.1f} s, first last.ckpt after "
+          f"{first_checkpoint:.1f} s; kill times drawn from [{0.8 * first_checkpoint:.1f}, {0.9 * duration:.1f}] s")
     print()
-    print("| kills | killed before the run ended | no last.ckpt yet | during a checkpoint write "
-          "| unloadable last.ckpt | result differs |")
-    print("|---|---|---|---|---|---|")
-    killed = sum(row[2] for row in rows)
-    print(f"| {len(rows)} | {killed} | {no_checkpoint} | {during_write} | {unloadable} | {failures} |")
+    print("| kills | before the first last.ckpt | during a checkpoint write | unloadable last.ckpt "
+          "| result differs from the uninterrupted run |")
+    print("|---|---|---|---|---|")
+    print(f"| {len(rows)} | {no_checkpoint} | {during_write} | {unloadable} | {failures} |")
+    print(f"({missed} kill times fell after the run had ended and were drawn again.)")
 
 
 if __name__ == "__main__":
