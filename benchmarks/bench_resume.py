@@ -10,7 +10,7 @@ weights, optimizer state, best score or test metrics differ from the uninterrupt
 during checkpoint writes too; those are counted from the temporary files the kills leave.
 
     python benchmarks/bench_resume.py               # 20 kills
-    python benchmarks/bench_resume.py --trials 3    # a quick look
+    python benchmarks/bench_resume.py --quick       # 3 kills
 """
 
 from __future__ import annotations
@@ -93,9 +93,12 @@ def same(a: dict, b: dict) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=20, help="how many kills")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
+    parser.add_argument("--quick", action="store_true", help="3 kills")
     args = parser.parse_args()
+    if args.quick:
+        args.trials = 3
     rng = random.Random(args.seed)
 
     with tempfile.TemporaryDirectory(prefix="cvgtext-resume-") as scratch:
