@@ -46,7 +46,7 @@ def overrides(data_dir: Path, run_dir: Path, devices: int) -> list[str]:
     return processes + [
         f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", f"city.synthetic.places={PLACES}",
         f"city.synthetic.tile_size={TILE_SIZE}", "trainer=cpu", "trainer.max_epochs=2", "data.batch_size=16",
-        "data.num_workers=0", "callbacks.step_checkpoint.every_n_train_steps=1", "resume=auto",
+        "data.num_workers=0", "callbacks.last_checkpoint.every_n_train_steps=1", "resume=auto",
         "~callbacks.rich_progress_bar", "~callbacks.model_summary",
     ]
 

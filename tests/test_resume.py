@@ -179,7 +179,7 @@ def resume_overrides(data_dir: Path, run_dir: Path) -> list[str]:
     overrides = [item for item in tiny_overrides(data_dir, run_dir) if item != "debug=fast"]
     return overrides + [
         "trainer.max_epochs=3", "data.batch_size=2", "data.num_workers=0",
-        "callbacks.step_checkpoint.every_n_train_steps=2", "logger=wandb", "resume=auto",
+        "callbacks.last_checkpoint.every_n_train_steps=2", "logger=wandb", "resume=auto",
         "~callbacks.rich_progress_bar", "~callbacks.model_summary",
     ]
 
@@ -188,36 +188,35 @@ def wandb_run_ids(run_dir: Path) -> set[str]:
     return {folder.name.rsplit("-", 1)[-1] for folder in (run_dir / "wandb").glob("offline-run-*")}
 
 
-@pytest.mark.slow
-def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(tmp_path):
-    """SIGKILL in the second of three epochs, then the same command again: same weights, metrics, best, W&B run.
-
-    Tolerance: none. On the CPU the resumed run's weights are bitwise those of the uninterrupted one.
-    """
-    data_dir = write_release(tmp_path / "data")
-    uninterrupted = tmp_path / "uninterrupted"
-    result = run_cli("train.py", *resume_overrides(data_dir, uninterrupted))
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The tiny city, and the folder and last checkpoint of a run that was not interrupted."""
+    root = tmp_path_factory.mktemp("resume")
+    data_dir = write_release(root / "data")
+    run_dir = root / "uninterrupted"
+    result = run_cli("train.py", *resume_overrides(data_dir, run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
-    reference = torch.load(uninterrupted / "checkpoints" / "last.ckpt", weights_only=True)
-    steps_per_epoch = reference["global_step"] // 3
+    return data_dir, run_dir, torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
-    killed = tmp_path / "killed"
+
+def kill_when(data_dir: Path, run_dir: Path, ready) -> dict:
+    """Start the run, SIGKILL it as soon as ``ready(run_dir)``; return the loader position it left."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *resume_overrides(data_dir, killed)],
+        [sys.executable, str(ROOT / "train.py"), *resume_overrides(data_dir, run_dir)],
         cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
-    while last_step(killed) < steps_per_epoch + 1 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while not ready(run_dir) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
-    interrupted = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
-    position = interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
-    assert position["epoch"] == 1 and 0 < position["batches"] < steps_per_epoch, position
+    interrupted = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    return interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
 
-    result = run_cli("train.py", *resume_overrides(data_dir, killed))
-    assert result.returncode == 0, result.stderr[-3000:]
+
+def assert_same_end(reference: dict, uninterrupted: Path, killed: Path) -> None:
+    """The resumed run ended bitwise as the uninterrupted one: weights, Adam, best score, metrics."""
     resumed = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == reference["global_step"]
     for key, value in reference["state_dict"].items():
@@ -230,8 +229,43 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(tmp_pa
     assert resumed["best_metrics"] == reference["best_metrics"]
     test_metrics = [json.loads((run / "metrics.json").read_text())["all"] for run in (uninterrupted, killed)]
     assert test_metrics[0] == test_metrics[1]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):
+    """SIGKILL in the second of three epochs, then the same command again: same weights, metrics, best, W&B run.
+
+    Tolerance: none. On the CPU the resumed run's weights are bitwise those of the uninterrupted one.
+    """
+    data_dir, reference_dir, reference = uninterrupted
+    steps_per_epoch = reference["global_step"] // 3
+    killed = tmp_path / "killed"
+    position = kill_when(data_dir, killed, lambda run_dir: last_step(run_dir) > steps_per_epoch)
+    assert position["epoch"] == 1 and 0 < position["batches"] < steps_per_epoch, position
+
+    result = run_cli("train.py", *resume_overrides(data_dir, killed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_end(reference, reference_dir, killed)
+    resumed = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True)
     assert len(wandb_run_ids(killed)) == 1 and resumed["loggers"]["wandb"] in wandb_run_ids(killed)
     assert len(list((killed / "wandb").glob("offline-run-*"))) == 2
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_an_epoch_ends_resumes_with_the_next_epoch(uninterrupted, tmp_path):
+    """The checkpoint written after the first validation: the next epoch starts, nothing is repeated."""
+    data_dir, reference_dir, reference = uninterrupted
+    steps_per_epoch = reference["global_step"] // 3
+    killed = tmp_path / "killed"
+
+    def first_epoch_done(run_dir: Path) -> bool:
+        return (run_dir / "checkpoints" / "best.ckpt").exists() and last_step(run_dir) == steps_per_epoch
+
+    position = kill_when(data_dir, killed, first_epoch_done)
+    assert position == {"seed": 42, "epoch": 0, "batches": steps_per_epoch, "world_size": 1}
+    result = run_cli("train.py", *resume_overrides(data_dir, killed))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_end(reference, reference_dir, killed)
 
 
 @pytest.mark.slow
@@ -244,3 +278,29 @@ def test_the_same_seed_gives_the_same_metrics(release_dir, tmp_path):
         (second / "metrics.json").read_text().replace(str(second), "")
     )
     assert (first / "predictions.csv").read_text() == (second / "predictions.csv").read_text()
+
+
+def test_a_state_saved_after_the_last_batch_continues_with_the_next_epoch():
+    sampler = SeededBatchSampler(None, city(40), 4, seed=3)
+    sampler.load_state_dict({"seed": 3, "epoch": 2, "batches": len(sampler), "world_size": 1})
+    reference = SeededBatchSampler(None, city(40), 4, seed=3)
+    reference.set_epoch(3)
+    assert sampler.epoch == 3 and list(sampler) == list(reference)
+
+
+def test_last_checkpoint_every_n_steps_leaves_out_the_last_batch_of_an_epoch(monkeypatch):
+    """Lightning would resume such a checkpoint as a finished epoch and skip its validation."""
+    from types import SimpleNamespace
+
+    from cvgtext.callbacks import LastCheckpoint
+
+    saved = []
+    monkeypatch.setattr(LastCheckpoint, "_should_skip_saving_checkpoint", lambda self, trainer: False)
+    monkeypatch.setattr(LastCheckpoint, "_monitor_candidates", lambda self, trainer: {})
+    monkeypatch.setattr(LastCheckpoint, "_save_topk_checkpoint", lambda self, trainer, _: saved.append(trainer.global_step))
+    callback = LastCheckpoint("checkpoints", every_n_train_steps=2)
+    for step, last in [(1, False), (2, False), (3, False), (4, True), (5, False), (6, False)]:
+        progress = SimpleNamespace(is_last_batch=last)
+        trainer = SimpleNamespace(global_step=step, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+        callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert saved == [2, 6]

@@ -8,7 +8,38 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Write ``last.ckpt`` after every validation, and every ``every_n_train_steps`` steps if not 0.
+
+    Lightning's ``save_last`` writes ``last.ckpt`` only when a best checkpoint is saved, and it
+    will not combine epoch and step intervals in one callback; resuming needs the newest state
+    either way. Steps that end an epoch are left out: Lightning resumes a checkpoint saved after
+    an epoch's last batch, but before its validation, as a finished epoch, and that validation
+    would never run. The checkpoint written after validation covers that moment instead.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 0, **kwargs: Any):
+        if every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be 0 or more, got {every_n_train_steps}")
+        super().__init__(
+            dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+            enable_version_counter=False, **kwargs,
+        )
+        self.step_interval = every_n_train_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        if (
+            self.step_interval < 1
+            or trainer.global_step % self.step_interval
+            or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            or self._should_skip_saving_checkpoint(trainer)
+        ):
+            return
+        self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class RunInCheckpoint(L.Callback):

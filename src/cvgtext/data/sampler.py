@@ -138,8 +138,12 @@ class SeededBatchSampler(BatchSampler):
             )
             self.set_epoch(int(state["epoch"]))
             return
-        self.set_epoch(int(state["epoch"]))
-        self._resume_at = int(state["batches"])
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):
+            # Saved after the epoch's last batch: Lightning goes on with the next epoch.
+            epoch, batches = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume_at = batches
 
     def __iter__(self) -> Iterator[list[int]]:
         start, self._resume_at = self._resume_at, 0
