@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 RESUME_MODES = ("auto",)
 # What a Lightning checkpoint must hold to continue training, not only to load weights.
 TRAINING_STATE = ("state_dict", "optimizer_states", "loops")
-# Backbone settings that decide the shapes of the weights: a resumed run must keep them.
-ARCHITECTURE_KEYS = ("model_name", "context_length", "image_size")
+# Backbone settings that decide the shapes of the weights, besides the model itself (checked by
+# check_backbone): a resumed run must keep them.
+ARCHITECTURE_KEYS = ("context_length", "image_size")
 
 
 @dataclass(frozen=True)
