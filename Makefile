@@ -1,5 +1,6 @@
 # make train   install into .venv, then train on the embedded synthetic city (CPU)
 # make test    install into .venv, then run the test suite
+# make test-slow  the long checks that make test leaves out (kill loops, several processes)
 # make bench   install into .venv, then run the benchmarks and print their tables
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install train test test-fast bench clean
+.PHONY: install train test test-fast test-slow bench clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +25,10 @@ test: install
 	$(BIN)/python -m pytest $(ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not heavy" $(ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m heavy $(ARGS)
 
 bench: install
 	for bench in benchmarks/bench_*.py; do $(BIN)/python $$bench $(ARGS) || exit 1; done

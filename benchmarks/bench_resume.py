@@ -9,12 +9,19 @@ weights, optimizer state, best score or test metrics differ from the uninterrupt
 (bitwise: no tolerance). The run writes ``last.ckpt`` after every optimizer step, so kills land
 during checkpoint writes too; those are counted from the temporary files the kills leave. With
 ``--during-write`` every kill is aimed at a write: the run is killed as soon as the temporary
-file of its k-th checkpoint write appears (k drawn from 1 to the number of steps).
+file of its k-th checkpoint write appears (k drawn from 1 to the number of steps). With
+``--at-epoch-end`` every kill is aimed at an epoch's end, half of them at each of two moments:
+right after the checkpoint written at the end of epoch k (as soon as ``last.ckpt`` holds its
+last step), and between the epoch's last batch and the end of its validation (a time drawn
+uniformly from the moment the checkpoint of the epoch's second-to-last step appears to the
+moment the epoch-end checkpoint did in the uninterrupted run), k drawn from the epochs but the
+last.
 
     python benchmarks/bench_resume.py               # 20 kills
     python benchmarks/bench_resume.py --quick       # 3 kills
     python benchmarks/bench_resume.py --during-write --trials 10   # every kill mid-write
     python benchmarks/bench_resume.py --devices 2 --trials 5       # DDP, two CPU processes
+    python benchmarks/bench_resume.py --at-epoch-end --trials 20   # every kill at an epoch's end
 """
 
 from __future__ import annotations
@@ -40,39 +47,74 @@ ROOT = Path(__file__).resolve().parents[1]
 PLACES, TILE_SIZE = 200, 64
 
 
-def overrides(data_dir: Path, run_dir: Path, devices: int) -> list[str]:
-    """Two epochs of a 200-place synthetic city, last.ckpt after every step, W&B offline and CSV."""
+SETUP = {"devices": 1, "epochs": 3, "workers": 2, "places": PLACES}  # set from the command line
+
+
+def overrides(data_dir: Path, run_dir: Path) -> list[str]:
+    """A 200-place synthetic city, last.ckpt after every step, W&B offline and CSV."""
+    devices = SETUP["devices"]
     processes = ["strategy=ddp", f"trainer.devices={devices}"] if devices > 1 else []
     return processes + [
-        f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", f"city.synthetic.places={PLACES}",
-        f"city.synthetic.tile_size={TILE_SIZE}", "trainer=cpu", "trainer.max_epochs=2", "data.batch_size=16",
-        "data.num_workers=0", "callbacks.last_checkpoint.every_n_train_steps=1", "resume=auto",
+        f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", f"city.synthetic.places={SETUP['places']}",
+        f"city.synthetic.tile_size={TILE_SIZE}", "trainer=cpu", f"trainer.max_epochs={SETUP['epochs']}",
+        "data.batch_size=16", f"data.num_workers={SETUP['workers']}",
+        "callbacks.last_checkpoint.every_n_train_steps=1", "resume=auto",
         "~callbacks.rich_progress_bar", "~callbacks.model_summary",
     ]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step of a checkpoint, or None while it cannot be read."""
+    try:
+        return torch.load(path, weights_only=True, mmap=True)["global_step"]
+    except Exception:  # missing, or replaced while being read
+        return None
 
 
 def start(data_dir: Path, run_dir: Path, devices: int) -> subprocess.Popen:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *overrides(data_dir, run_dir, devices)],
+        [sys.executable, str(ROOT / "train.py"), *overrides(data_dir, run_dir)],
         cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # one process group: a kill reaches every DDP rank
     )
 
 
-def finish(data_dir: Path, run_dir: Path, devices: int) -> float | None:
-    """Run to the end; return how long the first last.ckpt took to appear (None if it never did)."""
+def finish(data_dir: Path, run_dir: Path, devices: int, watch: bool = False) -> dict[int, float]:
+    """Run to the end; return when (seconds from start) last.ckpt first held each step.
+
+    Without ``watch`` only the first checkpoint is timed (under key -1).
+    """
     began = time.monotonic()
     process = start(data_dir, run_dir, devices)
-    first_checkpoint = None
+    seen: dict[int, float] = {}
+    last, modified = run_dir / "checkpoints" / "last.ckpt", None
     while process.poll() is None:
-        if first_checkpoint is None and (run_dir / "checkpoints" / "last.ckpt").exists():
-            first_checkpoint = time.monotonic() - began
-        time.sleep(0.05)
+        if last.exists() and -1 not in seen:
+            seen[-1] = time.monotonic() - began
+        if watch and last.exists() and last.stat().st_mtime_ns != modified:
+            modified = last.stat().st_mtime_ns
+            step = checkpoint_step(last)
+            if step is not None:
+                seen.setdefault(step, time.monotonic() - began)
+        time.sleep(0.005 if watch else 0.05)
     _, errors = process.communicate()
     if process.returncode:
         raise RuntimeError(f"train.py failed in {run_dir}:\n{errors[-3000:]}")
-    return first_checkpoint
+    return seen
+
+
+def kill_at_epoch_end(process: subprocess.Popen, last: Path, step: int, delay: float | None) -> float:
+    """Wait until last.ckpt holds ``step``, then ``delay`` seconds more (None: none); return when."""
+    began, modified = time.monotonic(), None
+    while process.poll() is None:
+        if last.exists() and last.stat().st_mtime_ns != modified:
+            modified = last.stat().st_mtime_ns
+            if checkpoint_step(last) == step:
+                time.sleep(delay or 0.0)
+                break
+        time.sleep(0.002)
+    return time.monotonic() - began
 
 
 def kill_during_a_write(process: subprocess.Popen, folder: Path, writes: int) -> float:
@@ -118,11 +160,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill times")
     parser.add_argument("--quick", action="store_true", help="3 kills")
     parser.add_argument("--devices", type=int, default=1, help="more than 1: DDP on as many CPU processes")
-    parser.add_argument(
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of each run")
+    parser.add_argument("--places", type=int, default=PLACES, help="places of the synthetic city")
+    parser.add_argument("--workers", type=int, default=2, help="data.num_workers")
+    aim = parser.add_mutually_exclusive_group()
+    aim.add_argument(
         "--during-write", action="store_true",
         help="kill each run while it writes its k-th checkpoint (k random)",
     )
+    aim.add_argument(
+        "--at-epoch-end", action="store_true",
+        help="kill each run right after an epoch-end checkpoint, or between the last batch and validation",
+    )
     args = parser.parse_args()
+    SETUP.update(devices=args.devices, epochs=args.epochs, workers=args.workers, places=args.places)
     if args.quick:
         args.trials = 3
     rng = random.Random(args.seed)
@@ -130,11 +181,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cvgtext-resume-") as scratch:
         scratch = Path(scratch)
         data_dir = scratch / "data"
-        ensure_city(data_dir, places=PLACES, tile_size=TILE_SIZE)
+        ensure_city(data_dir, places=args.places, tile_size=TILE_SIZE)
         began = time.monotonic()
-        first_checkpoint = finish(data_dir, scratch / "uninterrupted", args.devices)
+        times = finish(data_dir, scratch / "uninterrupted", args.devices, watch=args.at_epoch_end)
+        first_checkpoint = times[-1]
         duration = time.monotonic() - began
         reference = outcome(scratch / "uninterrupted")
+        steps_per_epoch = reference["step"] // args.epochs
+        aimed = {"after the epoch-end checkpoint": 0, "between the last batch and the end of validation": 0}
 
         rows, failures, unloadable, during_write, no_checkpoint, missed = [], 0, 0, 0, 0, 0
         while len(rows) < args.trials:
@@ -143,6 +197,16 @@ def main() -> None:
             process = start(data_dir, run_dir, args.devices)
             if args.during_write:
                 delay = kill_during_a_write(process, run_dir / "checkpoints", rng.randint(1, reference["step"]))
+            elif args.at_epoch_end:
+                end = rng.randint(1, args.epochs - 1) * steps_per_epoch  # the last step of epoch k
+                moment = list(aimed)[len(rows) % 2]
+                if moment.startswith("after"):
+                    delay = kill_at_epoch_end(process, run_dir / "checkpoints" / "last.ckpt", end, None)
+                else:
+                    window = times[end] - times[end - 1]
+                    delay = kill_at_epoch_end(
+                        process, run_dir / "checkpoints" / "last.ckpt", end - 1, rng.uniform(0, window)
+                    )
             else:
                 time.sleep(delay)
             with contextlib.suppress(ProcessLookupError):
@@ -165,6 +229,8 @@ def main() -> None:
             finish(data_dir, run_dir, args.devices)
             ok = same(reference, outcome(run_dir))
             failures += not ok
+            if args.at_epoch_end:
+                aimed[moment] += 1
             rows.append((delay, step, bool(leftovers), ok))
             print(f"kill {len(rows):2d}: after {delay:5.1f} s, last.ckpt at step {step}, "
                   f"during a write: {bool(leftovers)}, same result: {ok}", flush=True)
@@ -172,9 +238,15 @@ def main() -> None:
     print()
     print(f"Kill-and-resume, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {args.devices} training process(es)"
-          + (", kills aimed at checkpoint writes" if args.during_write else ""))
-    aim = (f"kills during the k-th checkpoint write, k drawn from 1 to {reference['step']}" if args.during_write
-           else f"kill times drawn from [{0.8 * first_checkpoint:.1f}, {0.9 * duration:.1f}] s")
+          + f", {args.places} places, {args.epochs} epochs, data.num_workers={args.workers}"
+          + (", kills aimed at checkpoint writes" if args.during_write else "")
+          + (", kills aimed at epoch ends" if args.at_epoch_end else ""))
+    if args.during_write:
+        aim = f"kills during the k-th checkpoint write, k drawn from 1 to {reference['step']}"
+    elif args.at_epoch_end:
+        aim = "kills " + ", ".join(f"{moment}: {count}" for moment, count in aimed.items())
+    else:
+        aim = f"kill times drawn from [{0.8 * first_checkpoint:.1f}, {0.9 * duration:.1f}] s"
     print(f"uninterrupted run: {reference['step']} steps, {duration:.1f} s, first last.ckpt after "
           f"{first_checkpoint:.1f} s; {aim}")
     print()

@@ -50,6 +50,16 @@ def write_release(root: Path, city: str = CITY, panoramas: int = 24, photos: int
     return root
 
 
+@pytest.fixture(scope="session")
+def test_backbone() -> str:
+    """``cvg-test``: a CLIP of one layer per tower at width 32 and 32 px, for runs that only
+    need the training machinery to work (``backbone.model_name=cvg-test``)."""
+    import open_clip
+
+    open_clip.add_model_config(Path(__file__).parent / "model_configs")
+    return "cvg-test"
+
+
 @pytest.fixture
 def release_dir(tmp_path: Path) -> Path:
     """A tiny city, ``Testville``, in the release layout under ``tmp_path/data``."""

@@ -147,6 +147,13 @@ def empty_test_split(root: Path) -> list[str]:
     return ["the test split", "is empty", str(root)]
 
 
+def shrink_training_split(root: Path) -> list[str]:
+    """Keep 6 training texts per version: the training split holds fewer pairs than one batch."""
+    for version in (CITY, PHOTOS):
+        edit_annotation(root, lambda content: [content.pop(name) for name in list(content)[6:]], version=version)
+    return ["the train split of", "pairs, fewer than data.batch_size=", "set data.batch_size to at most"]
+
+
 BAD_DATA = [
     BadData("annotation-missing", remove_annotation),
     BadData("annotation-not-json", replace_annotation("{not json", "is not valid JSON")),
@@ -165,6 +172,7 @@ BAD_DATA = [
     BadData("key-repeated", repeat_key),
     BadData("name-in-train-and-test", share_a_test_name),
     BadData("split-empty", empty_test_split),
+    BadData("train-split-smaller-than-a-batch", shrink_training_split),
 ]
 
 

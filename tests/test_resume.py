@@ -174,13 +174,13 @@ def last_step(run_dir: Path) -> int:
         return -1
 
 
-def resume_overrides(data_dir: Path, run_dir: Path) -> list[str]:
+def resume_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """A tiny run of three epochs of batches of 2, checkpointed every 2 steps, logged to W&B (offline) and CSV."""
     overrides = [item for item in tiny_overrides(data_dir, run_dir) if item != "debug=fast"]
     return overrides + [
         "trainer.max_epochs=3", "data.batch_size=2", "data.num_workers=0",
         "callbacks.last_checkpoint.every_n_train_steps=2", "logger=wandb", "resume=auto",
-        "~callbacks.rich_progress_bar", "~callbacks.model_summary",
+        "~callbacks.rich_progress_bar", "~callbacks.model_summary", *extra,
     ]
 
 
@@ -199,17 +199,18 @@ def uninterrupted(tmp_path_factory) -> tuple[Path, Path, dict]:
     return data_dir, run_dir, torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def kill_when(data_dir: Path, run_dir: Path, ready) -> dict:
-    """Start the run, SIGKILL it as soon as ``ready(run_dir)``; return the loader position it left."""
+def kill_when(data_dir: Path, run_dir: Path, ready, *extra: str) -> dict:
+    """Start the run, SIGKILL it (all its processes) as soon as ``ready(run_dir)``; return the
+    loader position it left."""
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *resume_overrides(data_dir, run_dir)],
-        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, str(ROOT / "train.py"), *resume_overrides(data_dir, run_dir, *extra)],
+        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while not ready(run_dir) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     interrupted = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     return interrupted["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
@@ -304,3 +305,48 @@ def test_last_checkpoint_every_n_steps_leaves_out_the_last_batch_of_an_epoch(mon
         trainer = SimpleNamespace(global_step=step, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
         callback.on_train_batch_end(trainer, None, None, None, 0)
     assert saved == [2, 6]
+
+
+def test_the_trainers_epoch_decides_what_a_restored_loader_draws():
+    """Lightning creates the loader's iterator before it sets the epoch; the trainer's count is right then."""
+    epoch = 1
+    sampler = SeededBatchSampler(None, city(40), 4, seed=3, epoch_now=lambda: epoch)
+    reference = SeededBatchSampler(None, city(40), 4, seed=3)
+    reference.set_epoch(1)
+    # Saved once epoch 0 was done (all its batches, or the 3 a batch limit lets it take).
+    for taken in (len(sampler), 3):
+        sampler.load_state_dict({"seed": 3, "epoch": 0, "batches": taken, "world_size": 1})
+        assert list(sampler) == list(reference)
+    # Saved in epoch 1 after 4 batches: the rest of epoch 1, then whole epochs again.
+    sampler.load_state_dict({"seed": 3, "epoch": 1, "batches": 4, "world_size": 1})
+    assert list(sampler) == list(reference)[4:]
+    assert sampler.state_dict()["epoch"] == 1
+    epoch = 2
+    reference.set_epoch(2)
+    assert list(sampler) == list(reference) and sampler.state_dict()["epoch"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.heavy
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(["data.num_workers=2", "data.batch_size=4"], id="workers-after-the-epoch-end-checkpoint"),
+        pytest.param(["strategy=ddp", "trainer.devices=2", "data.batch_size=4"], id="ddp-2-processes"),
+    ],
+)
+def test_a_run_killed_right_after_its_first_epoch_checkpoint_resumes_to_the_same_end(release_dir, tmp_path, extra):
+    """SIGKILL as soon as the checkpoint of the first epoch's end appears, with loader workers
+    (which load ahead before Lightning sets the epoch) and with two DDP processes."""
+    reference_dir = tmp_path / "uninterrupted"
+    result = run_cli("train.py", *resume_overrides(release_dir, reference_dir, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = torch.load(reference_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    steps_per_epoch = reference["global_step"] // 3
+
+    killed = tmp_path / "killed"
+    position = kill_when(release_dir, killed, lambda run_dir: last_step(run_dir) == steps_per_epoch, *extra)
+    assert position["epoch"] == 0 and position["batches"] == steps_per_epoch, position
+    result = run_cli("train.py", *resume_overrides(release_dir, killed, *extra))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_end(reference, reference_dir, killed)

@@ -19,3 +19,7 @@ class CheckpointError(CVGTextError):
 
 class OutputError(CVGTextError):
     """An output file (checkpoint, report, log) cannot be written: no space, no permission."""
+
+
+class TrainingError(CVGTextError):
+    """Training ended without training anything: nothing it would report can be trusted."""

@@ -7,6 +7,7 @@ true place) and the whole city as gallery.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -14,6 +15,8 @@ import torch
 
 from cvgtext.data.dataset import PairDataset
 from cvgtext.retrieval import Ranking, rank_gallery, summarize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +50,11 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
     gallery_positions = list(first_of_name.values())
     gallery_names = list(first_of_name)
     gallery = embedded.image[gallery_positions]
+    if nearest is not None and len(gallery_names) < nearest:
+        log.info(
+            "The %s gallery has %d tiles, fewer than the protocol's %d nearest: every query ranks all of them",
+            dataset.split, len(gallery_names), nearest,
+        )
     ranking = rank_gallery(embedded.text, gallery, names, gallery_names, nearest=nearest)
     metrics = summarize(ranking, names)
     if nearest is None:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvgtext.atomic import atomic_write
 from cvgtext.callbacks import RandomStateInCheckpoint, RunInCheckpoint
 from cvgtext.cli import in_multirun
-from cvgtext.errors import ConfigError
+from cvgtext.errors import ConfigError, TrainingError
 from cvgtext.reports import metrics_table, write_reports
 from cvgtext.resume import continue_run, find_resume
 
@@ -94,6 +94,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None, weights_only=True)
+        if trainer.global_step == 0 and not trainer.interrupted:
+            raise TrainingError(
+                "training ended without one optimizer step (trainer.global_step=0): check trainer.max_epochs, "
+                "trainer.max_steps and trainer.limit_train_batches; nothing was validated, tested or reported"
+            )
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""

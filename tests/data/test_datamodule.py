@@ -17,6 +17,7 @@ def tokenize(texts):
 
 
 def make(release_dir, versions=("{city}", "{city}-photos"), val_fraction=0.3, **kwargs):
+    kwargs.setdefault("batch_size", 4)
     return CVGTextDataModule(
         data_dir=release_dir, city=CITY, versions=versions, val_fraction=val_fraction,
         preprocess=to_tensor, tokenizer=tokenize, **kwargs,

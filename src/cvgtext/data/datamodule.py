@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
 from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
+from cvgtext.data.verify import VERIFY_LEVELS, unreadable_images
 from cvgtext.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,10 @@ class CVGTextDataModule(L.LightningDataModule):
     or ``geo`` (places near each other, a share ``geo_fraction`` of them; see ``sampler.py``),
     deterministic given ``seed`` and the epoch. ``on_bad_image`` is what an image that cannot be
     decoded does: ``raise`` stops the run, ``skip`` leaves the pair out of its training batch
-    (see ``dataset.py``).
+    (see ``dataset.py``). ``verify_images`` (``off``, ``header`` or ``full``) checks every image
+    of every split before training and lists all unreadable ones in one message; with
+    ``on_bad_image="skip"`` the training pairs among them are left out up front instead
+    (``left_out`` names them).
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class CVGTextDataModule(L.LightningDataModule):
         geo_fraction: float = 1.0,
         seed: int | None = None,
         on_bad_image: str = "raise",
+        verify_images: str = "off",
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
     ):
@@ -72,6 +77,10 @@ class CVGTextDataModule(L.LightningDataModule):
             raise ConfigError(f"data.geo_fraction={geo_fraction} must lie in [0, 1]")
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"data.on_bad_image={on_bad_image!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
+        if verify_images is False:  # YAML reads an unquoted off as false
+            verify_images = "off"
+        if verify_images not in VERIFY_LEVELS:
+            raise ConfigError(f"data.verify_images={verify_images!r} is not one of {', '.join(VERIFY_LEVELS)}")
         self.data_dir = Path(data_dir)
         self.city = city
         self.versions = [template.format(city=city) for template in versions]
@@ -87,6 +96,8 @@ class CVGTextDataModule(L.LightningDataModule):
         self.geo_fraction = geo_fraction
         self.seed = seed or 0
         self.on_bad_image = on_bad_image
+        self.verify_images = verify_images
+        self.left_out: list[str] = []  # reasons of the training pairs verify_images left out
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.pairs: dict[str, list[Pair]] = {}
@@ -100,7 +111,9 @@ class CVGTextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read and check every split at once, so a broken test file stops the run before training."""
         if not self.pairs:
-            self.pairs = self.read_splits()
+            self.pairs = self.verified(self.read_splits())
+        if stage == "fit":
+            self.check_trainable()
         self.per_device_batch_size = self._per_device(self.batch_size, "data.batch_size")
         self.per_device_eval_batch_size = self._per_device(self.eval_batch_size, "data.eval_batch_size")
 
@@ -141,6 +154,49 @@ class CVGTextDataModule(L.LightningDataModule):
             ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()),
         )
         return splits
+
+    def verified(self, splits: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
+        """``splits`` after ``verify_images``: raises listing every unreadable image, or leaves
+        the training pairs among them out with ``on_bad_image="skip"``."""
+        bad = unreadable_images(
+            (pair.image_path for pairs in splits.values() for pair in pairs), self.verify_images
+        )
+        if not bad:
+            return splits
+        in_training = {pair.image_path for pair in splits["train"]}
+        needed = {path: reason for path, reason in bad.items() if path not in in_training}
+        if self.on_bad_image == "raise" or needed:
+            listed = bad if self.on_bad_image == "raise" else needed
+            advice = (
+                "; replace them, or set data.on_bad_image=skip to leave training pairs out"
+                if self.on_bad_image == "raise"
+                else "; validation and test need every image"
+            )
+            raise DataError(
+                f"{len(listed)} images of {self.city} cannot be used (data.verify_images={self.verify_images}): "
+                + "; ".join(listed.values())
+                + advice
+            )
+        self.left_out = sorted(bad.values())
+        log.warning(
+            "data.verify_images=%s: left %d training pairs out (data.on_bad_image=skip): %s",
+            self.verify_images, len(self.left_out), "; ".join(self.left_out),
+        )
+        return {**splits, "train": [pair for pair in splits["train"] if pair.image_path not in bad]}
+
+    def check_trainable(self) -> None:
+        """Refuse a training split that does not fill one global batch: it would train nothing."""
+        size = len(self.pairs["train"])
+        if size < self.batch_size:
+            raise ConfigError(
+                f"the train split of {self.city} ({', '.join(self.versions)}) has {size} pairs, fewer than "
+                f"data.batch_size={self.batch_size}: there is no whole batch to train on (a padded batch "
+                f"would make a pair its own negative); set data.batch_size to at most {size}"
+            )
+
+    def _training_epoch(self) -> int:
+        """The epoch the training loop is in: the number of epochs it has finished."""
+        return self.trainer.fit_loop.epoch_progress.current.processed
 
     def _per_device(self, batch_size: int, key: str) -> int:
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -183,15 +239,18 @@ class CVGTextDataModule(L.LightningDataModule):
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         ranks = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         coordinates = [(pair.lat, pair.lon) for pair in self.pairs["train"]]
+        epoch_now = self._training_epoch if self.trainer is not None else None
         if self.sampler == "geo":
             batch_sampler = GeoBatchSampler(
-                ranks, coordinates, self.per_device_batch_size, seed=self.seed, geo_fraction=self.geo_fraction
+                ranks, coordinates, self.per_device_batch_size, seed=self.seed, geo_fraction=self.geo_fraction,
+                epoch_now=epoch_now,
             )
         else:
             # Overfitting a few batches means the same batches every epoch: no shuffling.
             shuffle = not (self.trainer and self.trainer.overfit_batches)
             batch_sampler = SeededBatchSampler(
-                ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=shuffle
+                ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=shuffle,
+                epoch_now=epoch_now,
             )
         return ResumableLoader(
             dataset,

@@ -23,15 +23,16 @@ from cvgtext.errors import DataError
 BAD_IMAGE_POLICIES = ("raise", "skip")
 
 
-def load_image(path) -> Image.Image:
+def load_image(path, header_only: bool = False) -> Image.Image | None:
     """Decode an image fully, turning any decoding failure into a DataError naming the file.
 
     ``convert`` reads every pixel, so a truncated JPEG fails here (PIL's
-    ``LOAD_TRUNCATED_IMAGES`` is left off) rather than training on a half-grey tile.
+    ``LOAD_TRUNCATED_IMAGES`` is left off) rather than training on a half-grey tile. With
+    ``header_only`` the file is only opened and its format and size read; nothing is returned.
     """
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return None if header_only else image.convert("RGB")
     except UnidentifiedImageError:
         # PIL's own message repeats the path and does not say what it found.
         found = "an empty file" if os.path.getsize(path) == 0 else "no image format PIL reads"

@@ -11,7 +11,7 @@ negatives, a random batch from a city holds places kilometres apart that the mod
 from the district's style alone. It instead fills each global batch with a random anchor and
 its nearest not-yet-used neighbours, so the negatives of every caption are look-alike tiles of
 the same streets. Each sample is used at most once per epoch (exactly once when the epoch
-divides into whole batches, or with ``drop_last=False``).
+divides into whole batches, or with ``drop_last=False``, which the training loader never sets).
 
 Under data parallelism each rank takes its contiguous share of every global batch, so the
 negatives gathered across ranks in one step are still neighbours. Rank, world size and epoch
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,14 @@ class SeededBatchSampler(BatchSampler):
             its own samples so that every rank gets an equal share.
         seed: with the epoch, decides the order of the batches.
         shuffle: ``False`` keeps the dataset's order in every epoch (to overfit a few batches).
+        epoch_now: when given, called as each epoch's iteration starts for the epoch to draw
+            (the trainer's count of finished epochs). Lightning creates the loader's iterator,
+            and workers load ahead from it, before it sets the samplers' epoch on resume; the
+            count it restored from the checkpoint is right at that moment.
+
+    The last incomplete global batch is dropped by default: a padded batch would repeat
+    pairs, and a pair repeated in a batch is its own negative. The pairs left out differ from
+    epoch to epoch, since every epoch is shuffled anew.
 
     ``taken`` counts the batches of the current epoch the training loop has taken (the data
     module advances it as the loop takes each batch, not when a worker loads it ahead).
@@ -68,6 +76,7 @@ class SeededBatchSampler(BatchSampler):
         drop_last: bool = True,
         seed: int = 0,
         shuffle: bool = True,
+        epoch_now: Callable[[], int] | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -80,9 +89,11 @@ class SeededBatchSampler(BatchSampler):
         self.drop_last = drop_last
         self.seed = seed
         self.shuffle = shuffle
+        self.epoch_now = epoch_now
         self._epoch = 0
         self.taken = 0
-        self._resume_at = 0
+        self._iterating = 0  # the epoch whose batches are being taken
+        self._resume: tuple[int, int] | None = None  # (epoch, batches taken) of a loaded state
 
     @property
     def rank(self) -> int:
@@ -94,6 +105,8 @@ class SeededBatchSampler(BatchSampler):
 
     @property
     def epoch(self) -> int:
+        if self.epoch_now is not None:
+            return self.epoch_now()
         return getattr(self.sampler, "epoch", self._epoch)
 
     @property
@@ -123,10 +136,15 @@ class SeededBatchSampler(BatchSampler):
 
     def state_dict(self) -> dict[str, Any]:
         """Where training is in the epoch: its seed, the epoch and the batches already taken."""
-        return {"seed": self.seed, "epoch": self.epoch, "batches": self.taken, "world_size": self.world_size}
+        return {"seed": self.seed, "epoch": self._iterating, "batches": self.taken, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the saved epoch after its ``batches`` taken batches, at the next iteration."""
+        """Continue the saved epoch after its ``batches`` taken batches, when it is iterated next.
+
+        Without ``epoch_now`` that is the next iteration (the epoch is set to the saved one).
+        With it, the trainer's epoch decides: an iteration of another epoch starts at its first
+        batch, so a state saved once the epoch's batches were all taken skips nothing after.
+        """
         if state.get("seed") != self.seed or state.get("world_size") != self.world_size:
             log.warning(
                 "The checkpoint's data order (seed %s, %s devices) differs from this run's (seed %s, %s devices): "
@@ -139,16 +157,19 @@ class SeededBatchSampler(BatchSampler):
             self.set_epoch(int(state["epoch"]))
             return
         epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= len(self):
-            # Saved after the epoch's last batch: Lightning goes on with the next epoch.
-            epoch, batches = epoch + 1, 0
-        self.set_epoch(epoch)
-        self._resume_at = batches
+        if self.epoch_now is None:
+            if batches >= len(self):
+                # Saved after the epoch's last batch: the next iteration is the next epoch.
+                epoch, batches = epoch + 1, 0
+            self.set_epoch(epoch)
+        self._resume = (epoch, batches)
 
     def __iter__(self) -> Iterator[list[int]]:
-        start, self._resume_at = self._resume_at, 0
-        self.taken = start
-        for batch in self.global_batches()[start:]:
+        epoch = self.epoch
+        resume, self._resume = self._resume, None
+        start = resume[1] if resume is not None and resume[0] == epoch else 0
+        self._iterating, self.taken = epoch, start
+        for batch in self.global_batches(epoch)[start:]:
             share = len(batch) // self.world_size
             yield batch[self.rank * share : (self.rank + 1) * share].tolist()
 
@@ -189,8 +210,9 @@ class GeoBatchSampler(SeededBatchSampler):
         drop_last: bool = True,
         seed: int = 0,
         geo_fraction: float = 1.0,
+        epoch_now: Callable[[], int] | None = None,
     ) -> None:
-        super().__init__(sampler, coordinates, batch_size, drop_last=drop_last, seed=seed)
+        super().__init__(sampler, coordinates, batch_size, drop_last=drop_last, seed=seed, epoch_now=epoch_now)
         if not 0.0 <= geo_fraction <= 1.0:
             raise ValueError(f"geo_fraction must lie in [0, 1], got {geo_fraction}")
         self.points = unit_vectors(self.coordinates)  # [n, 3]
