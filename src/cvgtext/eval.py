@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
 # What a checkpoint of this project records about its model and must keep when evaluated.
-ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size")
+ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size", "image_aspect", "quick_gelu")
 
 
 def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
