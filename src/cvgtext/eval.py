@@ -32,13 +32,8 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     return backbone
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
-    split = cfg.get("split", "test")
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+def build_module(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """The module to evaluate, with the weights of ``cfg.ckpt_path`` when given, and its backbone."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     state = None
     if cfg.get("ckpt_path"):
@@ -49,7 +44,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model, backbone=backbone)
     if state is not None:
         load_state(module.model, state, backbone.get("context_length"), backbone["context_resize"], cfg.ckpt_path)
-        del state
+    return module, backbone
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    module, backbone = build_module(cfg)
     datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
