@@ -124,6 +124,8 @@ def test_a_checkpoint_of_another_run_continues_that_run_and_its_wandb_run(tmp_pa
         ([], {"state_dict": {}}, "cannot resume training: it has no optimizer_states, loops"),
         ([], {"backbone": {"name": "vit_b16", "model_name": "ViT-B-16"}}, "add backbone=vit_b16"),
         ([], {"backbone": {"context_length": 300}}, "backbone.context_length=300 (this run: 77)"),
+        ([], {"backbone": {"image_aspect": 2}}, "backbone.image_aspect=2 (this run: 1)"),
+        ([], {"backbone": {"quick_gelu": True}}, "backbone.quick_gelu=true (this run: false)"),
     ],
 )
 def test_what_cannot_be_resumed_is_refused_with_one_message(tmp_path, overrides, content, message):

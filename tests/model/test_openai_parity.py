@@ -25,8 +25,10 @@ from PIL import Image
 from torchvision import transforms
 
 from conftest import CITY, compose_config, write_release
-from cvgtext.eval import build_module, evaluate
+from cvgtext.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.eval import backbone_for_checkpoint, build_module, evaluate
 from cvgtext.model.encoder import build_encoder
+from cvgtext.model.positional import resize_state_dict_context_length
 
 TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings
 SHORT = "A red roof beside a narrow street with two trees."
@@ -34,6 +36,17 @@ LONG = " ".join(
     f"Building {i} has a {colour} facade, {i % 4 + 2} floors and a shop with a striped awning."
     for i, colour in enumerate(["grey", "white", "brick red", "pale blue", "green", "yellow", "beige", "dark"])
 )  # about 150 tokens: truncated at 77, whole at 300
+
+
+@pytest.fixture(autouse=True)
+def skip_random_initialisation(monkeypatch):
+    """Build models without drawing their random initial weights, most of a build's time here.
+
+    Every model of these tests is loaded from a file, OpenAI's strictly; a weight the loading
+    missed would hold uninitialised memory and fail the comparisons instead of passing unseen.
+    """
+    for name in ("uniform_", "normal_", "kaiming_uniform_", "trunc_normal_"):
+        monkeypatch.setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
 
 
 def _load_by_path(name: str, path: Path):
@@ -74,21 +87,31 @@ def openai_model(module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
 
 
 def random_state(model_name: str, seed: int) -> dict[str, torch.Tensor]:
-    """Random OpenAI-format (fp16) weights of ``model_name``'s shapes, scaled as trained weights are."""
-    shapes = open_clip.create_model(model_name, device="meta").state_dict()
-    pool = torch.randn(max(value.numel() for value in shapes.values()) + 7919, generator=torch.Generator().manual_seed(seed))
-    state = {}
-    for number, (key, value) in enumerate(shapes.items()):
-        start = (number * 104729) % 7919  # different tensors take different windows of one draw
-        values = pool[start : start + value.numel()].reshape(value.shape)
+    """Random OpenAI-format (fp16) weights of ``model_name``'s shapes, scaled as trained weights are.
+
+    Tensors are windows of a few shared draws (one per scale), which makes them cheap to draw.
+    """
+    with torch.device("meta"):  # shapes only: nothing is initialised
+        model = open_clip.create_model(model_name, device="meta")
+    shapes = {key: value.shape for key, value in model.state_dict().items()}
+    scales = {}
+    for key, shape in shapes.items():
         owner = key.split(".")[-2] if "." in key else ""
-        if key == "logit_scale":
-            values = torch.tensor(4.6052)
-        elif owner.startswith("ln") and key.endswith("weight"):
-            values = 1 + 0.1 * values
-        else:
-            values = values * (value.shape[-1] ** -0.5 if value.ndim >= 2 else 0.02)
-        state[key] = values.half()
+        scales[key] = 0.1 if owner.startswith("ln") and key.endswith("weight") else (
+            shape[-1] ** -0.5 if len(shape) >= 2 else 0.02
+        )
+    size = max(shape.numel() for shape in shapes.values()) + 7919
+    draw = torch.randn(size, generator=torch.Generator().manual_seed(seed))
+    pools = {}  # one fp16 draw per scale, as long as its largest tensor
+    for scale in set(scales.values()):
+        needed = max(shapes[key].numel() for key in shapes if scales[key] == scale) + 7919
+        pools[scale] = (draw[:needed] * scale).half()
+    state = {}
+    for number, (key, shape) in enumerate(shapes.items()):
+        start = (number * 104729) % 7919  # different tensors take different windows
+        values = pools[scales[key]][start : start + shape.numel()].reshape(shape)
+        state[key] = values + 1 if scales[key] == 0.1 else values
+    state["logit_scale"] = torch.tensor(4.6052).half()
     return state
 
 
@@ -168,58 +191,66 @@ def test_vit_b16_openai_weights_embed_as_openai_code(openai, tmp_path):
     image = Image.new("RGB", (512, 512), (90, 140, 60))
     images = encoder.preprocess(image).unsqueeze(0)
     assert images.shape == (1, 3, 224, 224)
-    assert_same_embeddings(encoder.model.eval(), reference, tokens, images)
+    assert_same_embeddings(encoder.model.eval(), reference, tokens[1:], images)  # the long caption, truncated
 
     evaluated = through_ckpt_path(tmp_path, ["backbone=vit_b16", f"ckpt_path={path}"])
     assert_same_model(evaluated.model, encoder.model)
 
 
-def test_vit_l14_336_module_prefixed_weights_embed_as_openai_code(openai, configs, tmp_path):
+@pytest.fixture(scope="module")
+def vit_l(configs, tmp_path_factory):
+    """Random ViT-L/14@336 weights (two layers per tower) saved as OpenAI's and as the paper's EPE."""
+    folder = tmp_path_factory.mktemp("vit-l")
+    state = random_state(configs["ViT-L-14-336"], seed=1)
+    files = {"clip": folder / "clip.pt", "module": folder / "finetuned.pt", "epe": folder / "crosstext2loc.pt"}
+    torch.save(state, files["clip"])
+    torch.save({f"module.{key}": value for key, value in state.items()}, files["module"])
+    torch.save(epe(state, 300), files["epe"])
+    backbone = ["backbone=vit_l14_336", f"backbone.model_name={configs['ViT-L-14-336']}"]
+    return state, files, backbone
+
+
+def test_vit_l14_336_module_prefixed_weights_embed_as_openai_code(openai, vit_l, tmp_path):
     """The official fine-tuning saves a bare state dict; a DDP wrapper's has ``module.`` keys."""
     module, tokenizer = openai
-    state = random_state(configs["ViT-L-14-336"], seed=1)
-    path = tmp_path / "finetuned.pt"
-    torch.save({f"module.{key}": value for key, value in state.items()}, path)
+    state, files, backbone = vit_l
     reference = openai_model(module, state)
-    backbone = ["backbone=vit_l14_336", f"backbone.model_name={configs['ViT-L-14-336']}"]
 
-    encoder = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={path}"])
+    encoder = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={files['module']}"])
     tokens = encoder.tokenizer([LONG])
     assert torch.equal(tokens, openai_tokenize(tokenizer, [LONG], 77))
     images = torch.randn(1, 3, 336, 336, generator=torch.Generator().manual_seed(0))
     assert_same_embeddings(encoder.model.eval(), reference, tokens, images)
 
-    evaluated = through_ckpt_path(tmp_path, [*backbone, f"ckpt_path={path}"])
+    evaluated = through_ckpt_path(tmp_path, [*backbone, f"ckpt_path={files['module']}"])
     assert_same_model(evaluated.model, encoder.model)
 
-    # GELU instead of QuickGELU: the difference the parity checks must see.
-    gelu = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={path}", "backbone.quick_gelu=false"])
+    # GELU instead of QuickGELU, what open_clip's ViT-L-14-336 has: the parity check must see it.
+    for block in encoder.model.transformer.resblocks:
+        block.mlp.gelu = torch.nn.GELU()
     with torch.no_grad():
-        drift = normalised(gelu.model.eval().encode_text(tokens)) - normalised(reference.encode_text(tokens))
+        drift = normalised(encoder.model.encode_text(tokens)) - normalised(reference.encode_text(tokens))
     assert drift.abs().max() > 100 * TOLERANCE
 
 
-def test_vit_l14_336_300_positions_embed_long_captions_as_openai_code(openai, configs, tmp_path):
-    """The paper's EPE weights (300 text positions) and EPE applied on load to 77-position weights."""
+def test_vit_l14_336_300_positions_embed_long_captions_as_openai_code(openai, vit_l, tmp_path):
+    """The paper's EPE weights (300 text positions), and EPE applied on load to 77-position weights."""
     module, tokenizer = openai
-    state = random_state(configs["ViT-L-14-336"], seed=2)
+    state, files, backbone = vit_l
     expanded = epe(state, 300)
-    epe_path, clip_path = tmp_path / "crosstext2loc.pt", tmp_path / "clip.pt"
-    torch.save(expanded, epe_path)
-    torch.save(state, clip_path)
     reference = openai_model(module, expanded)
-    backbone = ["backbone=vit_l14_336", f"backbone.model_name={configs['ViT-L-14-336']}", "backbone.context_length=300"]
+    backbone = [*backbone, "backbone.context_length=300"]
 
-    encoder = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={epe_path}"])
+    encoder = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={files['epe']}"])
     tokens = encoder.tokenizer([LONG])
     assert torch.equal(tokens, openai_tokenize(tokenizer, [LONG], 300))
     assert 77 < int(tokens.argmax()) < 300  # the end-of-text token lies past CLIP's 77 positions
     assert_same_embeddings(encoder.model.eval(), reference, tokens)
 
-    evaluated = through_ckpt_path(tmp_path, [*backbone, f"ckpt_path={epe_path}"])
+    evaluated = through_ckpt_path(tmp_path, [*backbone, f"ckpt_path={files['epe']}"])
     assert_same_model(evaluated.model, encoder.model)
-    stretched = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={clip_path}"])
-    assert_same_embeddings(stretched.model.eval(), reference, tokens)
+    stretched = resize_state_dict_context_length(model_state_dict(read_checkpoint(files["clip"])), 300)
+    assert torch.equal(stretched["positional_embedding"], expanded["positional_embedding"])
 
 
 def test_street_views_embed_at_2_to_1_as_the_official_code(openai, configs, tmp_path):
@@ -254,20 +285,16 @@ def test_street_views_embed_at_2_to_1_as_the_official_code(openai, configs, tmp_
     torch.save(encoder.model.state_dict(), trained)
     evaluated = through_ckpt_path(tmp_path, [*backbone, f"ckpt_path={trained}"])
     assert_same_model(evaluated.model, encoder.model)
-    square = through_ckpt_path(tmp_path, [*backbone[1:], f"ckpt_path={trained}"])  # img=sat: square again
-    assert tuple(square.model.visual.image_size) == (224, 224)
 
 
-def test_eval_runs_the_paper_backbone_on_a_street_view_gallery(configs, tmp_path):
+def test_eval_runs_the_paper_backbone_on_a_street_view_gallery(vit_l, tmp_path):
     """``eval.py img=stv backbone=vit_l14_336 backbone.pretrained=FILE``, small images to stay quick."""
     data_dir = write_release(tmp_path / "data")  # street views of 64x32
-    path = tmp_path / "clip.pt"
-    torch.save(random_state(configs["ViT-L-14-336"], seed=4), path)
+    _, files, backbone = vit_l
     cfg = compose_config(
         "eval",
         [
-            "img=stv", "backbone=vit_l14_336", f"backbone.model_name={configs['ViT-L-14-336']}",
-            f"backbone.pretrained={path}", "backbone.image_size=56", "city=Brisbane", f"city.name={CITY}",
+            "img=stv", *backbone, f"backbone.pretrained={files['clip']}", "backbone.image_size=56", "city=Brisbane", f"city.name={CITY}",
             f"paths.data_dir={data_dir}", "trainer=cpu", "data.num_workers=0", "data.eval_batch_size=4",
         ],
         tmp_path,
@@ -276,3 +303,11 @@ def test_eval_runs_the_paper_backbone_on_a_street_view_gallery(configs, tmp_path
     assert "test/R@1" in metrics
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["run"]["img"] == "stv"
+
+
+def test_a_checkpoint_evaluates_with_the_activation_and_aspect_it_was_trained_with():
+    trained = {"name": "vit_b16", "model_name": "ViT-B-16", "image_aspect": 2, "quick_gelu": True, "image_size": None}
+    checkpoint = {"hyper_parameters": {"backbone": trained}}
+    asked = {**trained, "pretrained": "openai", "image_aspect": 1, "quick_gelu": False}
+    backbone = backbone_for_checkpoint(asked, checkpoint, "model.ckpt")
+    assert backbone["image_aspect"] == 2 and backbone["quick_gelu"] is True and backbone["pretrained"] is None
