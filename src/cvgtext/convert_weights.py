@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ def read_trusted(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} does not exist")
     try:
         if is_torchscript(path):
-            content = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; the files remain
+                content = torch.jit.load(str(path), map_location="cpu")
         else:
             content = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
