@@ -137,7 +137,8 @@ def build_encoder(
         ) from error
     native_length = model_context_length(model)
     length = context_length or native_length
-    native_size = tuple(getattr(model.visual, "image_size", None) or (0, 0))
+    native = getattr(model.visual, "image_size", None) or 0  # ResNet towers keep an int
+    native_size = (native, native) if isinstance(native, int) else tuple(native)
     size = input_size(native_size, image_size, image_aspect)
     if size != native_size:
         try:
