@@ -62,7 +62,8 @@ def test_a_pickle_of_objects_converts_without_openai_scalars(tmp_path):
     weights = open_clip.create_model("cvg-tiny").state_dict()
     path = tmp_path / "trained.pt"
     extras = {"input_resolution": torch.tensor(64), "vocab_size": torch.tensor(49408)}
-    torch.save({"args": argparse.Namespace(lr=1e-5), "state_dict": {f"module.{k}": v for k, v in {**weights, **extras}.items()}}, path)
+    wrapped = {f"module.{key}": value for key, value in {**weights, **extras}.items()}
+    torch.save({"args": argparse.Namespace(lr=1e-5), "state_dict": wrapped}, path)
     with pytest.raises(CheckpointError, match="refused"):
         read_checkpoint(path)
     state = convert(path, tmp_path / "trained.safetensors")

@@ -94,7 +94,8 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, path: Path) -> 
     ]
     if "quick_gelu" in saved:
         # The checkpoint records the activation resolved from the config when training started.
-        quick = resolve_quick_gelu(cfg.backbone.model_name, cfg.backbone.get("pretrained"), cfg.backbone.get("quick_gelu"))
+        backbone = cfg.backbone
+        quick = resolve_quick_gelu(backbone.model_name, backbone.get("pretrained"), backbone.get("quick_gelu"))
         if bool(saved["quick_gelu"]) != quick:
             changed.append(f"backbone.quick_gelu={str(saved['quick_gelu']).lower()} (this run: {str(quick).lower()})")
     if changed:

@@ -51,7 +51,7 @@ def test_quick_gelu_follows_or_must_agree_with_a_pretrained_tag():
     assert resolve_quick_gelu("ViT-B-16", "weights/finetuned.pt", True) is True  # a file: the setting decides
     with pytest.raises(ConfigError, match=r"backbone.quick_gelu=true, but .*laion2b_s34b_b88k were trained with GELU"):
         resolve_quick_gelu("ViT-B-16", "laion2b_s34b_b88k", True)
-    with pytest.raises(ConfigError, match=r"backbone.quick_gelu=false, but .*ViT-B-16/openai were trained with QuickGELU"):
+    with pytest.raises(ConfigError, match=r"quick_gelu=false, but .*ViT-B-16/openai were trained with QuickGELU"):
         resolve_quick_gelu("ViT-B-16", "openai", False)
 
 

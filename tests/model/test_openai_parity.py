@@ -294,7 +294,8 @@ def test_eval_runs_the_paper_backbone_on_a_street_view_gallery(vit_l, tmp_path):
     cfg = compose_config(
         "eval",
         [
-            "img=stv", *backbone, f"backbone.pretrained={files['clip']}", "backbone.image_size=56", "city=Brisbane", f"city.name={CITY}",
+            "img=stv", *backbone, f"backbone.pretrained={files['clip']}", "backbone.image_size=56",
+            "city=Brisbane", f"city.name={CITY}",
             f"paths.data_dir={data_dir}", "trainer=cpu", "data.num_workers=0", "data.eval_batch_size=4",
         ],
         tmp_path,

@@ -190,7 +190,8 @@ def set_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
 
     For 2:1 street-view panoramas, e.g. ``(336, 672)``. The vision transformer's positional
     embedding keeps its class-token row and resizes the patch grid to ``(height // patch,
-    width // patch)`` (see :func:`resize_vision_positional_embedding`). ``image_size``, ``grid_size`` and, if present, ``preprocess_cfg["size"]`` of
+    width // patch)`` (see :func:`resize_vision_positional_embedding`). ``image_size``,
+    ``grid_size`` and, if present, ``preprocess_cfg["size"]`` of
     ``model.visual`` are updated. Only open_clip ``VisionTransformer`` towers have a grid to
     resize; others raise ``ValueError``.
     """
