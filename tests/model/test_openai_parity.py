@@ -177,6 +177,7 @@ def configs(tmp_path_factory):
     return {name: two_layer_config(folder, name) for name in ("ViT-B-16", "ViT-L-14-336")}
 
 
+@pytest.mark.slow
 def test_vit_b16_openai_weights_embed_as_openai_code(openai, tmp_path):
     module, tokenizer = openai
     state = random_state("ViT-B-16", seed=0)
@@ -287,6 +288,7 @@ def test_street_views_embed_at_2_to_1_as_the_official_code(openai, configs, tmp_
     assert_same_model(evaluated.model, encoder.model)
 
 
+@pytest.mark.slow
 def test_eval_runs_the_paper_backbone_on_a_street_view_gallery(vit_l, tmp_path):
     """``eval.py img=stv backbone=vit_l14_336 backbone.pretrained=FILE``, small images to stay quick."""
     data_dir = write_release(tmp_path / "data")  # street views of 64x32
