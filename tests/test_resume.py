@@ -139,6 +139,13 @@ def test_what_cannot_be_resumed_is_refused_with_one_message(tmp_path, overrides,
         find_resume(cfg)
 
 
+def test_a_checkpoint_that_does_not_record_its_activation_was_built_with_gelu(tmp_path):
+    path = training_checkpoint(tmp_path / "old.ckpt", name="vit_b16", model_name="ViT-B-16")
+    cfg = compose_config("train", ["backbone=vit_b16", f"ckpt_path={path}"], tmp_path)
+    with pytest.raises(CheckpointError, match=r"backbone.quick_gelu=false \(this run: true\)"):
+        find_resume(cfg)
+
+
 class WritesMarker:
     """A pickle payload that would create a file if the checkpoint were unpickled unsafely."""
 

@@ -29,6 +29,8 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     if saved:
         check_backbone(saved, backbone["model_name"], path)
         backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS if key in saved})
+        # A checkpoint that does not record its activation was built with what its model name gives.
+        backbone["quick_gelu"] = saved.get("quick_gelu")
     return backbone
 
 

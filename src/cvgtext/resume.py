@@ -92,12 +92,14 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, path: Path) -> 
         for key in ARCHITECTURE_KEYS
         if key in saved and saved[key] != cfg.backbone.get(key)
     ]
-    if "quick_gelu" in saved:
-        # The checkpoint records the activation resolved from the config when training started.
+    if saved:
+        # The checkpoint records the activation resolved when training started; one that does
+        # not was built with what its model name alone gives.
         backbone = cfg.backbone
         quick = resolve_quick_gelu(backbone.model_name, backbone.get("pretrained"), backbone.get("quick_gelu"))
-        if bool(saved["quick_gelu"]) != quick:
-            changed.append(f"backbone.quick_gelu={str(saved['quick_gelu']).lower()} (this run: {str(quick).lower()})")
+        saved_quick = saved.get("quick_gelu", resolve_quick_gelu(backbone.model_name, None, None))
+        if bool(saved_quick) != quick:
+            changed.append(f"backbone.quick_gelu={str(bool(saved_quick)).lower()} (this run: {str(quick).lower()})")
     if changed:
         raise CheckpointError(
             f"checkpoint {path} was trained with {', '.join(changed)}: resume with the settings it was trained with"

@@ -314,3 +314,5 @@ def test_a_checkpoint_evaluates_with_the_activation_and_aspect_it_was_trained_wi
     asked = {**trained, "pretrained": "openai", "image_aspect": 1, "quick_gelu": False}
     backbone = backbone_for_checkpoint(asked, checkpoint, "model.ckpt")
     assert backbone["image_aspect"] == 2 and backbone["quick_gelu"] is True and backbone["pretrained"] is None
+    older = {"hyper_parameters": {"backbone": {key: trained[key] for key in ("name", "model_name")}}}
+    assert backbone_for_checkpoint({**asked, "quick_gelu": True}, older, "old.ckpt")["quick_gelu"] is None
