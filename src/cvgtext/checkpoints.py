@@ -3,7 +3,9 @@
 Accepted: this project's Lightning checkpoints (weights under ``state_dict`` as ``model.*``),
 open_clip training checkpoints (``state_dict`` with ``module.*``), plain open_clip / OpenAI-format
 state dicts, and the official CrossText2Loc checkpoints, whose text positional embedding has
-300 rows. Files are read with ``weights_only=True``: a pickle that would run code is refused.
+300 rows, as PyTorch files or ``.safetensors``. Files are read with ``weights_only=True``: a
+pickle that would run code is refused, and so is a TorchScript archive (OpenAI's released
+``.pt`` files), which ``python -m cvgtext.convert_weights`` turns into a safetensors file once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,12 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if is_torchscript(path):
+        raise CheckpointError(
+            f"checkpoint {path} is a TorchScript archive (as OpenAI's released CLIP files are), which "
+            f"could run code when loaded; if you trust it, convert it once with "
+            f"python -m cvgtext.convert_weights {path} {path.with_suffix('.safetensors')} and use that file"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -49,6 +58,14 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
     return content
+
+
+def is_torchscript(path: str | Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip file whose records hold code and constants."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def check_backbone(saved: dict[str, Any], model_name: str, path: str | Path) -> None:
@@ -115,8 +132,10 @@ def load_state(
 ) -> None:
     """Load open_clip weights into ``model``, whose text context becomes ``context_length``.
 
-    A state whose positional embedding has another number of rows (e.g. 300 for the
-    official CrossText2Loc weights) is resized with ``context_resize``. Keys present on one side
+    A state whose text positional embedding has another number of rows (e.g. 300 for the
+    official CrossText2Loc weights) is resized with ``context_resize``; one whose image patch grid
+    differs from the model's (square weights into a model set to 2:1 street views) is
+    interpolated to the model's grid (:func:`~cvgtext.model.positional.set_image_size`). Keys present on one side
     only are reported; weights of another architecture (shape mismatches) are refused.
     """
     from cvgtext.model.encoder import model_context_length
@@ -129,6 +148,7 @@ def load_state(
         state = resize_state_dict_context_length(state, length, mode=context_resize)
     except ValueError as error:
         raise CheckpointError(f"checkpoint {source} has no usable text positional embedding ({error})") from None
+    state = fit_vision_grid(model, state, source)
     expected = model.state_dict()
     mismatched = [
         f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
@@ -154,3 +174,25 @@ def load_state(
             "checkpoint %s has %d weights this model does not use: %s",
             source, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]),
         )
+
+
+def fit_vision_grid(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """``state`` with its vision positional embedding resized to the patch grid of ``model``."""
+    from cvgtext.model.positional import resize_vision_positional_embedding, vision_grid
+
+    key = "visual.positional_embedding"
+    visual = getattr(model, "visual", None)
+    if key not in state or not hasattr(visual, "grid_size") or not hasattr(visual, "positional_embedding"):
+        return state
+    pos = state[key]
+    expected = visual.positional_embedding
+    if pos.shape == expected.shape or pos.ndim != 2 or pos.shape[1] != expected.shape[1]:
+        return state  # the same grid, or another architecture, which load_state reports
+    grid = tuple(visual.grid_size)
+    prefix_tokens = expected.shape[0] - grid[0] * grid[1]
+    try:
+        saved_grid = vision_grid(pos.shape[0], prefix_tokens)
+    except ValueError as error:
+        raise CheckpointError(f"checkpoint {source}: {error}") from None
+    log.info("Resizing the image patch grid of %s from %s to %s", source, saved_grid, grid)
+    return {**state, key: resize_vision_positional_embedding(pos, saved_grid, grid)}

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test")
 # What a checkpoint of this project records about its model and must keep when evaluated.
-ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size")
+ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size", "image_aspect", "quick_gelu")
 
 
 def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
@@ -29,16 +29,13 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     if saved:
         check_backbone(saved, backbone["model_name"], path)
         backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS if key in saved})
+        # A checkpoint that does not record its activation was built with what its model name gives.
+        backbone["quick_gelu"] = saved.get("quick_gelu")
     return backbone
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
-    split = cfg.get("split", "test")
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+def build_module(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    """The module to evaluate, with the weights of ``cfg.ckpt_path`` when given, and its backbone."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     state = None
     if cfg.get("ckpt_path"):
@@ -49,7 +46,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model, backbone=backbone)
     if state is not None:
         load_state(module.model, state, backbone.get("context_length"), backbone["context_resize"], cfg.ckpt_path)
-        del state
+    return module, backbone
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    module, backbone = build_module(cfg)
     datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])

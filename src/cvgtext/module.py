@@ -77,6 +77,9 @@ class CrossViewRetrieval(L.LightningModule):
             }
         )
         encoder = build_encoder(**self.hparams.backbone)
+        # Checkpoints record the activation the model was built with, also when the config left
+        # it to the pretrained tag, so that they rebuild the same model without the tag.
+        self.hparams.backbone["quick_gelu"] = encoder.quick_gelu
         self.model = encoder.model
         self.preprocess = encoder.preprocess
         self.tokenizer = encoder.tokenizer

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from cvgtext.checkpoints import check_backbone, read_checkpoint
 from cvgtext.errors import CheckpointError, ConfigError
+from cvgtext.model.encoder import resolve_quick_gelu
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ RESUME_MODES = ("auto",)
 TRAINING_STATE = ("state_dict", "optimizer_states", "loops")
 # Backbone settings that decide the shapes of the weights, besides the model itself (checked by
 # check_backbone): a resumed run must keep them.
-ARCHITECTURE_KEYS = ("context_length", "image_size")
+ARCHITECTURE_KEYS = ("context_length", "image_size", "image_aspect")
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,14 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, path: Path) -> 
         for key in ARCHITECTURE_KEYS
         if key in saved and saved[key] != cfg.backbone.get(key)
     ]
+    if saved:
+        # The checkpoint records the activation resolved when training started; one that does
+        # not was built with what its model name alone gives.
+        backbone = cfg.backbone
+        quick = resolve_quick_gelu(backbone.model_name, backbone.get("pretrained"), backbone.get("quick_gelu"))
+        saved_quick = saved.get("quick_gelu", resolve_quick_gelu(backbone.model_name, None, None))
+        if bool(saved_quick) != quick:
+            changed.append(f"backbone.quick_gelu={str(bool(saved_quick)).lower()} (this run: {str(quick).lower()})")
     if changed:
         raise CheckpointError(
             f"checkpoint {path} was trained with {', '.join(changed)}: resume with the settings it was trained with"

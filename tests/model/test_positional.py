@@ -3,6 +3,7 @@
 import open_clip
 import pytest
 import torch
+import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
 from torch import nn
 
@@ -11,7 +12,9 @@ from cvgtext.model.positional import (
     resize_state_dict_context_length,
     resize_text_positional_embedding,
     set_context_length,
+    resize_vision_positional_embedding,
     set_image_size,
+    vision_grid,
 )
 
 VISION = dict(image_size=64, patch_size=16, width=32, layers=1, head_width=16)
@@ -264,3 +267,20 @@ def test_set_image_size_rejects_resnet_tower():
 def test_set_image_size_rejects_sizes_not_divisible_by_patch():
     with pytest.raises(ValueError, match="patch size"):
         set_image_size(tiny_model(), (64, 100))
+
+
+def test_vision_grid_resize_is_the_official_bicubic_without_antialiasing():
+    pos = torch.randn(1 + 14 * 14, 32, generator=torch.Generator().manual_seed(0))
+    resized = resize_vision_positional_embedding(pos, (14, 14), (14, 28))
+    grid = pos[1:].reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
+    for antialias, same in ((False, True), (True, False)):
+        expected = F.interpolate(grid, size=(14, 28), mode="bicubic", align_corners=False, antialias=antialias)
+        expected = torch.cat([pos[:1], expected.permute(0, 2, 3, 1).reshape(14 * 28, 32)])
+        assert torch.equal(resized, expected) is same
+
+
+def test_vision_grids_of_weight_files_are_recognised_as_square_or_2_to_1():
+    assert vision_grid(1 + 24 * 24) == (24, 24)
+    assert vision_grid(1 + 14 * 28) == (14, 28)
+    with pytest.raises(ValueError, match="neither a square nor a 2:1"):
+        vision_grid(1 + 10 * 30)

@@ -26,12 +26,18 @@ open_clip.add_model_config(CONFIG_DIR)
 
 @dataclass
 class Encoder:
-    """What a run needs from a backbone: the model, how to prepare images, how to tokenize text."""
+    """What a run needs from a backbone: the model, how to prepare images, how to tokenize text.
+
+    ``quick_gelu`` and ``image_size`` (``(height, width)``) are what the model was built with,
+    once the configuration's defaults are resolved.
+    """
 
     model: nn.Module
     preprocess: Callable[[Any], torch.Tensor]
     tokenizer: Callable[..., torch.Tensor]
     context_length: int
+    quick_gelu: bool = False
+    image_size: tuple[int, int] | None = None
 
 
 def _check_model_name(model_name: str) -> None:
@@ -46,21 +52,71 @@ def _is_local_file(pretrained: str | None) -> bool:
     return bool(pretrained) and (Path(pretrained).suffix != "" or Path(pretrained).exists())
 
 
+def resolve_quick_gelu(model_name: str, pretrained: str | None, quick_gelu: bool | None) -> bool:
+    """Whether the model uses QuickGELU: ``quick_gelu``, or when ``None`` what the weights need.
+
+    OpenAI's CLIP, and every model fine-tuned from it (CrossText2Loc's among them), uses
+    QuickGELU, ``x * sigmoid(1.702 x)``; most other weights use GELU. A weight file does not
+    say which (OpenAI and open_clip state dicts have the same keys), so for a file the setting
+    decides; for an open_clip pretrained tag, ``None`` follows the tag, and a setting that
+    contradicts the tag is refused rather than giving silently wrong embeddings.
+    """
+    model_cfg = open_clip.get_model_config(model_name) or {}
+    built_in = bool(model_cfg.get("quick_gelu", False))  # the -quickgelu model names
+    tag = None if _is_local_file(pretrained) else pretrained
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, tag) if tag else {}
+    tag_quick = bool(tag_cfg.get("quick_gelu", False)) if tag_cfg else None
+    if quick_gelu is None:
+        return built_in or bool(tag_quick)
+    if built_in and not quick_gelu:
+        raise ConfigError(
+            f"backbone.quick_gelu=false, but open_clip's {model_name} is built with QuickGELU; "
+            f"use the model name without -quickgelu"
+        )
+    if tag_quick is not None and tag_quick != bool(quick_gelu):
+        activation = "QuickGELU" if tag_quick else "GELU"
+        raise ConfigError(
+            f"backbone.quick_gelu={str(bool(quick_gelu)).lower()}, but the pretrained weights "
+            f"{model_name}/{tag} were trained with {activation}: set backbone.quick_gelu="
+            f"{str(tag_quick).lower()} (or null to follow the pretrained tag)"
+        )
+    return bool(quick_gelu)
+
+
+def input_size(native: tuple[int, int], image_size: int | list[int] | None, image_aspect: float) -> tuple[int, int]:
+    """``(height, width)`` of the model's input images.
+
+    ``image_size``: ``[height, width]`` as given, or a height (``None``: the model's own) whose
+    width is ``image_aspect`` times it (2 for the 2:1 street-view panoramas).
+    """
+    if image_size is not None and not isinstance(image_size, int):
+        if len(image_size) != 2:
+            raise ConfigError(f"backbone.image_size={list(image_size)} must be a height or [height, width]")
+        return int(image_size[0]), int(image_size[1])
+    height = native[0] if image_size is None else image_size
+    return height, int(round(height * image_aspect))
+
+
 def build_encoder(
     model_name: str = "cvg-tiny",
     pretrained: str | None = None,
     context_length: int | None = None,
     context_resize: str = "interpolate",
     image_size: int | list[int] | None = None,
+    image_aspect: float = 1,
+    quick_gelu: bool | None = None,
     name: str | None = None,
 ) -> Encoder:
     """Build the open_clip model, its evaluation preprocessing and tokenizer.
 
     ``context_length`` other than the model's own resizes the text positional embedding
     (``context_resize``: ``interpolate`` or ``keep_first``) after the weights are loaded, so
-    pretrained positions are stretched, not re-learnt. ``image_size`` changes the input size of
-    the image tower (``[height, width]`` for 2:1 street-view panoramas). ``name`` is the
-    config's short label of the backbone and plays no part here.
+    pretrained positions are stretched, not re-learnt. ``image_size`` and ``image_aspect``
+    give the input size of the image tower (see :func:`input_size`); another size than the
+    model's own interpolates the vision positional embedding to the new patch grid after the
+    weights are loaded, and images are then resized to it without cropping (2:1 street-view
+    panoramas). ``quick_gelu`` chooses the activation (see :func:`resolve_quick_gelu`).
+    ``name`` is the config's short label of the backbone and plays no part here.
     """
     from cvgtext.model.positional import set_context_length, set_image_size
 
@@ -69,8 +125,11 @@ def build_encoder(
     tag = None if checkpoint else pretrained
     if checkpoint and not Path(checkpoint).is_file():
         raise ConfigError(f"backbone.pretrained={checkpoint!r}: no such checkpoint file")
+    quick = resolve_quick_gelu(model_name, pretrained, quick_gelu)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=tag, force_quick_gelu=quick
+        )
     except RuntimeError as error:
         raise ConfigError(
             f"backbone.pretrained={tag!r} could not be loaded for {model_name} ({error}); "
@@ -78,20 +137,33 @@ def build_encoder(
         ) from error
     native_length = model_context_length(model)
     length = context_length or native_length
+    native = getattr(model.visual, "image_size", None) or 0  # ResNet towers keep an int
+    native_size = (native, native) if isinstance(native, int) else tuple(native)
+    size = input_size(native_size, image_size, image_aspect)
+    if size != native_size:
+        try:
+            # Before a checkpoint is loaded, which is then interpolated to this grid if it is square.
+            set_image_size(model, size)
+        except ValueError as error:
+            raise ConfigError(
+                f"backbone.image_size / img: cannot feed {size[0]}x{size[1]} images to {model_name} ({error})"
+            ) from None
+        resize_mode = "shortest" if size[0] == size[1] else "squash"  # panoramas: resize, no crop
+        preprocess = open_clip.image_transform(
+            size, is_train=False, mean=model.visual.image_mean, std=model.visual.image_std,
+            resize_mode=resize_mode, interpolation="bicubic",
+        )
     if checkpoint:
         from cvgtext.checkpoints import load_weights
 
         load_weights(model, checkpoint, context_length=length, context_resize=context_resize)
     elif length != native_length:
         set_context_length(model, length, mode=context_resize)
-    if image_size is not None:
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        set_image_size(model, size)
-        preprocess = open_clip.image_transform(
-            size, is_train=False, mean=model.visual.image_mean, std=model.visual.image_std
-        )
     tokenizer = open_clip.get_tokenizer(model_name, context_length=length)
-    return Encoder(model=model, preprocess=preprocess, tokenizer=tokenizer, context_length=length)
+    return Encoder(
+        model=model, preprocess=preprocess, tokenizer=tokenizer, context_length=length,
+        quick_gelu=quick, image_size=size,
+    )
 
 
 def model_context_length(model: nn.Module) -> int:

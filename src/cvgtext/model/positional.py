@@ -16,12 +16,14 @@ the optimizer is built, because the resized embeddings are new ``nn.Parameter`` 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP, CustomTextCLIP
+from open_clip.model import CLIP, CustomTextCLIP, resize_text_pos_embed
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
@@ -38,7 +40,8 @@ def resize_text_positional_embedding(
     """Resize a text positional embedding ``[L, W]`` to ``[new_length, W]``.
 
     ``interpolate`` (CrossText2Loc's EPE) resamples the whole sequence with 1-D linear
-    interpolation, ``F.interpolate(mode="linear", align_corners=False)``.
+    interpolation, ``F.interpolate(mode="linear", align_corners=False)``, through open_clip's
+    ``resize_text_pos_embed``.
 
     ``keep_first`` (Long-CLIP) copies the first ``keep`` rows unchanged and stretches the other
     ``L - keep`` rows over ``new_length - keep`` positions: new row ``j`` of the tail samples old
@@ -56,12 +59,11 @@ def resize_text_positional_embedding(
     compute_dtype = torch.promote_types(pos.dtype, torch.float32)
     rows = pos.detach().to(compute_dtype)
     if mode == "interpolate":
-        resized = F.interpolate(
-            rows.T.unsqueeze(0),  # [1, W, L]: F.interpolate resamples the last dimension
-            size=new_length,
-            mode="linear",
-            align_corners=False,
-        )[0].T
+        # open_clip's own resizing of a state dict's text positions computes exactly this.
+        state = {"positional_embedding": rows}
+        target = SimpleNamespace(positional_embedding=rows.new_empty(new_length, rows.shape[1]))
+        resize_text_pos_embed(state, target)
+        resized = state["positional_embedding"]
     elif mode == "keep_first":
         length = rows.shape[0]
         if keep < 0 or length - keep < 2 or new_length <= keep:
@@ -187,9 +189,9 @@ def set_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
     """Make ``model.encode_image`` accept ``[B, 3, height, width]`` images; returns ``model``.
 
     For 2:1 street-view panoramas, e.g. ``(336, 672)``. The vision transformer's positional
-    embedding keeps its class-token row and resizes the patch grid bicubically to
-    ``(height // patch, width // patch)``, as open_clip's ``resize_pos_embed`` does for square
-    grids. ``image_size``, ``grid_size`` and, if present, ``preprocess_cfg["size"]`` of
+    embedding keeps its class-token row and resizes the patch grid to ``(height // patch,
+    width // patch)`` (see :func:`resize_vision_positional_embedding`). ``image_size``,
+    ``grid_size`` and, if present, ``preprocess_cfg["size"]`` of
     ``model.visual`` are updated. Only open_clip ``VisionTransformer`` towers have a grid to
     resize; others raise ``ValueError``.
     """
@@ -211,18 +213,8 @@ def set_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
     old_grid = tuple(visual.grid_size)
 
     old = visual.positional_embedding  # [prefix tokens + grid h * grid w, width]
-    prefix_tokens = old.shape[0] - old_grid[0] * old_grid[1]
     if grid != old_grid:
-        with torch.no_grad():
-            rows = old.detach()
-            compute_dtype = torch.promote_types(rows.dtype, torch.float32)
-            patches = rows[prefix_tokens:].to(compute_dtype)
-            patches = patches.reshape(1, *old_grid, -1).permute(0, 3, 1, 2)  # [1, W, gh, gw]
-            patches = F.interpolate(
-                patches, size=grid, mode="bicubic", antialias=True, align_corners=False
-            )
-            patches = patches.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(rows.dtype)
-            new = torch.cat([rows[:prefix_tokens], patches])
+        new = resize_vision_positional_embedding(old.detach(), old_grid, grid)
         visual.positional_embedding = nn.Parameter(new, requires_grad=old.requires_grad)
 
     visual.image_size = (height, width)
@@ -231,3 +223,44 @@ def set_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
     if isinstance(preprocess_cfg, dict) and "size" in preprocess_cfg:
         preprocess_cfg["size"] = (height, width)
     return model
+
+
+def resize_vision_positional_embedding(
+    pos: torch.Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]
+) -> torch.Tensor:
+    """Resize a vision positional embedding ``[prefix + gh * gw, W]`` to another patch grid.
+
+    The prefix rows (the class token) are kept apart and unchanged; the patch rows, laid out
+    row-major as the patch embedding flattens its output, are resampled as an image with
+    ``F.interpolate(mode="bicubic", align_corners=False, antialias=False)``, as the official
+    CrossText2Loc code does for its 2:1 street views. open_clip's ``resize_pos_embed``
+    antialiases, whose bicubic kernel differs even when enlarging, so it is not used here.
+    """
+    patches_before = old_grid[0] * old_grid[1]
+    prefix_tokens = pos.shape[0] - patches_before
+    if prefix_tokens < 0:
+        raise ValueError(f"a positional embedding of {pos.shape[0]} rows has no {old_grid[0]}x{old_grid[1]} grid")
+    if tuple(new_grid) == tuple(old_grid):
+        return pos.clone()
+    compute_dtype = torch.promote_types(pos.dtype, torch.float32)
+    patches = pos[prefix_tokens:].to(compute_dtype)
+    patches = patches.reshape(1, *old_grid, -1).permute(0, 3, 1, 2)  # [1, W, gh, gw]
+    patches = F.interpolate(patches, size=tuple(new_grid), mode="bicubic", align_corners=False, antialias=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
+    return torch.cat([pos[:prefix_tokens], patches])
+
+
+def vision_grid(rows: int, prefix_tokens: int = 1) -> tuple[int, int]:
+    """The patch grid of a vision positional embedding of ``rows`` rows: square or 2:1.
+
+    A weight file does not record its grid; CLIP checkpoints are square and street-view
+    checkpoints twice as wide as high, so those are the two shapes recognised.
+    """
+    patches = rows - prefix_tokens
+    side = math.isqrt(max(patches, 0))
+    if side > 0 and side * side == patches:
+        return side, side
+    half = math.isqrt(max(patches // 2, 0))
+    if half > 0 and 2 * half * half == patches:
+        return half, 2 * half
+    raise ValueError(f"{rows} vision positions are neither a square nor a 2:1 patch grid plus a class token")
