@@ -4,7 +4,8 @@ import open_clip
 import pytest
 import torch
 
-from cvgtext.checkpoints import load_weights, model_state_dict, read_checkpoint
+from cvgtext.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.model.weights import load_weights
 from cvgtext.errors import CheckpointError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
@@ -81,7 +82,7 @@ def test_keys_present_on_one_side_are_reported(tmp_path, tiny, caplog):
     path = tmp_path / "partial.pt"
     torch.save({"state_dict": state}, path)
     model = build_encoder("cvg-tiny").model
-    with caplog.at_level(logging.WARNING, logger="cvgtext.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="cvgtext.model.weights"):
         load_weights(model, path)
     assert "lacks 1 weights" in caplog.text and "ln_final.weight" in caplog.text
     assert "does not use" in caplog.text and "extra.head" in caplog.text

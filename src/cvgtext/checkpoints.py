@@ -1,4 +1,4 @@
-"""Reading checkpoints safely and loading their weights into an open_clip model.
+"""Reading checkpoints safely and writing them atomically (``model/weights.py`` loads weights into models).
 
 Accepted: this project's Lightning checkpoints (weights under ``state_dict`` as ``model.*``),
 open_clip training checkpoints (``state_dict`` with ``module.*``), plain open_clip / OpenAI-format
@@ -11,7 +11,6 @@ pickle that would run code is refused, and so is a TorchScript archive (OpenAI's
 from __future__ import annotations
 
 import io
-import logging
 import pickle
 import zipfile
 from pathlib import Path
@@ -19,12 +18,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch import nn
 
 from cvgtext.atomic import atomic_write
 from cvgtext.errors import CheckpointError
 
-log = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
@@ -111,88 +108,3 @@ def model_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
         # Saved from a DistributedDataParallel wrapper, as open_clip's training does.
         state = {key[len("module.") :]: value for key, value in state.items()}
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
-def load_weights(
-    model: nn.Module,
-    path: str | Path,
-    context_length: int | None = None,
-    context_resize: str = "interpolate",
-) -> None:
-    """Load a checkpoint file's weights into ``model``; see :func:`load_state`."""
-    load_state(model, model_state_dict(read_checkpoint(path)), context_length, context_resize, source=str(path))
-
-
-def load_state(
-    model: nn.Module,
-    state: dict[str, torch.Tensor],
-    context_length: int | None = None,
-    context_resize: str = "interpolate",
-    source: str = "checkpoint",
-) -> None:
-    """Load open_clip weights into ``model``, whose text context becomes ``context_length``.
-
-    A state whose text positional embedding has another number of rows (e.g. 300 for the
-    official CrossText2Loc weights) is resized with ``context_resize``; one whose image patch grid
-    differs from the model's (square weights into a model set to 2:1 street views) is
-    interpolated to the model's grid (:func:`~cvgtext.model.positional.set_image_size`). Keys present on one side
-    only are reported; weights of another architecture (shape mismatches) are refused.
-    """
-    from cvgtext.model.encoder import model_context_length
-    from cvgtext.model.positional import resize_state_dict_context_length, set_context_length
-
-    length = context_length or model_context_length(model)
-    if length != model_context_length(model):
-        set_context_length(model, length, mode=context_resize)
-    try:
-        state = resize_state_dict_context_length(state, length, mode=context_resize)
-    except ValueError as error:
-        raise CheckpointError(f"checkpoint {source} has no usable text positional embedding ({error})") from None
-    state = fit_vision_grid(model, state, source)
-    expected = model.state_dict()
-    mismatched = [
-        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
-        for key, value in state.items()
-        if key in expected and expected[key].shape != value.shape and key != "logit_scale"
-    ]
-    if mismatched or not set(state) & set(expected):
-        detail = "; ".join(mismatched[:3]) if mismatched else "no parameter names in common"
-        raise CheckpointError(
-            f"checkpoint {source} does not fit the {type(model).__name__} of this backbone "
-            f"(checkpoint vs model: {detail}); set backbone=... to the architecture it was trained with"
-        )
-    if "logit_scale" in state:
-        state["logit_scale"] = state["logit_scale"].reshape(expected["logit_scale"].shape)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        log.warning(
-            "checkpoint %s lacks %d weights, left as initialised: %s",
-            source, len(result.missing_keys), ", ".join(result.missing_keys[:10]),
-        )
-    if result.unexpected_keys:
-        log.warning(
-            "checkpoint %s has %d weights this model does not use: %s",
-            source, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]),
-        )
-
-
-def fit_vision_grid(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """``state`` with its vision positional embedding resized to the patch grid of ``model``."""
-    from cvgtext.model.positional import resize_vision_positional_embedding, vision_grid
-
-    key = "visual.positional_embedding"
-    visual = getattr(model, "visual", None)
-    if key not in state or not hasattr(visual, "grid_size") or not hasattr(visual, "positional_embedding"):
-        return state
-    pos = state[key]
-    expected = visual.positional_embedding
-    if pos.shape == expected.shape or pos.ndim != 2 or pos.shape[1] != expected.shape[1]:
-        return state  # the same grid, or another architecture, which load_state reports
-    grid = tuple(visual.grid_size)
-    prefix_tokens = expected.shape[0] - grid[0] * grid[1]
-    try:
-        saved_grid = vision_grid(pos.shape[0], prefix_tokens)
-    except ValueError as error:
-        raise CheckpointError(f"checkpoint {source}: {error}") from None
-    log.info("Resizing the image patch grid of %s from %s to %s", source, saved_grid, grid)
-    return {**state, key: resize_vision_positional_embedding(pos, saved_grid, grid)}

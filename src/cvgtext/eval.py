@@ -10,8 +10,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cvgtext.checkpoints import check_backbone, load_state, model_state_dict, read_checkpoint
+from cvgtext.checkpoints import check_backbone, model_state_dict, read_checkpoint
 from cvgtext.errors import ConfigError
+from cvgtext.model.weights import load_state
 from cvgtext.reports import write_reports
 from cvgtext.train import finish_wandb, instantiate_group, run_summary
 

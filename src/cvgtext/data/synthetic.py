@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy as np
 from cvgtext.atomic import STORAGE_ERRORS
 from cvgtext.data import synthetic_render as render
 from cvgtext.data.names import check_plain_name
+from cvgtext.data.scene import Scene
 from cvgtext.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -45,27 +45,6 @@ _ROAD_DIRS = {
     "tjunction": tuple(render.SIDE_BEARING), "diagonal": ("north-east", "north-west"), "curve": tuple(render.CORNERS),
 }
 _CORNERS_UNDER_WATER = {side: {c for c in render.CORNERS if side in c} for side in render.SIDE_BEARING}
-
-
-@dataclass
-class Scene:
-    """The facts of one place; its images and its caption are both drawn from them."""
-
-    road: str  # one of ROADS
-    road_dir: str  # straight: axis; tjunction: side of the branch; diagonal: its northern end; curve: inner corner
-    wide_road: bool
-    colour: str  # walls and roofs, a key of render.BUILDING_RGB
-    dense: bool
-    high_rise: bool
-    water: str | None  # side of the place the river is on
-    corners: dict[str, str] = field(default_factory=dict)  # quadrant -> "landmark" | "park" | "pitch" | "parking"
-    landmark: tuple[str, str] | None = None  # (shape, colour)
-    trees: bool = False
-    cars: int = 0
-    shop: str | None = None
-    weather: str = "sunny"
-    heading: int = 0  # degrees clockwise from north at the centre of the street view
-    fov: int = 360  # 360 for a panorama, 90 for a single-view photo
 
 
 def _pick(rng: np.random.Generator, options):

@@ -1,6 +1,6 @@
 """Drawing one synthetic place three ways: satellite-like tile, map-like tile and street view.
 
-All three are drawn from the same :class:`~cvgtext.data.synthetic.Scene`. Roads, corner features
+All three are drawn from the same :class:`~cvgtext.data.scene.Scene`. Roads, corner features
 (landmark, park, pitch, parking) and water appear in all three; the building colour only in the
 satellite tile and the street view (a map does not show it); shop signs and weather only in the
 street view. Tile geometry is in tile units: ``u`` points east and ``v`` south, both in ``[-0.5, 0.5]``,
@@ -11,13 +11,10 @@ model sees the images at 64x64 pixels.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 from PIL import Image, ImageDraw
 
-if TYPE_CHECKING:
-    from cvgtext.data.synthetic import Scene
+from cvgtext.data.scene import Scene
 
 # Quadrants and sides of a tile: unit offsets (u east, v south) and compass bearings.
 CORNERS = {"north-west": (-1, -1), "north-east": (1, -1), "south-east": (1, 1), "south-west": (-1, 1)}

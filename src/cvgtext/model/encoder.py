@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cvgtext.errors import ConfigError
+from cvgtext.model.weights import load_weights
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,6 @@ def build_encoder(
             resize_mode=resize_mode, interpolation="bicubic",
         )
     if checkpoint:
-        from cvgtext.checkpoints import load_weights
-
         load_weights(model, checkpoint, context_length=length, context_resize=context_resize)
     elif length != native_length:
         set_context_length(model, length, mode=context_resize)
