@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.checkpoints import check_backbone, load_state, model_state_dict, read_checkpoint
 from cvgtext.errors import ConfigError
+from cvgtext.module import CrossViewRetrieval
 from cvgtext.reports import write_reports
 from cvgtext.train import finish_wandb, instantiate_group, run_summary
 
@@ -32,13 +33,8 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     return backbone
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
-    split = cfg.get("split", "test")
-    if split not in SPLITS:
-        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+def build_module(cfg: DictConfig) -> tuple[CrossViewRetrieval, dict[str, Any]]:
+    """The module with the weights of ``cfg.ckpt_path``, or the backbone's own (zero-shot), and its backbone."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     state = None
     if cfg.get("ckpt_path"):
@@ -49,7 +45,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = instantiate(cfg.model, backbone=backbone)
     if state is not None:
         load_state(module.model, state, backbone.get("context_length"), backbone["context_resize"], cfg.ckpt_path)
-        del state
+    return module, backbone
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    module, backbone = build_module(cfg)
     datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
