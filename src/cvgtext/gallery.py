@@ -23,11 +23,11 @@ from cvgtext.atomic import atomic_write
 from cvgtext.data.dataset import load_image
 from cvgtext.data.names import parse_coordinates
 from cvgtext.errors import ConfigError, DataError
+from cvgtext.queries import GALLERY_SPLITS
 from cvgtext.fingerprint import changed_parts, digest, file_digest, files_signature, stable_repr
 
 log = logging.getLogger(__name__)
 
-GALLERY_SPLITS = ("all", "train", "val", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 INDEX_FORMAT = 1  # bump when the stored layout changes
 

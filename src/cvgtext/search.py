@@ -12,8 +12,8 @@ import math
 import torch
 
 from cvgtext.errors import ConfigError
+from cvgtext.queries import INDEXES, check_index_name
 
-INDEXES = ("exact", "faiss_flat", "faiss_hnsw", "faiss_ivfpq")
 _CHUNK_ELEMENTS = 1 << 26  # scores per query chunk: 256 MiB of float32
 
 
@@ -24,11 +24,6 @@ def exact_search(query_emb: torch.Tensor, gallery_emb: torch.Tensor, k: int) -> 
     rows = max(1, _CHUNK_ELEMENTS // max(1, gallery_emb.shape[0]))
     parts = [(chunk @ gallery_emb.T).topk(k, dim=1) for chunk in query_emb.split(rows)]
     return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
-
-
-def check_index_name(name: str) -> None:
-    if name not in INDEXES:
-        raise ConfigError(f"index={name!r} is not one of {', '.join(INDEXES)}")
 
 
 class SearchIndex:
