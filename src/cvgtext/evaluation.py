@@ -20,7 +20,7 @@ from cvgtext.retrieval import Ranking, rank_gallery, summarize
 class EmbeddedSplit:
     """Embeddings of the pairs of one split; ``index`` points into its dataset."""
 
-    image: torch.Tensor  # [pairs, embed_dim]
+    image: torch.Tensor  # [pairs, embed_dim] the embedding of each pair's tile
     text: torch.Tensor  # [pairs, embed_dim]
     index: torch.Tensor  # [pairs]
 
@@ -35,6 +35,7 @@ class Evaluation:
     metrics: dict[str, dict[str, float]]
     full_city_metrics: dict[str, dict[str, float]]
     nearest: int | None
+    gallery: torch.Tensor | None = None  # [gallery, embed_dim] embeddings of the gallery tiles
 
 
 def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int | None = 100) -> Evaluation:
@@ -60,6 +61,7 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
         metrics=metrics,
         full_city_metrics=full_city,
         nearest=nearest,
+        gallery=gallery,
     )
 
 

@@ -52,7 +52,9 @@ def gallery_tiles(datamodule: Any, split: str) -> list[Tile]:
     datamodule.prepare_data()
     tiles: dict[str, Tile] = {}
     if split != "all":
-        for pair in datamodule.read_splits()[split]:
+        if not datamodule.pairs:
+            datamodule.pairs = datamodule.read_splits()
+        for pair in datamodule.pairs[split]:
             tiles.setdefault(pair.name, Tile(pair.name, pair.image_path, pair.lat, pair.lon))
         return list(tiles.values())
     folders = [gallery_folder(datamodule, version) for version in datamodule.versions]
@@ -162,7 +164,7 @@ class GalleryIndex:
 
 
 def index_key(
-    weights: dict[str, Any], city: str, img: str, split: str, preprocess: Callable, tiles: Sequence[Tile]
+    weights: dict[str, Any], city: str, img: str, text: str, split: str, preprocess: Callable, tiles: Sequence[Tile]
 ) -> dict[str, Any]:
     """The description a stored index must match to be reused."""
     return {
@@ -170,6 +172,7 @@ def index_key(
         "weights": weights,
         "city": city,
         "img": img,
+        "text": text,
         "split": split,
         "preprocess": stable_repr(preprocess),
         "tiles": files_signature(tile.path for tile in tiles),
@@ -177,11 +180,17 @@ def index_key(
     }
 
 
+def config_index_key(cfg: Any, backbone: dict[str, Any], preprocess: Callable, split: str, tiles: Sequence[Tile]) -> dict[str, Any]:
+    """:func:`index_key` for a run's configuration (``eval.py``, ``locate.py``)."""
+    weights = weights_identity(cfg.get("ckpt_path"), backbone, cfg.get("seed"))
+    return index_key(weights, cfg.city.name, cfg.img.name, cfg.text.name, split, preprocess, tiles)
+
+
 def index_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
-    """One file per city, image type, split, weights and preprocessing; the tiles only decide
-    whether it is current, so a changed folder replaces its index instead of adding one."""
+    """One file per city, image type, texts, split, weights and preprocessing; the tiles only
+    decide whether it is current, so a changed folder replaces its index instead of adding one."""
     name = digest({part: key[part] for part in ("format", "weights", "preprocess")})[:16]
-    return Path(cache_dir) / "gallery" / f"{key['city']}-{key['img']}-{key['split']}-{name}.pt"
+    return Path(cache_dir) / "gallery" / f"{key['city']}-{key['img']}-{key['text']}-{key['split']}-{name}.pt"
 
 
 def read_index(path: Path) -> GalleryIndex | None:
@@ -196,11 +205,40 @@ def read_index(path: Path) -> GalleryIndex | None:
         return None
 
 
-def write_index(index: GalleryIndex, path: Path) -> None:
-    content = {"key": index.key, "names": index.names, "lat": index.lat, "lon": index.lon, "embeddings": index.embeddings}
-    with atomic_write(path, "wb") as stream:
-        torch.save(content, stream)
-    index.path = path
+def find_index(cache_dir: str | Path | None, key: dict[str, Any], tiles: Sequence[Tile]) -> GalleryIndex | None:
+    """The stored index built from ``key`` and ``tiles``, or None (saying why it is not reused)."""
+    if cache_dir is None:
+        return None
+    path = index_path(cache_dir, key)
+    stored = read_index(path)
+    if stored is not None and stored.key == key and stored.names == [tile.name for tile in tiles]:
+        log.info("reusing the gallery index %s (%d tiles)", path, len(tiles))
+        stored.reused = True
+        return stored
+    reason = "none stored" if stored is None else "changed: " + ", ".join(changed_parts(stored.key, key) or ["names"])
+    log.info("building the gallery index %s (%d tiles; %s)", path, len(tiles), reason)
+    return None
+
+
+def store_index(
+    cache_dir: str | Path | None, key: dict[str, Any], tiles: Sequence[Tile], embeddings: torch.Tensor
+) -> GalleryIndex:
+    """The index of ``tiles`` with their ``embeddings  # [tiles, embed_dim]``, written atomically
+    under ``cache_dir`` (not written when it is None)."""
+    index = GalleryIndex(
+        names=[tile.name for tile in tiles],
+        lat=torch.tensor([tile.lat for tile in tiles], dtype=torch.float64),
+        lon=torch.tensor([tile.lon for tile in tiles], dtype=torch.float64),
+        embeddings=embeddings.float().cpu().contiguous(),
+        key=key,
+    )
+    if cache_dir is not None:
+        path = index_path(cache_dir, key)
+        content = {"key": key, "names": index.names, "lat": index.lat, "lon": index.lon, "embeddings": index.embeddings}
+        with atomic_write(path, "wb") as stream:
+            torch.save(content, stream)
+        index.path = path
+    return index
 
 
 def load_or_build_index(
@@ -213,24 +251,4 @@ def load_or_build_index(
 
     ``cache_dir=None`` builds without storing.
     """
-    path = None if cache_dir is None else index_path(cache_dir, key)
-    stored = None if path is None else read_index(path)
-    names = [tile.name for tile in tiles]
-    if stored is not None and stored.key == key and stored.names == names:
-        log.info("reusing the gallery index %s (%d tiles)", path, len(names))
-        stored.reused = True
-        return stored
-    if path is not None:
-        reason = "none stored" if stored is None else "changed: " + ", ".join(changed_parts(stored.key, key) or ["names"])
-        log.info("building the gallery index %s (%d tiles; %s)", path, len(names), reason)
-    embeddings = embed(tiles)
-    index = GalleryIndex(
-        names=names,
-        lat=torch.tensor([tile.lat for tile in tiles], dtype=torch.float64),
-        lon=torch.tensor([tile.lon for tile in tiles], dtype=torch.float64),
-        embeddings=embeddings,
-        key=key,
-    )
-    if path is not None:
-        write_index(index, path)
-    return index
+    return find_index(cache_dir, key, tiles) or store_index(cache_dir, key, tiles, embed(tiles))

@@ -22,12 +22,11 @@ from omegaconf import DictConfig
 from cvgtext.gallery import (
     GalleryIndex,
     Tile,
+    config_index_key,
     embed_captions,
     embed_tiles,
     gallery_tiles,
-    index_key,
     load_or_build_index,
-    weights_identity,
 )
 from cvgtext.geo import haversine_km
 from cvgtext.queries import check_options, read_queries
@@ -62,8 +61,7 @@ def build_gallery_index(
     stored), and its tiles."""
     datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
     tiles = gallery_tiles(datamodule, split)
-    weights = weights_identity(cfg.get("ckpt_path"), backbone, cfg.get("seed"))
-    key = index_key(weights, cfg.city.name, cfg.img.name, split, module.preprocess, tiles)
+    key = config_index_key(cfg, backbone, module.preprocess, split, tiles)
 
     def embed(tiles):
         return embed_tiles(
