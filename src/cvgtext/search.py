@@ -45,7 +45,10 @@ class SearchIndex:
             return exact_search(query_emb.float(), self.gallery, k)
         k = min(k, self.size)
         scores, indices = self.faiss_index.search(query_emb.float().contiguous().numpy(), k)
-        return torch.from_numpy(scores), torch.from_numpy(indices).long()
+        scores = torch.from_numpy(scores)
+        if self.name == "faiss_hnsw":  # squared L2 of unit vectors -> inner product
+            scores = 1 - scores / 2
+        return scores, torch.from_numpy(indices).long()
 
 
 def import_faiss():
@@ -62,19 +65,21 @@ def build_faiss_index(
     name: str,
     gallery_emb: torch.Tensor,
     hnsw_m: int = 32,
-    ef_search: int = 128,
+    ef_construction: int = 64,
+    ef_search: int = 256,
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int = 32,
     pq_bytes: int | None = None,
-    refine: int = 10,
+    refine: int = 20,
+    train_size: int = 25_000,
 ):
     """A trained faiss index of ``gallery_emb  # [tiles, dim]`` searched by inner product.
 
     ``faiss_flat``: exhaustive, exact up to float rounding. ``faiss_hnsw``: a graph of ``hnsw_m``
-    links a node, searched with ``ef_search`` candidates. ``faiss_ivfpq``: ``nlist`` inverted
-    lists (default about 4 sqrt(tiles)), ``nprobe`` of them searched, vectors compressed to
-    ``pq_bytes`` bytes (default dim / 4); its shortlist of ``refine`` times k is re-ranked with
-    the exact vectors (``IndexRefineFlat``).
+    links a node, built with ``ef_construction`` and searched with ``ef_search`` candidates. ``faiss_ivfpq``: ``nlist`` inverted
+    lists (default about sqrt(tiles)), ``nprobe`` of them searched, vectors compressed to
+    ``pq_bytes`` bytes (default dim / 8), trained on ``train_size`` tiles drawn at random; its
+    shortlist of ``refine`` times k is re-ranked with the exact vectors (``IndexRefineFlat``).
     """
     faiss = import_faiss()
     vectors = gallery_emb.float().contiguous().numpy()
@@ -82,14 +87,19 @@ def build_faiss_index(
     if name == "faiss_flat":
         index = faiss.IndexFlatIP(dim)
     elif name == "faiss_hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        # On unit vectors L2 ranks as the inner product does, and faiss's graph search is built
+        # for L2: with METRIC_INNER_PRODUCT it finds far fewer of the true neighbours.
+        index = faiss.IndexHNSWFlat(dim, hnsw_m)
+        index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
     elif name == "faiss_ivfpq":
-        nlist = nlist or max(1, min(tiles // 39, int(4 * math.sqrt(tiles))))
-        pq_bytes = pq_bytes or _largest_divisor(dim, max(1, dim // 4))
+        nlist = nlist or max(1, min(tiles // 39, int(math.sqrt(tiles))))
+        pq_bytes = pq_bytes or _largest_divisor(dim, max(1, dim // 8))
         quantizer = faiss.IndexFlatIP(dim)
         ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes, 8 if tiles >= 256 * 39 else 4, faiss.METRIC_INNER_PRODUCT)
-        ivf.train(vectors)
+        ivf.pq.cp.niter = 10  # the refine step repairs what more k-means rounds would gain
+        sample = torch.randperm(tiles, generator=torch.Generator().manual_seed(0))[:train_size].sort().values
+        ivf.train(vectors[sample.numpy()])
         ivf.nprobe = min(nprobe, nlist)
         index = faiss.IndexRefineFlat(ivf)
         index.k_factor = refine
