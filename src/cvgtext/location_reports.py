@@ -92,13 +92,13 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
     if len(locations) > len(shown):
         log.info("locations.png shows the first %d of %d queries", len(shown), len(locations))
     columns = max([len(location.candidates) for location in shown] + [1]) + 1
-    figure = plt.figure(figsize=(columns * tile_inches, len(shown) * (tile_inches + 0.9) + 0.2), dpi=80)
-    grid = figure.add_gridspec(len(shown), columns, hspace=0.9, wspace=0.15, left=0.02, right=0.98, top=0.9)
+    figure = plt.figure(figsize=(columns * tile_inches, len(shown) * (tile_inches + 1.1) + 0.2), dpi=80)
+    grid = figure.add_gridspec(len(shown), columns, hspace=1.0, wspace=0.15, left=0.02, right=0.98, top=0.86)
     for row, location in enumerate(shown):
-        caption = textwrap.shorten(location.query, width=int(columns * tile_inches * 12), placeholder=" ...")
+        line = int(columns * tile_inches * 12)  # characters of an 8-point line across the figure
+        caption = textwrap.shorten(location.query, width=2 * line, placeholder=" ...")
         first = figure.add_subplot(grid[row, 0])
-        first.set_title("\n".join(textwrap.wrap(caption, int(columns * tile_inches * 12))), loc="left",
-                        fontsize=8, pad=14)
+        first.set_title("\n".join(textwrap.wrap(caption, line)), loc="left", fontsize=8, pad=8)
         for column, candidate in enumerate(location.candidates):
             axes = first if column == 0 else figure.add_subplot(grid[row, column])
             if candidate.path is not None:
