@@ -70,7 +70,7 @@ def build_faiss_index(
     nlist: int | None = None,
     nprobe: int = 32,
     pq_bytes: int | None = None,
-    refine: int = 20,
+    refine: int = 100,
     train_size: int = 25_000,
 ):
     """A trained faiss index of ``gallery_emb  # [tiles, dim]`` searched by inner product.
