@@ -122,10 +122,10 @@ def embed_captions(
 ) -> torch.Tensor:
     """L2-normalised text embeddings ``[captions, embed_dim]``, float32 on the CPU."""
     model.eval().to(device)
-    parts = [
-        model.encode_text(tokenizer(list(captions[start : start + batch_size])).to(device), normalize=True).float().cpu()
-        for start in range(0, len(captions), batch_size)
-    ]
+    parts = []
+    for start in range(0, len(captions), batch_size):
+        tokens = tokenizer(list(captions[start : start + batch_size])).to(device)
+        parts.append(model.encode_text(tokens, normalize=True).float().cpu())
     return torch.cat(parts)
 
 
@@ -180,7 +180,9 @@ def index_key(
     }
 
 
-def config_index_key(cfg: Any, backbone: dict[str, Any], preprocess: Callable, split: str, tiles: Sequence[Tile]) -> dict[str, Any]:
+def config_index_key(
+    cfg: Any, backbone: dict[str, Any], preprocess: Callable, split: str, tiles: Sequence[Tile]
+) -> dict[str, Any]:
     """:func:`index_key` for a run's configuration (``eval.py``, ``locate.py``)."""
     weights = weights_identity(cfg.get("ckpt_path"), backbone, cfg.get("seed"))
     return index_key(weights, cfg.city.name, cfg.img.name, cfg.text.name, split, preprocess, tiles)

@@ -133,8 +133,8 @@ def locate(cfg: DictConfig, stdin: IO[str] | None = None) -> list[Location]:
     searched = time.perf_counter()
     log.info(
         "%d queries against %d tiles (index=%s%s): index %.1f ms, text encoding %.1f ms, search %.1f ms",
-        len(queries), len(gallery.names), search.name, ", approximate" if search.approximate else "", 1000 * (built - started), 1000 * (encoded - built),
-        1000 * (searched - encoded),
+        len(queries), len(gallery.names), search.name, ", approximate" if search.approximate else "",
+        1000 * (built - started), 1000 * (encoded - built), 1000 * (searched - encoded),
     )
     for number, location in enumerate(locations, start=1):
         print(locations_table(location, number))

@@ -75,11 +75,13 @@ def build_faiss_index(
 ):
     """A trained faiss index of ``gallery_emb  # [tiles, dim]`` searched by inner product.
 
-    ``faiss_flat``: exhaustive, exact up to float rounding. ``faiss_hnsw``: a graph of ``hnsw_m``
-    links a node, built with ``ef_construction`` and searched with ``ef_search`` candidates. ``faiss_ivfpq``: ``nlist`` inverted
-    lists (default about sqrt(tiles)), ``nprobe`` of them searched, vectors compressed to
-    ``pq_bytes`` bytes (default dim / 8), trained on ``train_size`` tiles drawn at random; its
-    shortlist of ``refine`` times k is re-ranked with the exact vectors (``IndexRefineFlat``).
+    - ``faiss_flat``: exhaustive, exact up to float rounding.
+    - ``faiss_hnsw``: a graph of ``hnsw_m`` links a node, built with ``ef_construction`` and
+      searched with ``ef_search`` candidates.
+    - ``faiss_ivfpq``: ``nlist`` inverted lists (default about sqrt(tiles)), ``nprobe`` of them
+      searched, vectors compressed to ``pq_bytes`` bytes (default dim / 8), trained on
+      ``train_size`` tiles drawn at random; a shortlist of ``refine`` times k is re-ranked with
+      the exact vectors (``IndexRefineFlat``).
     """
     faiss = import_faiss()
     vectors = gallery_emb.float().contiguous().numpy()
@@ -96,7 +98,8 @@ def build_faiss_index(
         nlist = nlist or max(1, min(tiles // 39, int(math.sqrt(tiles))))
         pq_bytes = pq_bytes or _largest_divisor(dim, max(1, dim // 8))
         quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes, 8 if tiles >= 256 * 39 else 4, faiss.METRIC_INNER_PRODUCT)
+        bits = 8 if tiles >= 256 * 39 else 4  # k-means wants about 39 tiles per centroid
+        ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes, bits, faiss.METRIC_INNER_PRODUCT)
         ivf.pq.cp.niter = 10  # the refine step repairs what more k-means rounds would gain
         sample = torch.randperm(tiles, generator=torch.Generator().manual_seed(0))[:train_size].sort().values
         ivf.train(vectors[sample.numpy()])
