@@ -162,14 +162,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.encoders, args.places, args.queries, args.repeats = [2000, 10_000], ["tiny"], 200, 50, 5
+    try:
+        import faiss
+
+        if args.threads:
+            faiss.omp_set_num_threads(args.threads)
+    except ImportError:
+        args.indexes = [name for name in args.indexes if not name.startswith("faiss")]
+        print("faiss is not installed (pip install 'cvgtext[faiss]'): measuring exact search only")
     if args.threads:
         torch.set_num_threads(args.threads)
-        try:
-            import faiss
-
-            faiss.omp_set_num_threads(args.threads)
-        except ImportError:
-            pass
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
 
     if args.encoders:
