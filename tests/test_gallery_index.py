@@ -44,7 +44,8 @@ def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(r
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     first = tiny_checkpoint(tmp_path / "first.ckpt", seed=1)
-    cfg = compose_config("locate", overrides(release_dir, f"ckpt_path={first}"), tmp_path)
+    cfg = compose_config("locate", overrides(release_dir, f"ckpt_path={first}", f"paths.cache_dir={tmp_path}/cache"),
+                         tmp_path)
     module, backbone = build_module(cfg)
 
     def index():

@@ -48,7 +48,7 @@ def repaint_tiles(data_dir: Path) -> None:
 def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = None):
     from cvgtext.locate import locate
 
-    cfg = compose_config("locate", overrides(data_dir, *extra), tmp_path)
+    cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *overrides(data_dir, *extra)], tmp_path)
     return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
 
 
@@ -110,8 +110,8 @@ def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path
     captions = tmp_path / "captions.txt"
     captions.write_text("".join(row["caption"] + "\n" for row in rows))
     # A separate cache: the gallery is embedded again, not taken from eval's.
-    locations = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "split=test", f"queries={captions}",
-                           "draw=false", f"paths.cache_dir={tmp_path}/locate-cache")
+    locations = run_locate(tmp_path / "locate", release_dir, f"ckpt_path={checkpoint}", "split=test",
+                           f"queries={captions}", "draw=false")
     assert len(locations) == len(rows) == 9
     for row, location in zip(rows, locations):
         assert [c.file for c in location.candidates] == [row[f"top{rank}"] for rank in range(1, 6)]
