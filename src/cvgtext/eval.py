@@ -12,7 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.checkpoints import check_backbone, model_state_dict, read_checkpoint
 from cvgtext.errors import ConfigError
+from cvgtext.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.model.weights import load_state
+from cvgtext.module import CrossViewRetrieval
 from cvgtext.reports import write_reports
 from cvgtext.train import finish_wandb, instantiate_group, run_summary
 
@@ -35,8 +37,8 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     return backbone
 
 
-def build_module(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    """The module to evaluate, with the weights of ``cfg.ckpt_path`` when given, and its backbone."""
+def build_module(cfg: DictConfig) -> tuple[CrossViewRetrieval, dict[str, Any]]:
+    """The module with the weights of ``cfg.ckpt_path``, or the backbone's own (zero-shot), and its backbone."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     state = None
     if cfg.get("ckpt_path"):
@@ -62,15 +64,33 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     try:
+        # One process: several would each read (or generate) the city before Lightning syncs them.
+        cache_dir = cfg.paths.get("cache_dir") if trainer.world_size == 1 else None
+        stored = None
+        if cache_dir is not None:
+            tiles = gallery_tiles(datamodule, split)
+            index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles)
+            stored = find_index(cache_dir, index_key, tiles)
+            if stored is not None:
+                # The gallery's embeddings are known: only the captions are read and embedded.
+                module.known_gallery = ({name: row for row, name in enumerate(stored.names)}, stored.embeddings)
+                datamodule.captions_only.add(split)
         if split == "test":
             trainer.test(module, datamodule=datamodule)
         else:
             trainer.validate(module, datamodule=datamodule)
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        evaluation = module.last_evaluation[split]
+        if cache_dir is not None and stored is None and trainer.is_global_zero:
+            dataset = datamodule.dataset(split)
+            if [dataset.pairs[i].name for i in evaluation.gallery_index] == [tile.name for tile in tiles]:
+                store_index(cache_dir, index_key, tiles, evaluation.gallery)
         if trainer.is_global_zero:
             write_reports(
-                Path(cfg.paths.output_dir), module.last_evaluation[split], datamodule.dataset(split),
-                run_summary(cfg, backbone, split), loggers,
+                Path(cfg.paths.output_dir), evaluation, datamodule.dataset(split),
+                {**run_summary(cfg, backbone, split), "search": "exact",
+                 "gallery_index": "reused" if stored is not None else "embedded"},
+                loggers,
             )
     finally:
         finish_wandb(loggers)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class EmbeddedSplit:
     """Embeddings of the pairs of one split; ``index`` points into its dataset."""
 
-    image: torch.Tensor  # [pairs, embed_dim]
+    image: torch.Tensor  # [pairs, embed_dim] the embedding of each pair's tile
     text: torch.Tensor  # [pairs, embed_dim]
     index: torch.Tensor  # [pairs]
 
@@ -38,6 +38,7 @@ class Evaluation:
     metrics: dict[str, dict[str, float]]
     full_city_metrics: dict[str, dict[str, float]]
     nearest: int | None
+    gallery: torch.Tensor | None = None  # [gallery, embed_dim] embeddings of the gallery tiles
 
 
 def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int | None = 100) -> Evaluation:
@@ -68,6 +69,7 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
         metrics=metrics,
         full_city_metrics=full_city,
         nearest=nearest,
+        gallery=gallery,
     )
 
 

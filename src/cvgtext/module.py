@@ -91,6 +91,9 @@ class CrossViewRetrieval(L.LightningModule):
         self.best_metrics: dict[str, float] = {}
         self.last_evaluation: dict[str, Any] = {}
         self.skipped_images: set[str] = set()
+        # Tile name -> embedding row of a gallery embedded beforehand (a cached gallery index):
+        # evaluation then embeds only the captions. None: embed each pair's tile.
+        self.known_gallery: tuple[dict[str, int], torch.Tensor] | None = None
 
     def _lock_towers(self, lock_image: bool, lock_text: bool) -> None:
         """Freeze a tower's parameters; the learnt temperature always stays trainable."""
@@ -100,8 +103,9 @@ class CrossViewRetrieval(L.LightningModule):
                 parameter.requires_grad_(False)
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2-normalised ``(image_features, text_features)``, each ``[batch, embed_dim]``."""
-        image_features = self.model.encode_image(batch["image"], normalize=True)
+        """L2-normalised ``(image_features, text_features)``, each ``[batch, embed_dim]``;
+        ``image_features`` is None for a batch of captions only."""
+        image_features = self.model.encode_image(batch["image"], normalize=True) if "image" in batch else None
         text_features = self.model.encode_text(batch["tokens"], normalize=True)
         return image_features, text_features
 
@@ -152,20 +156,27 @@ class CrossViewRetrieval(L.LightningModule):
 
     test_step = validation_step
 
-    def _gather_embeddings(self) -> EmbeddedSplit:
-        image = torch.cat([part["image"] for part in self._embedded]).float()
+    def _gather_embeddings(self, dataset: Any) -> EmbeddedSplit:
         text = torch.cat([part["text"] for part in self._embedded]).float()
         index = torch.cat([part["index"] for part in self._embedded])
+        known = self._embedded[0]["image"] is None
+        image = text if known else torch.cat([part["image"] for part in self._embedded]).float()
         if self.trainer.world_size > 1:
             # Samplers pad the last batches with repeated samples: gather, then keep each index once.
             image, text, index = (self.all_gather(t).flatten(0, 1) for t in (image, text, index))
         index, keep = _first_occurrence(index)
+        if known:
+            if self.known_gallery is None:
+                raise RuntimeError("a split of captions only was evaluated without a known gallery")
+            row_of_name, gallery = self.known_gallery
+            rows = torch.tensor([row_of_name[dataset.pairs[i].name] for i in index.tolist()], dtype=torch.long)
+            return EmbeddedSplit(image=gallery[rows].to(text.device), text=text[keep], index=index)
         return EmbeddedSplit(image=image[keep], text=text[keep], index=index)
 
     def _evaluate(self, stage: str) -> None:
-        embedded = self._gather_embeddings()
-        self._embedded = []
         dataset = getattr(self.trainer, f"{stage}_dataloaders").dataset
+        embedded = self._gather_embeddings(dataset)
+        self._embedded = []
         evaluation = evaluate_split(embedded, dataset, nearest=self.hparams.nearest)
         # Validation logs the overall figures; the test also breaks them down by text view.
         groups = None if stage == "test" else ("all",)

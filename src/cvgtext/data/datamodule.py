@@ -101,6 +101,8 @@ class CVGTextDataModule(L.LightningDataModule):
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.pairs: dict[str, list[Pair]] = {}
+        # Splits evaluated against a gallery whose embeddings are known: their loaders read no image.
+        self.captions_only: set[str] = set()
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
@@ -215,7 +217,10 @@ class CVGTextDataModule(L.LightningDataModule):
             self.setup()
         if self.preprocess is None or self.tokenizer is None:
             raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
-        return PairDataset(self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image)
+        return PairDataset(
+            self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image,
+            images=split not in self.captions_only,
+        )
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         return DataLoader(

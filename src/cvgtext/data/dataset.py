@@ -53,7 +53,9 @@ class PairDataset(Dataset):
     ``is_panorama``, ``index`` (position in this dataset), ``name`` and ``caption``.
 
     With ``on_bad_image="skip"`` and ``split="train"``, the item of an image that cannot be
-    decoded is a :class:`SkippedImage`; every other split raises, saying why.
+    decoded is a :class:`SkippedImage`; every other split raises, saying why. With
+    ``images=False`` items have no ``image`` and no image is read: evaluation against a
+    gallery whose embeddings are already known needs only the captions.
     """
 
     def __init__(
@@ -63,8 +65,10 @@ class PairDataset(Dataset):
         tokenizer: Callable[..., torch.Tensor],
         split: str = "train",
         on_bad_image: str = "raise",
+        images: bool = True,
     ):
         self.pairs = list(pairs)
+        self.images = images
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.split = split
@@ -79,6 +83,17 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedImage:
         pair = self.pairs[index]
+        item = {
+            "tokens": self.tokenizer([pair.caption])[0],
+            "lat": pair.lat,
+            "lon": pair.lon,
+            "is_panorama": pair.is_panorama,
+            "index": index,
+            "name": pair.name,
+            "caption": pair.caption,
+        }
+        if not self.images:
+            return item
         try:
             image = load_image(pair.image_path)
         except DataError as error:
@@ -90,16 +105,7 @@ class PairDataset(Dataset):
                 f"{error}; data.on_bad_image=skip leaves bad images out of training only: "
                 f"the {self.split} split needs every image, as a smaller gallery changes its metrics"
             ) from None
-        return {
-            "image": self.preprocess(image),
-            "tokens": self.tokenizer([pair.caption])[0],
-            "lat": pair.lat,
-            "lon": pair.lon,
-            "is_panorama": pair.is_panorama,
-            "index": index,
-            "name": pair.name,
-            "caption": pair.caption,
-        }
+        return {"image": self.preprocess(image), **item}
 
 
 def collate_pairs(items: list[dict[str, Any] | SkippedImage]) -> dict[str, Any]:

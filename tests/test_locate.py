@@ -1,0 +1,182 @@
+"""The query tool: descriptions in, ranked tiles out, the same ranking as eval.py, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CITY, compose_config
+from test_cli import run_cli
+
+from cvgtext.errors import ConfigError, DataError
+
+
+def tiny_checkpoint(path: Path, seed: int) -> Path:
+    """A checkpoint of this project's layout holding a randomly initialised tiny model."""
+    from cvgtext.model.encoder import build_encoder
+
+    torch.manual_seed(seed)
+    model = build_encoder("cvg-tiny").model
+    backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "context_resize": "interpolate",
+                "image_size": None}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"backbone": backbone}}, path)
+    return path
+
+
+def overrides(data_dir: Path, *extra: str) -> list[str]:
+    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", "trainer=cpu",
+            "data.val_fraction=0.3", "data.num_workers=0", *extra]
+
+
+def repaint_tiles(data_dir: Path) -> None:
+    """Give every satellite tile its own noise: the fixture's panorama and photo tiles share
+    colours, and identical tiles tie, which either ranking may order either way."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for path in sorted((data_dir / "reference").glob("*-satellite/*.jpg")):
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(path, format="PNG")
+
+
+def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = None):
+    from cvgtext.locate import locate
+
+    cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *overrides(data_dir, *extra)], tmp_path)
+    return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
+
+
+def test_locate_writes_the_table_and_three_files(release_dir, tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
+    locations = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "top_k=3", "queries=-",
+                           stdin="a red roof and two trees\n\n  a blue roof  \n")
+    assert [location.query for location in locations] == ["a red roof and two trees", "a blue roof"]
+    printed = capsys.readouterr().out
+    assert "query 1: a red roof and two trees" in printed and "distance_m" in printed
+    content = json.loads((tmp_path / "run" / "locations.json").read_text())
+    assert [entry["query"] for entry in content] == ["a red roof and two trees", "a blue roof"]
+    first = content[0]["candidates"]
+    assert [c["rank"] for c in first] == [1, 2, 3]
+    assert first[0]["score"] >= first[1]["score"] >= first[2]["score"]
+    assert first[0]["distance_m"] == 0 and first[0]["file"].startswith(f"{first[0]['lat']:.4f}"[:6])
+    geojson = json.loads((tmp_path / "run" / "locations.geojson").read_text())
+    assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == 6
+    point = geojson["features"][0]
+    assert point["geometry"]["coordinates"] == [first[0]["lon"], first[0]["lat"]]
+    assert point["properties"]["rank"] == 1 and point["properties"]["file"] == first[0]["file"]
+    from PIL import Image
+
+    with Image.open(tmp_path / "run" / "locations.png") as picture:
+        assert picture.width > 300 and picture.height > 100
+
+
+def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir, tmp_path):
+    from hydra.utils import instantiate
+    from PIL import Image
+
+    from cvgtext.gallery import gallery_tiles
+
+    folder = release_dir / "reference" / f"{CITY}-satellite"
+    Image.new("RGB", (32, 32), "white").save(folder / "-27.49,153.29_unannotated.jpg")
+    Image.new("RGB", (32, 32), "white").save(folder / "logo.jpg")
+    (folder / "-27.5,153.3_notes.txt").write_text("not an image")
+    datamodule = instantiate(compose_config("locate", overrides(release_dir), tmp_path).data)
+    names = [tile.name for tile in gallery_tiles(datamodule, "all")]
+    assert "-27.49,153.29_unannotated.jpg" in names and "logo.jpg" not in names
+    assert not any(name.endswith(".txt") for name in names)
+    assert len(names) == len(set(names)) == 24 + 12 + 1
+    test_names = [tile.name for tile in gallery_tiles(datamodule, "test")]
+    assert len(test_names) == 6 + 3 and set(test_names) < set(names)
+
+
+def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path):
+    """locate split=test and eval.py protocol=full split=test give each test caption the same top 5."""
+    from cvgtext.eval import evaluate
+
+    repaint_tiles(release_dir)
+    checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=2)
+    eval_cfg = compose_config(
+        "eval", overrides(release_dir, f"ckpt_path={checkpoint}", "protocol=full", "split=test"), tmp_path / "eval"
+    )
+    evaluate(eval_cfg)
+    with open(tmp_path / "eval" / "run" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    captions = tmp_path / "captions.txt"
+    captions.write_text("".join(row["caption"] + "\n" for row in rows))
+    # A separate cache: the gallery is embedded again, not taken from eval's.
+    locations = run_locate(tmp_path / "locate", release_dir, f"ckpt_path={checkpoint}", "split=test",
+                           f"queries={captions}", "draw=false")
+    assert len(locations) == len(rows) == 9
+    for row, location in zip(rows, locations):
+        assert [c.file for c in location.candidates] == [row[f"top{rank}"] for rank in range(1, 6)]
+        assert [c.score for c in location.candidates] == pytest.approx(
+            [float(row[f"top{rank}_score"]) for rank in range(1, 6)], abs=1e-4
+        )
+
+
+def test_read_queries_refuses_what_is_not_a_description(tmp_path):
+    from cvgtext.queries import read_queries
+
+    with pytest.raises(ConfigError, match=r"nothing to locate: give query="):
+        read_queries(None, None)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n")
+    with pytest.raises(ConfigError, match=rf"queries file {empty} holds no description"):
+        read_queries(None, str(empty))
+    with pytest.raises(ConfigError, match=r"queries=.*missing.txt: no such file"):
+        read_queries(None, str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match=r"stdin \(queries=-\) holds no description"):
+        read_queries(None, "-", io.StringIO(""))
+    with pytest.raises(ConfigError, match="either query=... or queries=FILE"):
+        read_queries("a", str(empty))
+    with pytest.raises(ConfigError, match="query= is empty"):
+        read_queries("  ", None)
+    assert read_queries(None, "-", io.StringIO("one\n\n two \n")) == ["one", "two"]
+
+
+@pytest.mark.parametrize(
+    "split, top_k, index, message",
+    [
+        ("holdout", 5, "exact", r"split='holdout' is not one of all, train, val, test"),
+        ("all", 0, "exact", r"top_k=0 must be a positive number"),
+        ("all", -2, "exact", r"top_k=-2 must be a positive number"),
+        ("all", "five", "exact", r"top_k='five' must be a positive number"),
+        ("all", 5, "annoy", r"index='annoy' is not one of exact, faiss_flat"),
+    ],
+)
+def test_bad_options_are_named(split, top_k, index, message):
+    from cvgtext.queries import check_options
+
+    with pytest.raises(ConfigError, match=message):
+        check_options(split, top_k, index)
+
+
+def test_the_cli_reports_a_missing_query_in_one_line(release_dir, tmp_path):
+    result = run_cli("locate.py", *overrides(release_dir), f"hydra.run.dir={tmp_path}/run")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: nothing to locate: give query=\"a description\", queries=FILE (one description a line) "
+        "or queries=- (read from stdin)"
+    ]
+
+
+def test_an_empty_gallery_folder_is_named(release_dir, tmp_path):
+    from hydra.utils import instantiate
+
+    from cvgtext.gallery import gallery_tiles
+
+    datamodule = instantiate(compose_config("locate", overrides(tmp_path / "nowhere"), tmp_path).data)
+    with pytest.raises(DataError, match="nowhere/reference/Testville-satellite does not exist"):
+        gallery_tiles(datamodule, "all")
+    empty = tmp_path / "empty"
+    for version in (CITY, f"{CITY}-photos"):
+        (empty / "reference" / f"{version}-satellite").mkdir(parents=True)
+    datamodule = instantiate(compose_config("locate", overrides(empty), tmp_path).data)
+    with pytest.raises(DataError, match="no image named 'lat,lon_...'"):
+        gallery_tiles(datamodule, "all")
