@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from cvgtext.atomic import atomic_write
 from cvgtext.data.dataset import load_image
 from cvgtext.data.names import parse_coordinates
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.errors import ConfigError, DataError, OutputError
 from cvgtext.queries import GALLERY_SPLITS
 from cvgtext.fingerprint import changed_parts, digest, file_digest, files_signature, stable_repr
 
@@ -226,7 +226,11 @@ def store_index(
     cache_dir: str | Path | None, key: dict[str, Any], tiles: Sequence[Tile], embeddings: torch.Tensor
 ) -> GalleryIndex:
     """The index of ``tiles`` with their ``embeddings  # [tiles, embed_dim]``, written atomically
-    under ``cache_dir`` (not written when it is None)."""
+    under ``cache_dir`` (not written when it is None).
+
+    The index is a cache: when it cannot be written (a full disk, a read-only folder) a warning
+    says so and the run goes on; the next run embeds the gallery again.
+    """
     index = GalleryIndex(
         names=[tile.name for tile in tiles],
         lat=torch.tensor([tile.lat for tile in tiles], dtype=torch.float64),
@@ -237,8 +241,12 @@ def store_index(
     if cache_dir is not None:
         path = index_path(cache_dir, key)
         content = {"key": key, "names": index.names, "lat": index.lat, "lon": index.lon, "embeddings": index.embeddings}
-        with atomic_write(path, "wb") as stream:
-            torch.save(content, stream)
+        try:
+            with atomic_write(path, "wb") as stream:
+                torch.save(content, stream)
+        except OutputError as error:
+            log.warning("The gallery index was not stored (%s); the next run embeds the gallery again", error)
+            return index
         index.path = path
     return index
 
