@@ -62,10 +62,13 @@ def _ranks(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _similarity(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    image_features = model.encode_image(images, normalize=True)
-    text_features = model.encode_text(tokens, normalize=True)
-    return (image_features * text_features).sum(dim=-1).float()
+def _image_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model.encode_image(images, normalize=True).float()
+
+
+@torch.no_grad()
+def _text_features(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return model.encode_text(tokens, normalize=True).float()
 
 
 def image_curves(module: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
@@ -76,12 +79,13 @@ def image_curves(module: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
     patch = tuple(model.visual.patch_size)
     ranks = torch.stack([_ranks(r.flatten()).reshape(r.shape) for r in relevance])  # [B, gh, gw]
     count = ranks[0].numel()
+    text = _text_features(model, tokens)  # the caption is left whole
     deletion, insertion = [], []
     for step in range(steps + 1):
         k = round(step / steps * count)
         top = ranks < k
-        deletion.append(_similarity(model, hide_patches(images, top, patch), tokens).mean())
-        insertion.append(_similarity(model, hide_patches(images, ~top, patch), tokens).mean())
+        deletion.append((_image_features(model, hide_patches(images, top, patch)) * text).sum(-1).mean())
+        insertion.append((_image_features(model, hide_patches(images, ~top, patch)) * text).sum(-1).mean())
     return Curves(torch.stack(deletion), torch.stack(insertion))
 
 
@@ -97,10 +101,11 @@ def text_curves(module: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
         lengths.append(len(scores))
     lengths = torch.tensor(lengths)[:, None]
     caption = ranks >= 0
+    image = _image_features(model, images)  # the tile is left whole
     deletion, insertion = [], []
     for step in range(steps + 1):
         k = torch.round(step / steps * lengths)  # per pair: its captions differ in length
         top = caption & (ranks < k)
-        deletion.append(_similarity(model, images, hide_tokens(tokens, top)).mean())
-        insertion.append(_similarity(model, images, hide_tokens(tokens, caption & ~top)).mean())
+        deletion.append((image * _text_features(model, hide_tokens(tokens, top))).sum(-1).mean())
+        insertion.append((image * _text_features(model, hide_tokens(tokens, caption & ~top))).sum(-1).mean())
     return Curves(torch.stack(deletion), torch.stack(insertion))
