@@ -100,7 +100,8 @@ def main() -> None:
           "| tokens: similarity after hiding top 25% |")
     print("|---|---|---|---|---|---|---|")
     for name, (image, text) in rows.items():
-        print(f"| {name} | {image.deletion_area:.4f} | {image.insertion_area:.4f} | {float(image.deletion[quarter]):.4f} "
+        print(f"| {name} | {image.deletion_area:.4f} | {image.insertion_area:.4f} "
+              f"| {float(image.deletion[quarter]):.4f} "
               f"| {text.deletion_area:.4f} | {text.insertion_area:.4f} | {float(text.deletion[quarter]):.4f} |")
 
 

@@ -29,7 +29,8 @@ def test_hiding_a_patch_zeroes_exactly_its_pixels():
 
 def test_hiding_a_token_pads_it():
     tokens = torch.tensor([[49406, 320, 736, 49407, 0]])
-    assert hide_tokens(tokens, torch.tensor([[False, False, True, False, False]])).tolist() == [[49406, 320, 0, 49407, 0]]
+    hidden = torch.tensor([[False, False, True, False, False]])
+    assert hide_tokens(tokens, hidden).tolist() == [[49406, 320, 0, 49407, 0]]
 
 
 def test_curve_area_is_the_trapezoid_on_the_unit_interval():
@@ -83,7 +84,7 @@ def trained():
     return model, images, tokens
 
 
-@pytest.mark.slow  # trains a small model first: a minute or more of CPU
+@pytest.mark.heavy  # trains a small model first, about a minute of CPU: make test-slow
 def test_hiding_the_most_relevant_quarter_lowers_the_similarity_more_than_a_random_quarter(trained):
     model, images, tokens = trained
     explanations = explain_pairs(model, images, tokens)

@@ -127,7 +127,9 @@ def _recording(transformer: nn.Module, records: list[_Record]) -> Iterator[None]
             handle.remove()
 
 
-def attention_gradient(attention: nn.MultiheadAttention, value: torch.Tensor, output_grad: torch.Tensor) -> torch.Tensor:
+def attention_gradient(
+    attention: nn.MultiheadAttention, value: torch.Tensor, output_grad: torch.Tensor
+) -> torch.Tensor:
     """``dS/dA`` ``[B, H, L, L]`` from ``dS/d output`` ``[B, L, D]`` and the value input ``[B, L, D]``.
 
     The attention's output is ``out_proj(concat_h(A_h V_h))``, so the gradient reaching each
