@@ -92,6 +92,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                  "gallery_index": "reused" if stored is not None else "embedded"},
                 loggers,
             )
+            explain = cfg.get("explain") or {}
+            if explain.get("enabled"):
+                from cvgtext.explanations import write_explanations
+
+                write_explanations(
+                    cfg.paths.output_dir, module, module.last_evaluation[split], datamodule.dataset(split),
+                    max_queries=explain.get("max_queries", 16), start_block=explain.get("start_block", 0),
+                )
     finally:
         finish_wandb(loggers)
     return metrics

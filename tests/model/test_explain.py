@@ -1,0 +1,176 @@
+"""Relevance maps on the stock open_clip models: shapes, tokens, the unchanged model, the rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from torch import nn
+
+from cvgtext.errors import ConfigError
+from cvgtext.model.explain import attention_gradient, explain_pair, explain_pairs
+from cvgtext.model.positional import set_context_length, set_image_size
+from cvgtext.module import CrossViewRetrieval
+
+CAPTION = "A red roof beside a narrow street with two trees."
+OPTIMIZER = {"_target_": "torch.optim.AdamW"}
+
+
+def make_module(model_name: str = "cvg-tiny", **backbone) -> CrossViewRetrieval:
+    torch.manual_seed(0)
+    return CrossViewRetrieval(backbone={"model_name": model_name, **backbone}, optimizer=OPTIMIZER)
+
+
+def two_layer_config(folder: Path, model_name: str) -> str:
+    """Register ``model_name`` with two layers per tower and otherwise its own shapes."""
+    config = open_clip.get_model_config(model_name)
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 2
+    name = f"{model_name}-explain-2layers"
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return name
+
+
+@pytest.fixture(scope="module")
+def tiny() -> CrossViewRetrieval:
+    return make_module()
+
+
+def unhooked_similarity(module: CrossViewRetrieval, image: torch.Tensor, tokens: torch.Tensor) -> float:
+    with torch.no_grad():
+        image_features = module.model.encode_image(image[None], normalize=True)
+        text_features = module.model.encode_text(tokens.reshape(1, -1), normalize=True)
+    return float((image_features * text_features).sum())
+
+
+def test_tiny_backbone_maps_cover_the_patch_grid_and_the_caption_tokens(tiny):
+    image = torch.randn(3, 64, 64)
+    tokens = tiny.tokenizer([CAPTION])[0]
+    explanation = explain_pair(tiny, image, tokens)
+    assert explanation.image.shape == (8, 8)  # 64 px, 8 px patches
+    end = int(tokens.argmax())
+    # The caption's own tokens: after the start-of-text token, before the end-of-text token.
+    assert torch.equal(explanation.token_ids, tokens[1:end])
+    assert explanation.text.shape == (end - 1,)
+    assert "".join(explanation.words).replace("</w>", " ").strip() == CAPTION.lower().rstrip(".") + " ."
+    for relevance in (explanation.image, explanation.text):
+        assert relevance.dtype == torch.float32 and bool((relevance >= 0).all()) and float(relevance.sum()) > 0
+    assert explanation.similarity == pytest.approx(unhooked_similarity(tiny, image, tokens), abs=1e-5)
+
+
+def test_explaining_leaves_the_model_as_it_was(tiny):
+    image = torch.randn(3, 64, 64)
+    tokens = tiny.tokenizer([CAPTION])[0]
+    tiny.train()
+    tiny.model.set_grad_checkpointing(True)
+    try:
+        with_checkpointing = explain_pair(tiny, image, tokens)
+        assert tiny.training and tiny.model.visual.transformer.grad_checkpointing
+        assert tiny.model.transformer.grad_checkpointing
+    finally:
+        tiny.model.set_grad_checkpointing(False)
+        tiny.eval()
+    plain = explain_pair(tiny, image, tokens)
+    torch.testing.assert_close(with_checkpointing.image, plain.image)
+    torch.testing.assert_close(with_checkpointing.text, plain.text)
+    assert all(p.grad is None for p in tiny.parameters())
+    for block in [*tiny.model.visual.transformer.resblocks, *tiny.model.transformer.resblocks]:
+        assert not block.attn._forward_hooks and not block.attn._forward_pre_hooks
+
+
+def test_frozen_towers_are_explained_too(tiny):
+    image = torch.randn(3, 64, 64)
+    tokens = tiny.tokenizer([CAPTION])[0]
+    trainable = explain_pair(tiny, image, tokens)
+    for parameter in tiny.parameters():
+        parameter.requires_grad_(False)
+    try:
+        frozen = explain_pair(tiny, image, tokens)
+    finally:
+        for parameter in tiny.parameters():
+            parameter.requires_grad_(True)
+    torch.testing.assert_close(frozen.image, trainable.image)
+    torch.testing.assert_close(frozen.text, trainable.text)
+
+
+def test_pairs_in_a_batch_are_explained_as_alone(tiny):
+    images = torch.randn(2, 3, 64, 64)
+    tokens = tiny.tokenizer([CAPTION, "Water to the north of a wide road"])
+    batched = explain_pairs(tiny, images, tokens)
+    for image, caption_tokens, together in zip(images, tokens, batched):
+        alone = explain_pair(tiny, image, caption_tokens)
+        torch.testing.assert_close(together.image, alone.image, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(together.text, alone.text, rtol=1e-4, atol=1e-6)
+
+
+def test_start_block_and_raw_attention(tiny):
+    image = torch.randn(3, 64, 64)
+    tokens = tiny.tokenizer([CAPTION])[0]
+    all_blocks = explain_pair(tiny, image, tokens, start_block=0)
+    last = explain_pair(tiny, image, tokens, start_block=-1)
+    assert explain_pair(tiny, image, tokens, start_block=2).image.equal(last.image)  # 3 blocks
+    assert not torch.allclose(all_blocks.image, last.image)
+    attention = explain_pair(tiny, image, tokens, method="attention")
+    # The class token's last-block attention over the patches: a distribution less its own share.
+    assert 0 < float(attention.image.sum()) <= 1 + 1e-5
+    with pytest.raises(ConfigError, match="explain.start_block=3"):
+        explain_pair(tiny, image, tokens, start_block=3)
+    with pytest.raises(ConfigError, match="explain.method"):
+        explain_pair(tiny, image, tokens, method="gradcam")
+
+
+def test_attention_gradient_equals_autograd_through_the_weights():
+    """dS/dA from the output's gradient equals autograd's through an explicit attention."""
+    torch.manual_seed(1)
+    attention = nn.MultiheadAttention(16, 4, batch_first=True)
+    x = torch.randn(2, 5, 16)
+    q, k, v = nn.functional.linear(x, attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    split = lambda t: t.view(2, 5, 4, 4).transpose(1, 2)  # noqa: E731 [B, H, L, head width]
+    weights = torch.softmax(split(q) @ split(k).transpose(-1, -2) / 2.0, dim=-1).detach().requires_grad_(True)
+    context = (weights @ split(v)).transpose(1, 2).reshape(2, 5, 16)
+    output = attention.out_proj(context)
+    target = torch.randn(2, 5, 16)
+    (output * target).sum().backward()
+    torch.testing.assert_close(attention_gradient(attention, x, target), weights.grad)
+    # And the module's own output, for the same weights.
+    reference, _ = attention(x, x, x, need_weights=False)
+    torch.testing.assert_close(reference, output, rtol=1e-5, atol=1e-6)
+
+
+def test_other_families_are_refused():
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+    resnet = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32), text_cfg=text)
+    with pytest.raises(ConfigError, match="ViT image tower"):
+        explain_pair(resnet, torch.randn(3, 32, 32), torch.zeros(77, dtype=torch.long))
+    vision = CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=32, pool_type="avg")
+    averaged = CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+    with pytest.raises(ConfigError, match="class token"):
+        explain_pair(averaged, torch.randn(3, 32, 32), torch.zeros(77, dtype=torch.long))
+
+
+def test_vit_b16_maps_square_and_at_2_to_1_with_300_tokens(tmp_path):
+    """Real ViT-B/16 widths, heads, patch grid and context, two layers per tower."""
+    module = make_module(two_layer_config(tmp_path, "ViT-B-16"), quick_gelu=True)
+    image = torch.randn(3, 224, 224)
+    tokens = module.tokenizer([CAPTION])[0]
+    square = explain_pair(module, image, tokens)
+    assert square.image.shape == (14, 14)
+    assert square.text.shape == (int(tokens.argmax()) - 1,)
+    assert square.similarity == pytest.approx(unhooked_similarity(module, image, tokens), abs=1e-5)
+
+    # Street views: 2:1 images on a 14x28 grid, and the paper's 300-token texts.
+    set_image_size(module.model, (224, 448))
+    set_context_length(module.model, 300)
+    image = torch.randn(3, 224, 448)
+    caption = " ".join(["a building with a striped awning and a shop beside a wide street"] * 30)
+    tokens = open_clip.get_tokenizer("ViT-B-16", context_length=300)([caption])[0]
+    assert int(tokens.argmax()) == 299  # truncated: every position is used
+    street = explain_pair(module, image, tokens)
+    assert street.image.shape == (14, 28)  # grid_h != grid_w
+    assert street.text.shape == (298,)
+    assert street.similarity == pytest.approx(unhooked_similarity(module, image, tokens), abs=1e-5)

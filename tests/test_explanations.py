@@ -1,0 +1,43 @@
+"""``eval.py explain.enabled=true``: relevance overlays and arrays of the first queries."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from conftest import CITY, compose_config, write_release
+from cvgtext.eval import evaluate
+from cvgtext.explanations import word_relevance
+from cvgtext.model.explain import Explanation
+
+
+def test_word_relevance_joins_the_pieces_of_a_word():
+    explanation = Explanation(
+        image=torch.zeros(1, 1), text=torch.tensor([0.5, 0.25, 1.0, 2.0]), token_ids=torch.arange(4),
+        words=["a</w>", "sky", "scraper</w>", "park"],
+    )
+    assert word_relevance(explanation) == [("a", 0.5), ("skyscraper", 1.25), ("park", 2.0)]
+
+
+def test_eval_writes_the_maps_of_the_first_queries_on_a_2_to_1_gallery(tmp_path, test_backbone):
+    data_dir = write_release(tmp_path / "data", panoramas=8, photos=4)
+    cfg = compose_config(
+        "eval",
+        [
+            f"backbone.model_name={test_backbone}", "img=stv", "city=Brisbane", f"city.name={CITY}",
+            f"paths.data_dir={data_dir}", "trainer=cpu", "data.num_workers=0",
+            "explain.enabled=true", "explain.max_queries=2",
+        ],
+        tmp_path,
+    )
+    evaluate(cfg)
+    folder = tmp_path / "run" / "explanations"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "query_000.npz", "query_000.png", "query_001.npz", "query_001.png"
+    ]
+    arrays = np.load(folder / "query_000.npz")
+    assert arrays["image"].shape == (2, 4)  # 32x64 street views, 16 px patches
+    assert (arrays["image"] >= 0).all() and len(arrays["text"]) == len(arrays["words"]) > 0
+    with Image.open(folder / "query_000.png") as picture:
+        assert picture.width > 100 and picture.height > 100
