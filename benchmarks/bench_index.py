@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cvgtext.search import SearchIndex, exact_search  # noqa: E402
+from tables import print_table  # noqa: E402
 
 ENCODERS = {  # name: (open_clip model, context length)
     "tiny": ("cvg-tiny", 77),
@@ -133,15 +134,6 @@ def measure(gallery: torch.Tensor, queries: torch.Tensor, indexes: list[str], re
                      "bytes": index_bytes(index), "recall": recall(found, expected)})
         del index
     return rows
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-    sys.stdout.flush()
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from reference_protocol import reference_metrics, synthetic_names  # noqa: E402
 
 from cvgtext.metrics import geo_retrieval_metrics  # noqa: E402
 from cvgtext.retrieval import default_chunk_size, rank_gallery  # noqa: E402
+from tables import print_table  # noqa: E402
 
 CITY_TILES = 1200
 CITY_SPAN_DEG = 0.045  # about 5 km of latitude
@@ -153,14 +154,6 @@ def bench_large(queries: int, tiles: int, dim: int) -> list[list[str]]:
             f"{ranked_s / base_s:.2f}x",
         ])
     return rows
-
-
-def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n{title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
 
 
 def main() -> None:

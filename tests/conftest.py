@@ -95,6 +95,20 @@ def read_only_dir(tmp_path: Path):
         folder.chmod(0o755)
 
 
+def two_layer_config(folder: Path, model_name: str) -> str:
+    """Register ``model_name`` with two layers per tower and otherwise its own shapes (real
+    widths, heads, patch grid and context, for checks where depth adds nothing)."""
+    import open_clip
+
+    config = open_clip.get_model_config(model_name)
+    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 2
+    name = f"{model_name}-2layers"
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return name
+
+
 def compose_config(config_name: str, overrides: list[str], tmp_path: Path):
     """Compose a config of ``conf/`` as the CLI would, with outputs under ``tmp_path``."""
     from hydra import compose, initialize_config_dir

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -11,6 +9,7 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
+from conftest import two_layer_config
 from cvgtext.errors import ConfigError
 from cvgtext.model.explain import attention_gradient, explain_pair, explain_pairs
 from cvgtext.model.positional import set_context_length, set_image_size
@@ -23,17 +22,6 @@ OPTIMIZER = {"_target_": "torch.optim.AdamW"}
 def make_module(model_name: str = "cvg-tiny", **backbone) -> CrossViewRetrieval:
     torch.manual_seed(0)
     return CrossViewRetrieval(backbone={"model_name": model_name, **backbone}, optimizer=OPTIMIZER)
-
-
-def two_layer_config(folder: Path, model_name: str) -> str:
-    """Register ``model_name`` with two layers per tower and otherwise its own shapes."""
-    config = open_clip.get_model_config(model_name)
-    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 2
-    name = f"{model_name}-explain-2layers"
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(config))
-    open_clip.add_model_config(path)
-    return name
 
 
 @pytest.fixture(scope="module")

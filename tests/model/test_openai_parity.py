@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
 
-from conftest import CITY, compose_config, write_release
+from conftest import CITY, compose_config, two_layer_config, write_release
 from cvgtext.checkpoints import model_state_dict, read_checkpoint
 from cvgtext.eval import backbone_for_checkpoint, build_module, evaluate
 from cvgtext.model.encoder import build_encoder
@@ -158,17 +158,6 @@ def through_ckpt_path(tmp_path, overrides):
     """The module ``eval.py ckpt_path=FILE`` evaluates."""
     module, _ = build_module(compose_config("eval", overrides, tmp_path))
     return module
-
-
-def two_layer_config(folder: Path, model_name: str) -> str:
-    """Register ``model_name`` with two layers per tower and otherwise its own shapes."""
-    config = open_clip.get_model_config(model_name)
-    config["vision_cfg"]["layers"] = config["text_cfg"]["layers"] = 2
-    name = f"{model_name}-2layers"
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(config))
-    open_clip.add_model_config(path)
-    return name
 
 
 @pytest.fixture(scope="module")
