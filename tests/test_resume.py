@@ -246,6 +246,7 @@ def assert_same_end(reference: dict, uninterrupted: Path, killed: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):
     """SIGKILL in the second of three epochs, then the same command again: same weights, metrics, best, W&B run.
 
@@ -266,6 +267,7 @@ def test_a_run_killed_mid_epoch_and_resumed_ends_as_the_uninterrupted_run(uninte
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_run_killed_after_an_epoch_ends_resumes_with_the_next_epoch(uninterrupted, tmp_path):
     """The checkpoint written after the first validation: the next epoch starts, nothing is repeated."""
     data_dir, reference_dir, reference = uninterrupted
