@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
 
 from conftest import CITY, compose_config, write_release
 from cvgtext.eval import evaluate
-from cvgtext.explanations import word_relevance
+from cvgtext.overlays import word_relevance
 from cvgtext.model.explain import Explanation
 
 
@@ -41,3 +43,14 @@ def test_eval_writes_the_maps_of_the_first_queries_on_a_2_to_1_gallery(tmp_path,
     assert (arrays["image"] >= 0).all() and len(arrays["text"]) == len(arrays["words"]) > 0
     with Image.open(folder / "query_000.png") as picture:
         assert picture.width > 100 and picture.height > 100
+    # explain.overlays (on by default): examples.png shades the captions' words by relevance
+    with Image.open(tmp_path / "run" / "examples.png") as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    caption_area = pixels[:, :352]
+    shaded = (caption_area[..., 0] > 200) & (caption_area[..., 2] < 150) & (caption_area[..., 1] < 200)
+    assert shaded.sum() > 50
+    # again, with the gallery index stored by the first run: only the captions are read then
+    (tmp_path / "run" / "examples.png").unlink()
+    evaluate(cfg)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["run"]["gallery_index"] == "reused"
+    assert (tmp_path / "run" / "examples.png").exists()

@@ -74,6 +74,10 @@ def test_locate_writes_the_table_and_three_files(release_dir, tmp_path, capsys):
 
     with Image.open(tmp_path / "run" / "locations.png") as picture:
         assert picture.width > 300 and picture.height > 100
+    # the drawn queries carry the relevance of their top-1 tile (explain.overlays, on by default)
+    explanation = locations[0].explanation
+    assert [word.replace("</w>", "") for word in explanation.words] == "a red roof and two trees".split()
+    assert explanation.image.shape == (8, 8) and (explanation.image >= 0).all()  # cvg-tiny: 64 px, 8 px patches
 
 
 def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir, tmp_path):

@@ -15,6 +15,7 @@ from cvgtext.errors import ConfigError
 from cvgtext.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.model.weights import load_state
 from cvgtext.module import CrossViewRetrieval
+from cvgtext.explanations import report_explanations, write_explanations
 from cvgtext.reports import write_reports
 from cvgtext.train import finish_wandb, instantiate_group, run_summary
 
@@ -86,19 +87,20 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             if [dataset.pairs[i].name for i in evaluation.gallery_index] == [tile.name for tile in tiles]:
                 store_index(cache_dir, index_key, tiles, evaluation.gallery)
         if trainer.is_global_zero:
+            dataset = datamodule.dataset(split)
+            explain = cfg.get("explain") or {}
+            start_block = explain.get("start_block", 0)
             write_reports(
-                Path(cfg.paths.output_dir), evaluation, datamodule.dataset(split),
+                Path(cfg.paths.output_dir), evaluation, dataset,
                 {**run_summary(cfg, backbone, split), "search": "exact",
                  "gallery_index": "reused" if stored is not None else "embedded"},
                 loggers,
+                explanations=report_explanations(cfg, module, evaluation, dataset),
             )
-            explain = cfg.get("explain") or {}
             if explain.get("enabled"):
-                from cvgtext.explanations import write_explanations
-
                 write_explanations(
-                    cfg.paths.output_dir, module, module.last_evaluation[split], datamodule.dataset(split),
-                    max_queries=explain.get("max_queries", 16), start_block=explain.get("start_block", 0),
+                    cfg.paths.output_dir, module, evaluation, dataset,
+                    max_queries=explain.get("max_queries", 16), start_block=start_block,
                 )
     finally:
         finish_wandb(loggers)

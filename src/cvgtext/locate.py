@@ -28,7 +28,7 @@ from cvgtext.gallery import (
     load_or_build_index,
 )
 from cvgtext.geo import haversine_km
-from cvgtext.location_reports import Candidate, Location, write_locations
+from cvgtext.location_reports import MAX_DRAWN_QUERIES, Candidate, Location, write_locations
 from cvgtext.queries import check_options, read_queries
 from cvgtext.search import SearchIndex
 
@@ -79,6 +79,22 @@ def rank_locations(
     return locations
 
 
+def explain_locations(module: Any, locations: Sequence[Location], start_block: int = 0) -> None:
+    """Attach to the drawn queries the relevance of each description with its top-1 tile."""
+    from cvgtext.data.dataset import load_image
+    from cvgtext.model.explain import explain_pair, refusal
+
+    reason = refusal(module)
+    if reason is not None:
+        log.info("locations.png without relevance overlays: %s", reason)
+        return
+    for location in locations[:MAX_DRAWN_QUERIES]:
+        if location.candidates and location.candidates[0].path is not None:
+            image = module.preprocess(load_image(location.candidates[0].path))
+            tokens = module.tokenizer([location.query])[0]
+            location.explanation = explain_pair(module, image, tokens, start_block=start_block)
+
+
 def locations_table(location: Location, number: int) -> str:
     """The ranked candidates of one query as a fixed-width table."""
     width = max([len("file")] + [len(c.file) for c in location.candidates])
@@ -119,5 +135,9 @@ def locate(cfg: DictConfig, stdin: IO[str] | None = None) -> list[Location]:
     for number, location in enumerate(locations, start=1):
         print(locations_table(location, number))
         print()
-    write_locations(Path(cfg.paths.output_dir), locations, draw=cfg.get("draw", True))
+    draw = cfg.get("draw", True)
+    explain = cfg.get("explain") or {}
+    if draw and explain.get("overlays"):
+        explain_locations(module, locations, explain.get("start_block", 0))
+    write_locations(Path(cfg.paths.output_dir), locations, draw=draw)
     return locations

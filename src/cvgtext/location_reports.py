@@ -14,7 +14,7 @@ import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from cvgtext.atomic import atomic_write
 from cvgtext.geo import EARTH_RADIUS_KM
@@ -43,6 +43,8 @@ class Location:
 
     query: str
     candidates: list[Candidate]
+    # relevance of the description with its top-1 tile (a model.explain.Explanation), drawn on locations.png
+    explanation: Any = None
 
 
 def locations_content(locations: Sequence[Location]) -> list[dict]:
@@ -106,6 +108,7 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
     import matplotlib.pyplot as plt
 
     from cvgtext.data.dataset import load_image
+    from cvgtext.overlays import heat_overlay, plot_shaded_words, word_relevance
 
     shown = list(locations[:MAX_DRAWN_QUERIES])
     if len(locations) > len(shown):
@@ -117,11 +120,21 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
         line = int(columns * tile_inches * 12)  # characters of an 8-point line across the figure
         caption = textwrap.shorten(location.query, width=2 * line, placeholder=" ...")
         first = figure.add_subplot(grid[row, 0])
-        first.set_title("\n".join(textwrap.wrap(caption, line)), loc="left", fontsize=8, pad=8)
+        explanation = location.explanation
+        words = word_relevance(explanation) if explanation is not None else []
+        if words:  # the caption's words shaded by relevance, over the row as a title would be
+            line_height = 1.45 * 8 * figure.dpi / 72 / first.bbox.height
+            plot_shaded_words(first, words, y=1.06 + 2 * line_height, right=columns * 1.15 - 0.2, fontsize=8,
+                              max_lines=2)
+        else:
+            first.set_title("\n".join(textwrap.wrap(caption, line)), loc="left", fontsize=8, pad=8)
         for column, candidate in enumerate(location.candidates):
             axes = first if column == 0 else figure.add_subplot(grid[row, column])
             if candidate.path is not None:
-                axes.imshow(load_image(candidate.path))
+                tile = load_image(candidate.path)
+                if column == 0 and explanation is not None:
+                    tile = heat_overlay(tile, explanation.image)
+                axes.imshow(tile)
             axes.set_xticks([])
             axes.set_yticks([])
             axes.set_xlabel(f"{candidate.rank}: {candidate.score:.3f}\n{candidate.distance_m:.0f} m", fontsize=7)

@@ -10,7 +10,7 @@ import json
 import logging
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -19,11 +19,14 @@ from cvgtext.atomic import atomic_write
 from cvgtext.data.dataset import PairDataset, load_image
 from cvgtext.evaluation import Evaluation
 from cvgtext.geo import haversine_km
+from cvgtext.model.explain import Explanation
+from cvgtext.overlays import draw_shaded_words, heat_overlay, word_relevance
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "mean_error_km", "count")
 TOP = 5  # candidates per query in predictions.csv and examples.png
+EXAMPLES = 4  # queries in examples.png
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], title: str = "") -> str:
@@ -85,14 +88,26 @@ def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset) 
             writer.writerow(row)
 
 
-def draw_examples(path: Path, evaluation: Evaluation, dataset: PairDataset, count: int = 4, tile: int = 128) -> None:
-    """``examples.png``: a few queries, caption wrapped on the left, their top-5 tiles beside it.
-
-    The true tile is outlined in green where it was retrieved; wrong candidates in red.
-    Queries are spread evenly over the split, so the picture is the same for the same split.
-    """
+def example_queries(evaluation: Evaluation, count: int = EXAMPLES) -> list[int]:
+    """The queries examples.png shows: ``count`` spread evenly over the split, so the picture is
+    the same for the same split."""
     queries = len(evaluation.query_index)
-    chosen = sorted({round(i * (queries - 1) / max(1, count - 1)) for i in range(min(count, queries))})
+    return sorted({round(i * (queries - 1) / max(1, count - 1)) for i in range(min(count, queries))})
+
+
+def draw_examples(
+    path: Path, evaluation: Evaluation, dataset: PairDataset, count: int = EXAMPLES, tile: int = 128,
+    explanations: Mapping[int, Explanation] | None = None,
+) -> None:
+    """``examples.png``: a few queries (:func:`example_queries`), caption wrapped on the left,
+    their top-5 tiles beside it.
+
+    The true tile is outlined in green where it was retrieved; wrong candidates in red. A query
+    with an explanation (of its top-1 tile) has that tile shaded by patch relevance and its
+    caption's words shaded by theirs.
+    """
+    chosen = example_queries(evaluation, count)
+    explanations = explanations or {}
     text_width, margin = 360, 8
     width = text_width + TOP * (tile + margin) + margin
     height = len(chosen) * (tile + 2 * margin) + margin
@@ -102,11 +117,18 @@ def draw_examples(path: Path, evaluation: Evaluation, dataset: PairDataset, coun
     for row, query in enumerate(chosen):
         top = margin + row * (tile + 2 * margin)
         pair = dataset.pairs[evaluation.query_index[query]]
-        lines = textwrap.wrap(pair.caption, width=58)[: tile // 12]
-        draw.multiline_text((margin, top), "\n".join(lines), fill="black", font=font, spacing=2)
+        explanation = explanations.get(query)
+        words = word_relevance(explanation) if explanation is not None else []
+        if words:
+            draw_shaded_words(draw, (margin, top), words, text_width - 2 * margin, font, max_lines=tile // 13)
+        else:
+            lines = textwrap.wrap(pair.caption, width=58)[: tile // 12]
+            draw.multiline_text((margin, top), "\n".join(lines), fill="black", font=font, spacing=2)
         for column, (candidate, score) in enumerate(_top_candidates(evaluation, dataset, query)):
             left = text_width + column * (tile + margin)
             image = load_image(dataset.pairs[candidate].image_path)
+            if column == 0 and explanation is not None:
+                image = heat_overlay(image, explanation.image)
             image.thumbnail((tile, tile))
             canvas.paste(image, (left, top))
             correct = dataset.pairs[candidate].name == pair.name
@@ -125,8 +147,12 @@ def write_reports(
     dataset: PairDataset,
     summary: dict[str, Any],
     loggers: list[Any] = (),
+    explanations: Mapping[int, Explanation] | None = None,
 ) -> dict[str, Path]:
-    """Write the three report files, print the metrics table and hand the reports to the loggers."""
+    """Write the three report files, print the metrics table and hand the reports to the loggers.
+
+    ``explanations``: relevance maps of the example queries' top-1 tiles, overlaid on examples.png.
+    """
     output_dir = Path(output_dir)
     paths = {
         "metrics": output_dir / "metrics.json",
@@ -135,7 +161,7 @@ def write_reports(
     }
     write_metrics(paths["metrics"], evaluation, summary)
     write_predictions(paths["predictions"], evaluation, dataset)
-    draw_examples(paths["examples"], evaluation, dataset)
+    draw_examples(paths["examples"], evaluation, dataset, explanations=explanations)
     protocol = "whole gallery" if evaluation.nearest is None else f"{evaluation.nearest} nearest tiles"
     title = f"{summary.get('city')} {summary.get('img')} {summary.get('split')} ({protocol}), percent / km"
     table = metrics_table(evaluation.metrics, title)

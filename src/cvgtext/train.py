@@ -17,6 +17,7 @@ from cvgtext.atomic import atomic_write
 from cvgtext.callbacks import RandomStateInCheckpoint, RunInCheckpoint
 from cvgtext.cli import in_multirun
 from cvgtext.errors import ConfigError, TrainingError
+from cvgtext.explanations import report_explanations
 from cvgtext.reports import metrics_table, write_reports
 from cvgtext.resume import continue_run, find_resume
 
@@ -118,7 +119,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
             if trainer.is_global_zero:
                 summary = {**run_summary(cfg, resolved["backbone"], "test"), "checkpoint": best or None}
-                write_reports(output_dir, model.last_evaluation["test"], datamodule.dataset("test"), summary, loggers)
+                evaluation, dataset = model.last_evaluation["test"], datamodule.dataset("test")
+                write_reports(output_dir, evaluation, dataset, summary, loggers,
+                              explanations=report_explanations(cfg, model, evaluation, dataset))
     finally:
         finish_wandb(loggers)
     return metrics

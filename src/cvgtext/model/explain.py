@@ -93,6 +93,15 @@ def _towers(model: nn.Module) -> tuple[VisionTransformer, nn.Module]:
     return visual, model
 
 
+def refusal(module: nn.Module) -> str | None:
+    """Why relevance maps cannot be drawn for ``module``'s model, or None when they can."""
+    try:
+        _towers(getattr(module, "model", module))
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
 def _needs_weights(module: nn.MultiheadAttention, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
     return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
 
