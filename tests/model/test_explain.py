@@ -141,15 +141,22 @@ def test_other_families_are_refused():
         explain_pair(averaged, torch.randn(3, 32, 32), torch.zeros(77, dtype=torch.long))
 
 
-def test_vit_b16_maps_square_and_at_2_to_1_with_300_tokens(tmp_path):
-    """Real ViT-B/16 widths, heads, patch grid and context, two layers per tower."""
-    module = make_module(two_layer_config(tmp_path, "ViT-B-16"), quick_gelu=True)
-    image = torch.randn(3, 224, 224)
+def check_square_map(model_name: str, size: int, grid: int, tmp_path) -> CrossViewRetrieval:
+    """A two-layer ``model_name`` explains a square image on its ``grid`` x ``grid`` patches and
+    the caption's tokens, with the unhooked model's similarity; returns the module."""
+    module = make_module(two_layer_config(tmp_path, model_name), quick_gelu=True)
+    image = torch.randn(3, size, size)
     tokens = module.tokenizer([CAPTION])[0]
     square = explain_pair(module, image, tokens)
-    assert square.image.shape == (14, 14)
-    assert square.text.shape == (int(tokens.argmax()) - 1,)
+    assert square.image.shape == (grid, grid) and (square.image >= 0).all()
+    assert square.text.shape == (int(tokens.argmax()) - 1,) and (square.text >= 0).all()
     assert square.similarity == pytest.approx(unhooked_similarity(module, image, tokens), abs=1e-5)
+    return module
+
+
+def test_vit_b16_maps_square_and_at_2_to_1_with_300_tokens(tmp_path):
+    """Real ViT-B/16 widths, heads, patch grid and context, two layers per tower."""
+    module = check_square_map("ViT-B-16", 224, 14, tmp_path)
 
     # Street views: 2:1 images on a 14x28 grid, and the paper's 300-token texts.
     set_image_size(module.model, (224, 448))
@@ -161,4 +168,16 @@ def test_vit_b16_maps_square_and_at_2_to_1_with_300_tokens(tmp_path):
     street = explain_pair(module, image, tokens)
     assert street.image.shape == (14, 28)  # grid_h != grid_w
     assert street.text.shape == (298,)
+    assert street.similarity == pytest.approx(unhooked_similarity(module, image, tokens), abs=1e-5)
+
+
+@pytest.mark.heavy  # about 20 s: make test-slow
+def test_vit_l14_336_maps_square_and_at_2_to_1(tmp_path):
+    """Real ViT-L/14@336 widths (1024 / 768), heads, 14 px patches, two layers per tower."""
+    module = check_square_map("ViT-L-14-336", 336, 24, tmp_path)
+    set_image_size(module.model, (336, 672))
+    image = torch.randn(3, 336, 672)
+    tokens = module.tokenizer([CAPTION])[0]
+    street = explain_pair(module, image, tokens, start_block=-1)
+    assert street.image.shape == (24, 48) and (street.image >= 0).all()
     assert street.similarity == pytest.approx(unhooked_similarity(module, image, tokens), abs=1e-5)
