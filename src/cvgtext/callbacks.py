@@ -1,8 +1,10 @@
-"""Callbacks of the project's own; the rest come from Lightning through the ``callbacks`` group."""
+"""Callbacks of the project's own; each is composed, like Lightning's, from ``conf/callbacks/``."""
 
 from __future__ import annotations
 
+import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -10,6 +12,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -43,19 +48,66 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 class RunInCheckpoint(L.Callback):
-    """Store what a checkpoint came from: the resolved configuration and the W&B run id.
+    """Store what a checkpoint came from: the run's resolved configuration and the W&B run id.
 
     A checkpoint then says how it was made (backbone, context length, city, recipe), and a run
-    resumed from it logs to the same W&B run.
+    resumed from it logs to the same W&B run. The configuration is read from ``config_file``, the
+    ``config.yaml`` the run writes into its folder before training.
     """
 
-    def __init__(self, config: dict[str, Any]):
-        self.config = config
+    def __init__(self, config_file: str | Path):
+        self.config_file = Path(config_file)
+        self._config: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.config_file.exists():
+            self._config = OmegaConf.to_container(OmegaConf.load(self.config_file), resolve=True)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint["config"] = self.config
+        if self._config is not None:
+            checkpoint["config"] = self._config
         wandb = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         checkpoint["loggers"] = {"wandb": wandb[0]} if wandb and wandb[0] else {}
+
+
+class SkippedImages(L.Callback):
+    """The training images the loader left out because they cannot be decoded
+    (``data.on_bad_image=skip``): each warned about once, counted over every rank, kept across
+    resumes (in the checkpoint) and logged as ``train/skipped_images`` at each epoch's end.
+    """
+
+    def __init__(self) -> None:
+        self.messages: set[str] = set()
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        for message in batch.get("skipped", ()) if isinstance(batch, dict) else ():
+            if message not in self.messages:
+                self.messages.add(message)
+                log.warning("%s; its pair is left out of training (data.on_bad_image=skip)", message)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Each rank loads its own share of the batches: count the images all ranks left out.
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list[list[str] | None] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(gathered, sorted(self.messages))
+            self.messages.update(*gathered)
+        if self.messages:
+            # The same count on every rank: synchronising it changes nothing and is what Lightning asks.
+            pl_module.log("train/skipped_images", float(len(self.messages)), sync_dist=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.messages and trainer.is_global_zero:
+            log.warning(
+                "%d training images could not be decoded and were left out (data.on_bad_image=skip)",
+                len(self.messages),
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"messages": sorted(self.messages)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A union: validating the best checkpoint after fitting must not forget later skips.
+        self.messages.update(state_dict.get("messages", ()))
 
 
 class RandomStateInCheckpoint(L.Callback):

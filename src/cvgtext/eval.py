@@ -12,12 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.checkpoints import check_backbone, model_state_dict, read_checkpoint
 from cvgtext.errors import ConfigError
+from cvgtext.explanations import report_explanations, write_explanations
 from cvgtext.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.model.weights import load_state
 from cvgtext.module import CrossViewRetrieval
-from cvgtext.explanations import report_explanations, write_explanations
-from cvgtext.reports import write_reports
-from cvgtext.train import finish_wandb, instantiate_group, run_summary
+from cvgtext.instantiate import instantiate_group
+from cvgtext.loggers import finish_wandb
+from cvgtext.reports import run_summary, write_reports
 
 log = logging.getLogger(__name__)
 

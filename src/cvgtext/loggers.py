@@ -27,3 +27,11 @@ def wandb_logger(offline: bool | None = None, **kwargs: Any) -> WandbLogger:
     if offline is None:
         offline = not wandb_logged_in()
     return WandbLogger(offline=offline, **kwargs)
+
+
+def finish_wandb(loggers: list[Any]) -> None:
+    """Close the W&B run even when training failed, so sweeps start each job with a fresh run."""
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
+
+        wandb.finish()

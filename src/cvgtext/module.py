@@ -7,9 +7,9 @@ Batches become embeddings in :meth:`embed`; embeddings become a loss in :meth:`t
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import warnings
 from typing import Any
 
 import lightning as L
@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cvgtext.errors import ConfigError
 from cvgtext.evaluation import EmbeddedSplit, evaluate_split, flatten_metrics
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.loss import ContrastiveLoss
@@ -24,13 +25,6 @@ from cvgtext.model.loss import ContrastiveLoss
 log = logging.getLogger(__name__)
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnt temperature here
-
-# Evaluation metrics are computed from the embeddings of all ranks, and the skipped images are
-# gathered from all ranks, so every rank logs the same value and there is nothing to reduce:
-# Lightning's advice to log them with sync_dist is moot.
-warnings.filterwarnings(
-    "ignore", message=r"It is recommended to use `self\.log\('((val|test)/|train/skipped_images')", category=UserWarning
-)
 
 
 def _plain(config: Any) -> Any:
@@ -46,10 +40,6 @@ class CrossViewRetrieval(L.LightningModule):
     place (the paper's 100), or the whole gallery when ``None``. ``grad_checkpointing``
     recomputes each transformer block's activations in the backward pass instead of keeping them:
     less memory for about a third more compute, the same loss and gradients.
-
-    ``skipped_images`` holds the messages of the training images the loader left out because
-    they cannot be decoded (``data.on_bad_image=skip``), from every rank and, through
-    checkpoints, from before a resume; their number is logged as ``train/skipped_images``.
     """
 
     def __init__(
@@ -90,7 +80,6 @@ class CrossViewRetrieval(L.LightningModule):
         self._embedded: list[dict[str, torch.Tensor]] = []
         self.best_metrics: dict[str, float] = {}
         self.last_evaluation: dict[str, Any] = {}
-        self.skipped_images: set[str] = set()
         # Tile name -> embedding row of a gallery embedded beforehand (a cached gallery index):
         # evaluation then embeds only the captions. None: embed each pair's tile.
         self.known_gallery: tuple[dict[str, int], torch.Tensor] | None = None
@@ -116,29 +105,6 @@ class CrossViewRetrieval(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
         return loss
-
-    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Warn once about each training image left out of its batch (``data.on_bad_image=skip``)."""
-        for message in batch.get("skipped", ()):
-            if message not in self.skipped_images:
-                self.skipped_images.add(message)
-                log.warning("%s; its pair is left out of training (data.on_bad_image=skip)", message)
-
-    def on_train_epoch_end(self) -> None:
-        # Each rank loads its own share of the batches: count the images all ranks left out.
-        if self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered: list[list[str] | None] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, sorted(self.skipped_images))
-            self.skipped_images.update(*gathered)
-        if self.skipped_images:
-            self.log("train/skipped_images", float(len(self.skipped_images)))
-
-    def on_fit_end(self) -> None:
-        if self.skipped_images and self.trainer.is_global_zero:
-            log.warning(
-                "%d training images could not be decoded and were left out (data.on_bad_image=skip)",
-                len(self.skipped_images),
-            )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():
@@ -186,7 +152,9 @@ class CrossViewRetrieval(L.LightningModule):
             for key in (f"{stage}/R@1", f"{stage}/L@50"):
                 self.best_metrics[key] = max(self.best_metrics.get(key, -math.inf), metrics[key])
                 metrics[f"{key}_best"] = self.best_metrics[key]
-        self.log_dict(metrics, sync_dist=False, rank_zero_only=False)
+        # Every rank ranked the embeddings of all ranks, so every rank holds the same figures:
+        # synchronising them changes nothing and is what Lightning asks of epoch-level values.
+        self.log_dict(metrics, sync_dist=True)
         self.last_evaluation[stage] = evaluation
 
     def on_validation_epoch_end(self) -> None:
@@ -202,7 +170,12 @@ class CrossViewRetrieval(L.LightningModule):
                 continue
             # As open_clip: no weight decay on gains, biases, embeddings' scale and temperature.
             (no_decay if parameter.ndim < 2 or "logit_scale" in name else decay).append(parameter)
-        make_optimizer = instantiate(self.hparams.optimizer, _partial_=True)
+        make_optimizer = instantiate(self.hparams.optimizer)
+        if not isinstance(make_optimizer, functools.partial):
+            raise ConfigError(
+                "optim.optimizer must be a partial (_partial_: true): the module completes it with its "
+                "parameter groups"
+            )
         weight_decay = make_optimizer.keywords.get("weight_decay", 0.0)
         optimizer = make_optimizer(
             [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -214,12 +187,9 @@ class CrossViewRetrieval(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["best_metrics"] = dict(self.best_metrics)
-        checkpoint["skipped_images"] = sorted(self.skipped_images)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_metrics = dict(checkpoint.get("best_metrics", {}))
-        # A union: validating the best checkpoint after fitting must not forget later skips.
-        self.skipped_images.update(checkpoint.get("skipped_images", ()))
 
 
 def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

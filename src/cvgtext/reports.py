@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
 from cvgtext.atomic import atomic_write
@@ -39,6 +40,21 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str = "") -> str:
         ]
         lines.append(f"{group:<10}" + "".join(cells))
     return "\n".join(lines)
+
+
+def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[str, Any]:
+    """What an evaluation was of, for metrics.json."""
+    return {
+        "city": cfg.city.name,
+        "img": cfg.img.name,
+        "text": cfg.text.name,
+        "split": split,
+        "protocol": cfg.protocol.name,
+        "backbone": backbone.get("model_name"),
+        "pretrained": backbone.get("pretrained"),
+        "context_length": backbone.get("context_length"),
+        "checkpoint": cfg.get("ckpt_path"),
+    }
 
 
 def write_metrics(path: Path, evaluation: Evaluation, summary: dict[str, Any]) -> None:

@@ -9,49 +9,22 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.atomic import atomic_write
-from cvgtext.callbacks import RandomStateInCheckpoint, RunInCheckpoint
+from cvgtext.callbacks import LastCheckpoint, SkippedImages
 from cvgtext.cli import in_multirun
 from cvgtext.errors import ConfigError, TrainingError
 from cvgtext.explanations import report_explanations
-from cvgtext.reports import metrics_table, write_reports
+from cvgtext.instantiate import instantiate_group
+from cvgtext.loggers import finish_wandb
+from cvgtext.reports import metrics_table, run_summary, write_reports
 from cvgtext.resume import continue_run, find_resume
 
 log = logging.getLogger(__name__)
-
-
-def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group that maps names to ``_target_`` configs."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
-
-
-def finish_wandb(loggers: list[Any]) -> None:
-    """Close the W&B run even when training failed, so sweeps start each job with a fresh run."""
-    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
-        import wandb
-
-        wandb.finish()
-
-
-def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[str, Any]:
-    """What an evaluation was of, for metrics.json."""
-    return {
-        "city": cfg.city.name,
-        "img": cfg.img.name,
-        "text": cfg.text.name,
-        "split": split,
-        "protocol": cfg.protocol.name,
-        "backbone": backbone.get("model_name"),
-        "pretrained": backbone.get("pretrained"),
-        "context_length": backbone.get("context_length"),
-        "checkpoint": cfg.get("ckpt_path"),
-    }
 
 
 def check_launch(trainer: L.Trainer) -> None:
@@ -65,6 +38,22 @@ def check_launch(trainer: L.Trainer) -> None:
             "strategy=ddp cannot start its processes inside a sweep (-m): run the jobs one by one, "
             "or start every rank with torchrun or SLURM and a fixed hydra.sweep.dir"
         )
+
+
+def best_checkpoint(trainer: L.Trainer) -> str:
+    """The path of the best checkpoint: the ModelCheckpoint that monitors a metric (not last.ckpt's)."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and not isinstance(callback, LastCheckpoint) and callback.monitor:
+            return callback.best_model_path
+    return ""
+
+
+def skipped_images(trainer: L.Trainer, datamodule: Any) -> int:
+    """Training images left out as undecodable: found before training (``data.verify_images``)
+    plus met while loading batches."""
+    met = {message for callback in trainer.callbacks if isinstance(callback, SkippedImages)
+           for message in callback.messages}
+    return len(getattr(datamodule, "left_out", ())) + len(met)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -86,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     log.info("Building the %s backbone", cfg.backbone.model_name)
     model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
-    callbacks = instantiate_group(cfg.get("callbacks")) + [RunInCheckpoint(resolved), RandomStateInCheckpoint()]
+    callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_launch(trainer)
@@ -101,17 +90,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "trainer.max_steps and trainer.limit_train_batches; nothing was validated, tested or reported"
             )
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        best = best_checkpoint(trainer)
         if not best:
             log.warning("No best checkpoint was saved: evaluating the weights at the end of training")
         # The best checkpoint's validation figures: what model selection saw.
         trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
         if trainer.is_global_zero:
             print(metrics_table(model.last_evaluation["val"].metrics, "Validation, best checkpoint (percent / km)"))
-            if model.skipped_images:
+            skipped = skipped_images(trainer, datamodule)
+            if skipped:
                 print(
-                    f"{len(model.skipped_images)} training images could not be decoded and were left out "
+                    f"{skipped} training images could not be decoded and were left out "
                     f"(data.on_bad_image=skip); {cfg.task_name}.log names them"
                 )
         if cfg.get("test"):
@@ -120,8 +109,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if trainer.is_global_zero:
                 summary = {**run_summary(cfg, resolved["backbone"], "test"), "checkpoint": best or None}
                 evaluation, dataset = model.last_evaluation["test"], datamodule.dataset("test")
-                write_reports(output_dir, evaluation, dataset, summary, loggers,
-                              explanations=report_explanations(cfg, model, evaluation, dataset))
+                # Sharded parameters (FSDP) cannot run one rank's backward pass alone.
+                sharded = isinstance(trainer.strategy, FSDPStrategy)
+                explanations = {} if sharded else report_explanations(cfg, model, evaluation, dataset)
+                write_reports(output_dir, evaluation, dataset, summary, loggers, explanations=explanations)
     finally:
         finish_wandb(loggers)
     return metrics
