@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> float | None:
 
     metrics = train(cfg)
     # Sweepers (e.g. Optuna) optimise the value returned here.
-    return metrics.get("val/R@1_best")
+    return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_every_option_of_every_group_composes_and_resolves(tmp_path, group):
 def test_real_city_names_and_a_custom_city_name(tmp_path):
     cfg = compose_config("train", ["city=Brisbane", "city.name=SomeTown", "paths.data_dir=/data/st", "img=osm"], tmp_path)
     assert cfg.data.city == "SomeTown" and cfg.data.data_dir == "/data/st"
-    assert cfg.data.image_folder == "reference/{version}-OSM" and cfg.city.synthetic is None
+    assert cfg.data.image_folder == "reference/{version}-OSM" and cfg.data.synthetic is None
 
 
 def test_text_versions(tmp_path):

@@ -60,6 +60,6 @@ def test_checkpoints_record_the_activation_a_pretrained_tag_chose(monkeypatch):
         **{**backbone, "pretrained": None, "quick_gelu": resolve_quick_gelu("ViT-B-16", "openai", None)}))
     module = CrossViewRetrieval(
         backbone={"model_name": "cvg-tiny", "pretrained": "openai", "quick_gelu": None},
-        optimizer={"_target_": "torch.optim.AdamW", "lr": 1e-3},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
     )
     assert module.hparams.backbone["quick_gelu"] is True

@@ -16,7 +16,7 @@ from cvgtext.model.positional import set_context_length, set_image_size
 from cvgtext.module import CrossViewRetrieval
 
 CAPTION = "A red roof beside a narrow street with two trees."
-OPTIMIZER = {"_target_": "torch.optim.AdamW"}
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True}
 
 
 def make_module(model_name: str = "cvg-tiny", **backbone) -> CrossViewRetrieval:

@@ -7,7 +7,7 @@ import torch
 
 from cvgtext.module import CrossViewRetrieval
 
-OPTIMIZER = {"_target_": "torch.optim.AdamW", "lr": 1e-3}
+OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
 
 def tiny_module(**options) -> CrossViewRetrieval:
