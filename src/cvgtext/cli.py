@@ -60,6 +60,48 @@ class CheckRunFolder(Callback):
             sys.exit(1)
 
 
+class CheckLauncher(Callback):
+    """Refuse a submitit sweep whose tasks do not match the trainer's devices, before any job is
+    submitted: Lightning's SLURM environment makes one rank of each task, so
+    ``hydra.launcher.tasks_per_node`` must equal ``trainer.devices`` and ``hydra.launcher.nodes``
+    ``trainer.num_nodes`` (``cluster=slurm`` derives them so); submitit's local executor gives
+    Lightning no ranks, so it runs one task per job.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        launcher = config.hydra.get("launcher") or {}
+        target = str(launcher.get("_target_", ""))
+        if "submitit" not in target:
+            return
+        problem = launcher_problem(
+            local="LocalLauncher" in target,
+            tasks=launcher.get("tasks_per_node"), nodes=launcher.get("nodes"),
+            devices=config.trainer.get("devices"), num_nodes=config.trainer.get("num_nodes"),
+        )
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(1)
+
+
+def launcher_problem(local: bool, tasks: Any, nodes: Any, devices: Any, num_nodes: Any) -> str | None:
+    """What is wrong with a submitit launcher's tasks for the trainer's devices, or None."""
+    if local and (tasks != 1 or devices != 1):
+        return (
+            f"hydra/launcher=submitit_local runs one process per job, which Lightning cannot split into "
+            f"ranks: set trainer.devices=1 and hydra.launcher.tasks_per_node=1 (got {devices} and {tasks}); "
+            "several devices per job need hydra/launcher=submitit_slurm"
+        )
+    if not isinstance(devices, int) or tasks != devices:
+        return (
+            f"hydra.launcher.tasks_per_node={tasks} must equal trainer.devices={devices}: SLURM starts one "
+            "task per device and Lightning makes a rank of each; set both to the GPUs per node (cluster=slurm "
+            "derives tasks_per_node from trainer.devices)"
+        )
+    if nodes != num_nodes:
+        return f"hydra.launcher.nodes={nodes} must equal trainer.num_nodes={num_nodes}"
+    return None
+
+
 def user_message(error: BaseException) -> str:
     """The message of an error, without the traceback a DataLoader worker wraps around it."""
     message = str(error)
