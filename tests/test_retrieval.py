@@ -7,7 +7,8 @@ import random
 
 import pytest
 import torch
-from reference_protocol import rank_query, synthetic_names
+from reference_protocol import QueryOutcome, rank_query, synthetic_names
+from reference_protocol import haversine_km as reference_haversine_km
 
 from cvgtext import retrieval
 from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
@@ -44,10 +45,33 @@ def embeddings(rows: int, dim: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1)
 
 
+def true_name_after_its_equals(
+    outcome: QueryOutcome, row: list[float], query: str, gallery: list[str], nearest: int | None
+) -> QueryOutcome:
+    """The plain protocol's outcome with the engine's one rule on ties: names scoring exactly as
+    high as the true name rank above it. (Names stand for their best-scoring candidate copy.)"""
+    names = outcome.ranked_names
+    if outcome.true_rank is None:
+        return outcome
+    lat, lon = parse_coordinates(query)
+    distance_km = [reference_haversine_km(lat, lon, *parse_coordinates(name)) for name in gallery]
+    candidates = sorted(range(len(gallery)), key=lambda j: distance_km[j])[:nearest]
+    best = {name: max(row[j] for j in candidates if gallery[j] == name) for name in names}
+    others = [name for name in names if name != query]
+    rank = sum(1 for name in others if best[name] >= best[query]) + 1
+    ranked = others[: rank - 1] + [query] + others[rank - 1:]
+    if ranked[0] == query:
+        error = 0.0
+    else:
+        error = reference_haversine_km(*parse_coordinates(query), *parse_coordinates(ranked[0]))
+    return QueryOutcome(ranked, rank, error)
+
+
 def assert_matches_plain_protocol(ranking: Ranking, sim: torch.Tensor, queries, gallery, nearest, k) -> None:
     places = [parse_coordinates(name) for name in gallery]
     for i, (row, name) in enumerate(zip(sim.tolist(), queries)):
         expected = rank_query(row, name, gallery, places, nearest)
+        expected = true_name_after_its_equals(expected, row, name, gallery, nearest)
         got = [gallery[j] for j in ranking.indices[i].tolist() if j >= 0]
         assert got == expected.ranked_names[:k], f"query {i}"
         assert all(gallery.index(gallery[j]) == j for j in ranking.indices[i].tolist() if j >= 0)
@@ -142,6 +166,29 @@ def test_equal_scores_rank_the_true_tile_last_among_them():
     assert summarize(ranking, views(queries))["all"]["R@1"] == 0.0
     for i in ranked.nonzero().squeeze(1).tolist():  # the list agrees with the rank
         assert gallery[ranking.indices[i, len(gallery) - 1]] == queries[i]
+
+
+@pytest.mark.parametrize("true_ties", [False, True])
+@pytest.mark.parametrize("nearest", [7, None])
+def test_tied_distances_and_tied_scores_keep_the_protocol_order(nearest, true_ties):
+    # Around the query at (0, 0): a place holding three tiles, pairs of tiles mirrored east and
+    # west (exactly equal distances), and scores on three levels, so that both sorts meet ties.
+    # With nearest=7 the cut falls inside a group of equidistant tiles.
+    here = "0.0,0.0_2022-08_here_d62_z3.jpg"
+    gallery = [
+        "0.0,0.002_east2.jpg", "0.0,0.001_b.jpg", "0.0,-0.002_west2.jpg", "0.0,0.001_a.jpg",
+        "0.0,0.003_east3.jpg", "0.0,-0.001_west1.jpg", here, "0.0,0.001_c.jpg", "0.0,-0.003_west3.jpg",
+        "0.002,0.0_north2.jpg", "-0.002,0.0_south2.jpg",
+    ]
+    queries = [here, "0.0,0.001_a.jpg", "0.0,-0.002_west2.jpg"]
+    levels = torch.tensor([0.1, 0.2, 0.3])
+    generator = torch.Generator().manual_seed(20)
+    sim = levels[torch.randint(0, 3, (len(queries), len(gallery)), generator=generator)]
+    for i, name in enumerate(queries):  # the true tile on a level of its own, or tied with others
+        sim[i, gallery.index(name)] = 0.2 if true_ties else 0.25
+    ranking = rank_similarity(sim, queries, gallery, nearest=nearest, k=len(gallery))
+    assert_matches_plain_protocol(ranking, sim, queries, gallery, nearest, k=len(gallery))
+    assert summarize(ranking, views(queries))["all"]["count"] == len(queries)
 
 
 def test_short_lists_are_padded():

@@ -19,7 +19,9 @@ def haversine_radians_km(
 ) -> torch.Tensor:
     """:func:`haversine_km` of float64 radians with their latitudes' cosines given (computed once per point).
 
-    The same operations in the same order, so the distances are bitwise equal.
+    The operations of ``sin((lat2 - lat1) / 2) ** 2 + cos_lat1 * cos_lat2 * sin((lon2 - lon1) / 2) ** 2``
+    in the same order, in place on fresh buffers, so the distances are bitwise equal.
     """
-    a = torch.sin((lat2 - lat1) / 2) ** 2 + cos_lat1 * cos_lat2 * torch.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(a.clamp(0.0, 1.0)))
+    across = (lon2 - lon1).div_(2).sin_().square_()
+    a = (lat2 - lat1).div_(2).sin_().square_().add_((cos_lat1 * cos_lat2).mul_(across))
+    return a.clamp_(0.0, 1.0).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM)

@@ -39,7 +39,9 @@ _CHUNK_BYTES = 512 * 2**20
 # Elements of one block of distances when finding the nearest entries.
 _DISTANCE_BLOCK = 1 << 17
 # A query's first search box holds about this many entries per nearest entry wanted.
-_BOX_FILL = 1.5
+_BOX_FILL = 1.8
+# Height of a latitude strip, as a share of the first search radius.
+_STRIP_HEIGHT = 0.5
 # Relative slack covering the float64 rounding of a haversine distance (a few ulps in practice).
 _DISTANCE_SLACK = 1e-9
 # Degrees added to each side of a longitude range: more than the rounding of the strip keys.
@@ -257,20 +259,25 @@ def nearest_entries(
     gallery = lat.shape[0]
     if m >= gallery:
         raise ValueError(f"asked for the {m} nearest of {gallery} gallery entries")
-    # A first radius from the gallery's extent, as if it were spread evenly.
+    # A first radius whose square box holds enough entries if the gallery were spread evenly.
     extent_km = EARTH_RADIUS_KM * torch.deg2rad(gallery_places.amax(0) - gallery_places.amin(0))
     area = float(extent_km[0]) * float(extent_km[1]) * math.cos(math.radians(float(lat.abs().max())))
-    radius_km = max(math.sqrt(max(area, 0.0) * m / (math.pi * gallery)), 1e-6)
-    strips = _Strips(lat, lon, math.degrees(radius_km / EARTH_RADIUS_KM))
+    radius_km = max(math.sqrt(max(area, 0.0) * _BOX_FILL * m / (4 * gallery)), 1e-6)
+    strips = _Strips(lat, lon, math.degrees(radius_km / EARTH_RADIUS_KM) * _STRIP_HEIGHT)
     query_lat, query_lon = query_places[:, 0], query_places[:, 1]
     radius = torch.full_like(query_lat, radius_km)
+    # Size each box by counting its entries (cheap): boxes far fuller than needed, in the dense
+    # quarters of a city, shrink once; boxes short of entries grow until they hold enough.
+    target = _BOX_FILL * m
+    count = strips.box(query_lat, query_lon, radius)[1].sum(1)
+    radius *= torch.where(count > 3 * target, (target / count).sqrt() * 1.05, 1.0)
     small = torch.arange(query_lat.shape[0])
-    while small.numel():  # grow each box until it holds enough entries: counting only, cheap
+    while small.numel():
         count = strips.box(query_lat[small], query_lon[small], radius[small])[1].sum(1)
-        grow = (count < _BOX_FILL * m) & (radius[small] < _HALF_CIRCUMFERENCE_KM)
+        grow = (count < target) & (radius[small] < _HALF_CIRCUMFERENCE_KM)
         small = small[grow]
         # The count grows about as the radius squared.
-        radius[small] *= (_BOX_FILL * m / count[grow].clamp(min=1)).sqrt().clamp(1.1, 4.0)
+        radius[small] *= (target / count[grow].clamp(min=1)).sqrt().clamp(1.1, 4.0) * 1.05
 
     points = (torch.deg2rad(lat), torch.deg2rad(lon))
     points += (points[0].cos(),)
@@ -314,25 +321,41 @@ def _nearest_in_box(
     """
     gallery = order.shape[0]
     through = length.cumsum(1)  # [queries, runs] entries up to the end of each run
-    column = torch.arange(max(m, int(through[:, -1].max())))
-    run = torch.searchsorted(through, column.expand(through.shape[0], -1).contiguous(), right=True)
-    run = run.clamp(max=through.shape[1] - 1)
-    valid = column < through[:, -1:]
-    entry = order[(start.gather(1, run) + column - (through - length).gather(1, run)).clamp(max=gallery - 1)]
-    lat, lon, cos_lat = (values[entry] for values in points)
+    width = max(m, int(through[:, -1].max()))
+    # Column c of a row reads position start + c within a run; where a run ends, the position
+    # jumps to the next run's start (several jumps add up where runs are empty).
+    step = torch.ones(through.shape[0], width + 1, dtype=torch.long)
+    step.scatter_add_(1, through[:, :-1], start[:, 1:] - start[:, :-1] - length[:, :-1])
+    position = (step[:, :width].cumsum(1) + (start[:, :1] - 1)).clamp_(0, gallery - 1)
+    valid = torch.arange(width) < through[:, -1:]
+    entry = _take(order, position)
+    lat, lon, cos_lat = (_take(values, entry) for values in points)
     query_lat, query_lon = query[:, :1], query[:, 1:]
     distance_km = haversine_radians_km(query_lat, query_lon, query_lat.cos(), lat, lon, cos_lat)
-    # Padding is infinitely far and gets distinct indices past the gallery, so every row has m candidates.
-    distance_km = distance_km.masked_fill(~valid, math.inf)
-    entry = torch.where(valid, entry, gallery + column)
-    kth = distance_km.topk(m, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
-    closer, tied = distance_km < kth, distance_km == kth
-    wanted = m - closer.sum(1, keepdim=True)  # [queries, 1] entries to take at the m-th distance
-    if (tied.sum(1, keepdim=True) > wanted).any():  # exact ties at the boundary: earliest entries first
-        by_index = entry.masked_fill(~tied, torch.iinfo(torch.long).max).sort(dim=1).values
-        tied &= entry <= by_index.gather(1, wanted - 1)
-    chosen = closer | tied
-    return entry[chosen].view(-1, m), distance_km[chosen].view(-1, m)
+    distance_km = distance_km.masked_fill(~valid, math.inf)  # padding is infinitely far
+    kth_km, nearest = distance_km.topk(m, dim=1, largest=False, sorted=False)
+    kth_km = kth_km.amax(1, keepdim=True)
+    ties = ((distance_km <= kth_km).sum(1) > m).nonzero().squeeze(1)
+    if ties.numel():  # more entries at the m-th distance than places left: the earliest entries first
+        nearest[ties] = _earliest_at_boundary(distance_km[ties], entry[ties], kth_km[ties], m)
+    return entry.gather(1, nearest), distance_km.gather(1, nearest)
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``values[index]`` for a 1-D ``values`` (``index_select`` is much faster than indexing on the CPU)."""
+    return values.index_select(0, index.reshape(-1)).view(index.shape)
+
+
+def _earliest_at_boundary(distance_km: torch.Tensor, entry: torch.Tensor, kth_km: torch.Tensor, m: int) -> torch.Tensor:
+    """``[rows, m]`` columns of the entries nearer than ``kth_km`` and the earliest entries at it."""
+    closer, tied = distance_km < kth_km, distance_km == kth_km
+    wanted = m - closer.sum(1, keepdim=True)
+    # Padding (infinitely far) gets distinct indices past the gallery's, so that exactly m are chosen.
+    padding = torch.iinfo(torch.int32).max + torch.arange(entry.shape[1])
+    entry = torch.where(distance_km == math.inf, padding, entry)
+    by_index = entry.masked_fill(~tied, torch.iinfo(torch.long).max).sort(dim=1).values
+    chosen = closer | (tied & (entry <= by_index.gather(1, wanted - 1)))
+    return chosen.nonzero()[:, 1].view(-1, m)
 
 
 @torch.inference_mode()
