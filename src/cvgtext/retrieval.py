@@ -145,7 +145,10 @@ def rank_similarity(
     k: int = 10,
     chunk_size: int | None = None,
 ) -> Ranking:
-    """Rank the gallery for each query from a precomputed ``sim  # [queries, gallery]``; places as :func:`rank_gallery`."""
+    """Rank the gallery for each query from a precomputed ``sim  # [queries, gallery]``.
+
+    Places as :func:`rank_gallery`.
+    """
     if sim.ndim != 2:
         raise ValueError(f"sim must be [queries, gallery], got shape {tuple(sim.shape)}")
     _check_names(sim.shape[0], sim.shape[1], query_names, gallery_names)
@@ -250,7 +253,7 @@ def nearest_entries(
     ``m``-th distance, those earliest in the gallery.
 
     Each query searches a box of latitude strips and a longitude range around its place, sized
-    to hold about ``1.5 m`` entries, and takes exact haversine distances to everything in it.
+    to hold about ``1.8 m`` entries, and takes exact haversine distances to everything in it.
     The box holds every entry within its radius, so when the ``m``-th distance found is below
     the radius, the nearest set is complete. Otherwise that distance bounds the true one, and
     a second box of that radius (a little more) holds the nearest set for certain.
@@ -270,8 +273,9 @@ def nearest_entries(
     # quarters of a city, shrink once; boxes short of entries grow until they hold enough.
     target = _BOX_FILL * m
     count = strips.box(query_lat, query_lon, radius)[1].sum(1)
-    radius *= torch.where(count > 3 * target, (target / count).sqrt() * 1.05, 1.0)
-    small = torch.arange(query_lat.shape[0])
+    full = count > 3 * target
+    radius[full] *= (target / count[full]).sqrt() * 1.05
+    small = ((count < target) | full).nonzero().squeeze(1)
     while small.numel():
         count = strips.box(query_lat[small], query_lon[small], radius[small])[1].sum(1)
         grow = (count < target) & (radius[small] < _HALF_CIRCUMFERENCE_KM)
@@ -293,16 +297,21 @@ def nearest_entries(
         unproven = []
         for first in range(0, len(size), rows):
             which = pending[first:first + rows]
+            runs = slice(first, first + rows)
             found, found_km = _nearest_in_box(
-                torch.deg2rad(query_places[which]), points, strips.order, start[first:first + rows], length[first:first + rows], m
+                torch.deg2rad(query_places[which]), points, strips.order, start[runs], length[runs], m
             )
-            kth_km = found_km.amax(1)
-            done = (kth_km < radius[which] * (1 - _DISTANCE_SLACK)) | (radius[which] >= _HALF_CIRCUMFERENCE_KM)
-            entries[which[done]], distance_km[which[done]] = found[done], found_km[done]
-            unproven.append(which[~done])
-            # m entries lie within the m-th distance found: a box of that radius holds the nearest ones.
-            radius[which[~done]] = torch.maximum(kth_km[~done] * (1 + 4 * _DISTANCE_SLACK), radius[which[~done]] * 1.01)
-        pending = torch.cat(unproven)
+            kth_km, box_km = found_km.amax(1), radius[which]
+            done = (kth_km < box_km * (1 - _DISTANCE_SLACK)) | (box_km >= _HALF_CIRCUMFERENCE_KM)
+            if not done.all():
+                # m entries lie within the m-th distance found: a box of that radius holds the nearest ones.
+                again = ~done
+                radius[which[again]] = torch.maximum(kth_km[again] * (1 + 4 * _DISTANCE_SLACK), box_km[again] * 1.01)
+                unproven.append(which[again])
+                which, found, found_km = which[done], found[done], found_km[done]
+            entries.index_copy_(0, which, found)
+            distance_km.index_copy_(0, which, found_km)
+        pending = torch.cat(unproven) if unproven else pending[:0]
     return entries, distance_km
 
 
@@ -410,7 +419,7 @@ def _rank(
             columns = entry = candidates[start:stop].to(device)
             distance_km = candidate_km[start:stop].to(device)
         scores = score_chunks(start, stop, columns)  # [chunk, candidates]
-        names = name_of[entry]
+        names = _take(name_of, entry)
         if copies:
             scores = _best_copy_only(scores, names, entry, len(gallery_names))
         chunk_entries, chunk_scores, chunk_rank = _rank_chunk(
@@ -439,7 +448,8 @@ def _best_copy_only(scores: torch.Tensor, names: torch.Tensor, entry: torch.Tens
     names, entry = names.expand(rows, -1), entry.expand(rows, -1)
     best = scores.new_full((rows, gallery), -math.inf).scatter_reduce(1, names, scores, "amax")
     at_best = scores == best.gather(1, names)
-    earliest = entry.new_full((rows, gallery), gallery).scatter_reduce(1, names, entry.masked_fill(~at_best, gallery), "amin")
+    candidate = entry.masked_fill(~at_best, gallery)
+    earliest = entry.new_full((rows, gallery), gallery).scatter_reduce(1, names, candidate, "amin")
     return scores.masked_fill(earliest.gather(1, names) != entry, -math.inf)
 
 

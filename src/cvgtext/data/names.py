@@ -55,12 +55,14 @@ def parse_places(names: Sequence[str]) -> torch.Tensor:
     text = "\n".join(distinct)
     matches = _COORDINATE_LINES.findall(text) if text.count("\n") == len(distinct) - 1 else []
     if len(matches) != len(distinct):  # a name without coordinates, or one holding a line break
-        values = [parse_coordinates(name) for name in distinct]
+        values = [value for name in distinct for value in parse_coordinates(name)]
     else:
-        values = [(float(lat), float(lon)) for lat, lon in matches]
+        values = [float(value) for match in matches for value in match]
     places = torch.tensor(values, dtype=torch.float64).reshape(len(distinct), 2)
     out_of_range = (places[:, 0].abs() > 90) | (places[:, 1].abs() > 180)
     if out_of_range.any():
         parse_coordinates(distinct[int(out_of_range.nonzero()[0])])  # raises the DataError naming the file
+    if len(distinct) == len(names):
+        return places
     position = {name: i for i, name in enumerate(distinct)}
-    return places[[position[name] for name in names]]
+    return places[torch.tensor([position[name] for name in names], dtype=torch.long)]
