@@ -10,7 +10,7 @@ import torch
 from reference_protocol import QueryOutcome, rank_query, synthetic_names
 from reference_protocol import haversine_km as reference_haversine_km
 
-from cvgtext import retrieval
+from cvgtext import nearest_tiles, retrieval
 from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
 from cvgtext.retrieval import NOT_RANKED, Ranking, summarize
 
@@ -152,7 +152,7 @@ def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(
 
 def test_nearest_set_is_exact_when_every_first_box_is_too_small(monkeypatch):
     # Boxes sized for a fifth of the nearest entries: every query searches a second, larger box.
-    monkeypatch.setattr(retrieval, "_BOX_FILL", 0.2)
+    monkeypatch.setattr(nearest_tiles, "_BOX_FILL", 0.2)
     queries, gallery = city(seed=15, tiles=80, duplicates=8)
     sim = embeddings(len(queries), 8, seed=9) @ embeddings(len(gallery), 8, seed=10).T
     assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
