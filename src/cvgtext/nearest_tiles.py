@@ -102,7 +102,8 @@ def nearest_entries(
         # The count grows about as the radius squared.
         radius[small] *= (target / count[grow].clamp(min=1)).sqrt().clamp(1.1, 4.0) * 1.05
 
-    points = (torch.deg2rad(lat), torch.deg2rad(lon))
+    # Latitudes and longitudes in radians and the latitudes' cosines, in the strips' order.
+    points = (torch.deg2rad(lat[strips.order]), torch.deg2rad(lon[strips.order]))
     points += (points[0].cos(),)
     entries = torch.empty(query_lat.shape[0], m, dtype=torch.long)
     distance_km = torch.empty(query_lat.shape[0], m, dtype=torch.float64)
@@ -145,7 +146,7 @@ def _nearest_in_box(
     """The ``m`` nearest entries among the runs ``order[start : start + length]`` of each query, stably.
 
     ``query  # [queries, 2]`` in radians; ``points`` are the gallery's latitudes and longitudes
-    in radians and the latitudes' cosines.
+    in radians and the latitudes' cosines, in the order of ``order``.
     """
     gallery = order.shape[0]
     through = length.cumsum(1)  # [queries, runs] entries up to the end of each run
@@ -156,8 +157,7 @@ def _nearest_in_box(
     step.scatter_add_(1, through[:, :-1], start[:, 1:] - start[:, :-1] - length[:, :-1])
     position = (step[:, :width].cumsum(1) + (start[:, :1] - 1)).clamp_(0, gallery - 1)
     valid = torch.arange(width) < through[:, -1:]
-    entry = _take(order, position)
-    lat, lon, cos_lat = (_take(values, entry) for values in points)
+    lat, lon, cos_lat = (_take(values, position) for values in points)
     query_lat, query_lon = query[:, :1], query[:, 1:]
     distance_km = haversine_radians_km(query_lat, query_lon, query_lat.cos(), lat, lon, cos_lat)
     distance_km = distance_km.masked_fill(~valid, math.inf)  # padding is infinitely far
@@ -165,8 +165,8 @@ def _nearest_in_box(
     kth_km = kth_km.amax(1, keepdim=True)
     ties = ((distance_km <= kth_km).sum(1) > m).nonzero().squeeze(1)
     if ties.numel():  # more entries at the m-th distance than places left: the earliest entries first
-        nearest[ties] = _earliest_at_boundary(distance_km[ties], entry[ties], kth_km[ties], m)
-    return entry.gather(1, nearest), distance_km.gather(1, nearest)
+        nearest[ties] = _earliest_at_boundary(distance_km[ties], _take(order, position[ties]), kth_km[ties], m)
+    return _take(order, position.gather(1, nearest)), distance_km.gather(1, nearest)
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
