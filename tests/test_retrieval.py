@@ -51,8 +51,9 @@ def true_name_after_its_equals(
     """The plain protocol's outcome with the engine's one rule on ties: names scoring exactly as
     high as the true name rank above it. (Names stand for their best-scoring candidate copy.)"""
     names = outcome.ranked_names
-    if outcome.true_rank is None:
-        return outcome
+    own = {row[j] for j, name in enumerate(gallery) if name == query}
+    if outcome.true_rank is None or not any(row[j] in own for j, name in enumerate(gallery) if name != query):
+        return outcome  # no other tile scores as the true one: nothing to move
     lat, lon = parse_coordinates(query)
     distance_km = [reference_haversine_km(lat, lon, *parse_coordinates(name)) for name in gallery]
     candidates = sorted(range(len(gallery)), key=lambda j: distance_km[j])[:nearest]
