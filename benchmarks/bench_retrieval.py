@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from reference_protocol import reference_metrics, synthetic_names  # noqa: E402
 
+from cvgtext.data.names import parse_places  # noqa: E402
 from cvgtext.metrics import geo_retrieval_metrics  # noqa: E402
 from cvgtext.retrieval import default_chunk_size, rank_gallery  # noqa: E402
 from tables import print_table  # noqa: E402
@@ -137,6 +138,7 @@ def bench_large(queries: int, tiles: int, dim: int) -> list[list[str]]:
     query_names, gallery_names = city(queries, tiles, seed=1)
     generator = torch.Generator().manual_seed(1)
     query_emb, gallery_emb = unit_rows(queries, dim, generator), unit_rows(tiles, dim, generator)
+    query_places, gallery_places = parse_places(query_names), parse_places(gallery_names)
     chunk = min(queries, default_chunk_size(tiles, query_emb.dtype))
 
     def bare_mm_topk() -> torch.Tensor:
@@ -147,7 +149,10 @@ def bench_large(queries: int, tiles: int, dim: int) -> list[list[str]]:
     rows = [[f"bare mm + topk(10), chunks of {chunk}", f"{base_s:.2f} s", f"{base_bytes / 2**20:.0f} MiB", "1.00x"]]
     for nearest in (None, 100):
         ranked_s, _, ranked_bytes = timed(
-            lambda: rank_gallery(query_emb, gallery_emb, query_names, gallery_names, nearest=nearest, chunk_size=chunk)
+            lambda: rank_gallery(
+                query_emb, gallery_emb, query_names, gallery_names, query_places, gallery_places,
+                nearest=nearest, chunk_size=chunk,
+            )
         )
         rows.append([
             f"rank_gallery, nearest={nearest}", f"{ranked_s:.2f} s", f"{ranked_bytes / 2**20:.0f} MiB",

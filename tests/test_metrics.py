@@ -135,3 +135,16 @@ def test_query_without_a_tile_is_a_miss_at_every_k():
     metrics = geo_retrieval_metrics(HAND_SIM[:1], ["0.0,0.0_missing.jpg"], HAND_GALLERY, nearest=None)["all"]
     assert metrics["R@1"] == metrics["R@10"] == 0.0
     assert metrics["mean_error_km"] == 0.0  # top-1 is A, at the query's place
+
+
+def test_matches_plain_protocol_on_a_12000_tile_city():
+    # A city of 12,000 tiles, half spread over 16 km and half crowded into a 1.6 km centre, so
+    # that search boxes meet both densities; 60 queries keep the plain protocol to seconds.
+    rng = random.Random(8)
+    gallery = synthetic_names(rng, 6000, span_deg=0.144) + synthetic_names(rng, 6000, span_deg=0.0144)
+    gallery += rng.sample(gallery, 40)
+    rng.shuffle(gallery)
+    queries = rng.sample(sorted(set(gallery)), 60) + synthetic_names(rng, 2, span_deg=0.2)
+    sim = distinct_scores(len(queries), len(gallery), seed=9)
+    expected = reference_metrics(sim.tolist(), queries, gallery, nearest=100)
+    assert_same_metrics(geo_retrieval_metrics(sim, queries, gallery, nearest=100), expected)

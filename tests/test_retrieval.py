@@ -7,11 +7,27 @@ import random
 
 import pytest
 import torch
-from reference_protocol import rank_query, synthetic_names
+from reference_protocol import QueryOutcome, rank_query, synthetic_names
+from reference_protocol import haversine_km as reference_haversine_km
 
-from cvgtext import retrieval
-from cvgtext.data.names import parse_coordinates
-from cvgtext.retrieval import NOT_RANKED, Ranking, rank_gallery, rank_similarity, summarize
+from cvgtext import nearest_tiles, retrieval
+from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
+from cvgtext.retrieval import NOT_RANKED, Ranking, summarize
+
+
+def rank_similarity(sim, queries, gallery, **options) -> Ranking:
+    """The engine with places read from the file names, as the data reader does."""
+    return retrieval.rank_similarity(sim, queries, gallery, parse_places(queries), parse_places(gallery), **options)
+
+
+def rank_gallery(query_emb, gallery_emb, queries, gallery, **options) -> Ranking:
+    return retrieval.rank_gallery(
+        query_emb, gallery_emb, queries, gallery, parse_places(queries), parse_places(gallery), **options
+    )
+
+
+def views(queries) -> list[bool]:
+    return [is_panorama(name) for name in queries]
 
 
 def city(seed: int, tiles: int, duplicates: int) -> tuple[list[str], list[str]]:
@@ -29,10 +45,34 @@ def embeddings(rows: int, dim: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1)
 
 
+def true_name_after_its_equals(
+    outcome: QueryOutcome, row: list[float], query: str, gallery: list[str], nearest: int | None
+) -> QueryOutcome:
+    """The plain protocol's outcome with the engine's one rule on ties: names scoring exactly as
+    high as the true name rank above it. (Names stand for their best-scoring candidate copy.)"""
+    names = outcome.ranked_names
+    own = {row[j] for j, name in enumerate(gallery) if name == query}
+    if outcome.true_rank is None or not any(row[j] in own for j, name in enumerate(gallery) if name != query):
+        return outcome  # no other tile scores as the true one: nothing to move
+    lat, lon = parse_coordinates(query)
+    distance_km = [reference_haversine_km(lat, lon, *parse_coordinates(name)) for name in gallery]
+    candidates = sorted(range(len(gallery)), key=lambda j: distance_km[j])[:nearest]
+    best = {name: max(row[j] for j in candidates if gallery[j] == name) for name in names}
+    others = [name for name in names if name != query]
+    rank = sum(1 for name in others if best[name] >= best[query]) + 1
+    ranked = others[: rank - 1] + [query] + others[rank - 1:]
+    if ranked[0] == query:
+        error = 0.0
+    else:
+        error = reference_haversine_km(*parse_coordinates(query), *parse_coordinates(ranked[0]))
+    return QueryOutcome(ranked, rank, error)
+
+
 def assert_matches_plain_protocol(ranking: Ranking, sim: torch.Tensor, queries, gallery, nearest, k) -> None:
     places = [parse_coordinates(name) for name in gallery]
     for i, (row, name) in enumerate(zip(sim.tolist(), queries)):
         expected = rank_query(row, name, gallery, places, nearest)
+        expected = true_name_after_its_equals(expected, row, name, gallery, nearest)
         got = [gallery[j] for j in ranking.indices[i].tolist() if j >= 0]
         assert got == expected.ranked_names[:k], f"query {i}"
         assert all(gallery.index(gallery[j]) == j for j in ranking.indices[i].tolist() if j >= 0)
@@ -74,12 +114,12 @@ def test_embeddings_rank_as_their_similarity_matrix(nearest):
     from_embeddings = rank_gallery(query_emb, gallery_emb, queries, gallery, nearest=nearest, chunk_size=7)
     from_sim = rank_similarity(query_emb @ gallery_emb.T, queries, gallery, nearest=nearest)
     assert_same_ranking(from_embeddings, from_sim)
-    assert summarize(from_embeddings, queries) == summarize(from_sim, queries)
+    assert summarize(from_embeddings, views(queries)) == summarize(from_sim, views(queries))
 
 
-def test_nearest_set_is_exact_where_the_cosine_shortlist_cannot_tell_places_apart():
+def test_nearest_set_is_exact_for_places_centimetres_apart():
     # 40 places on a line within 6 cm of the query, on both sides: their cosines to it all round
-    # to 1.0, so only the exact pass over every place can find the nearest ones.
+    # to 1.0, so only exact haversine distances can find the nearest ones.
     rng = random.Random(14)
     steps = [k if k % 2 else -k for k in range(1, 41)]
     crowd = [f"{-33.86 + 1e-8 * k:.8f},{151.21 + 1e-8 * k:.8f}_{k}.jpg" for k in steps]
@@ -95,7 +135,7 @@ def test_nearest_set_is_exact_where_the_cosine_shortlist_cannot_tell_places_apar
 @pytest.mark.parametrize("with_copies", [False, True])
 def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(with_copies):
     # 40 places 100 m from the query in all directions, 0.05 um apart in distance: float64
-    # cosines cannot order them, so the shortlist may miss the 4 nearest and must be redone.
+    # cosines cannot order them; haversine distances can.
     rng = random.Random(19)
     km_per_degree = 6371.0 * math.pi / 180
     ring = []
@@ -111,9 +151,9 @@ def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(
     assert_matches_plain_protocol(ranking, sim, [here], gallery, nearest=5, k=5)
 
 
-def test_nearest_set_is_exact_without_a_shortlist_margin(monkeypatch):
-    # With no margin the shortlist is never provably complete, so every row takes the exhaustive pass.
-    monkeypatch.setattr(retrieval, "_SHORTLIST_MARGIN", 0)
+def test_nearest_set_is_exact_when_every_first_box_is_too_small(monkeypatch):
+    # Boxes sized for a fifth of the nearest entries: every query searches a second, larger box.
+    monkeypatch.setattr(nearest_tiles, "_BOX_FILL", 0.2)
     queries, gallery = city(seed=15, tiles=80, duplicates=8)
     sim = embeddings(len(queries), 8, seed=9) @ embeddings(len(gallery), 8, seed=10).T
     assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
@@ -124,9 +164,32 @@ def test_equal_scores_rank_the_true_tile_last_among_them():
     ranking = rank_similarity(torch.zeros(len(queries), len(gallery)), queries, gallery, nearest=None, k=25)
     ranked = ranking.true_rank != NOT_RANKED
     assert (ranking.true_rank[ranked] == len(gallery)).all()
-    assert summarize(ranking, queries)["all"]["R@1"] == 0.0
+    assert summarize(ranking, views(queries))["all"]["R@1"] == 0.0
     for i in ranked.nonzero().squeeze(1).tolist():  # the list agrees with the rank
         assert gallery[ranking.indices[i, len(gallery) - 1]] == queries[i]
+
+
+@pytest.mark.parametrize("true_ties", [False, True])
+@pytest.mark.parametrize("nearest", [7, None])
+def test_tied_distances_and_tied_scores_keep_the_protocol_order(nearest, true_ties):
+    # Around the query at (0, 0): a place holding three tiles, pairs of tiles mirrored east and
+    # west (exactly equal distances), and scores on three levels, so that both sorts meet ties.
+    # With nearest=7 the cut falls inside a group of equidistant tiles.
+    here = "0.0,0.0_2022-08_here_d62_z3.jpg"
+    gallery = [
+        "0.0,0.002_east2.jpg", "0.0,0.001_b.jpg", "0.0,-0.002_west2.jpg", "0.0,0.001_a.jpg",
+        "0.0,0.003_east3.jpg", "0.0,-0.001_west1.jpg", here, "0.0,0.001_c.jpg", "0.0,-0.003_west3.jpg",
+        "0.002,0.0_north2.jpg", "-0.002,0.0_south2.jpg",
+    ]
+    queries = [here, "0.0,0.001_a.jpg", "0.0,-0.002_west2.jpg"]
+    levels = torch.tensor([0.1, 0.2, 0.3])
+    generator = torch.Generator().manual_seed(20)
+    sim = levels[torch.randint(0, 3, (len(queries), len(gallery)), generator=generator)]
+    for i, name in enumerate(queries):  # the true tile on a level of its own, or tied with others
+        sim[i, gallery.index(name)] = 0.2 if true_ties else 0.25
+    ranking = rank_similarity(sim, queries, gallery, nearest=nearest, k=len(gallery))
+    assert_matches_plain_protocol(ranking, sim, queries, gallery, nearest, k=len(gallery))
+    assert summarize(ranking, views(queries))["all"]["count"] == len(queries)
 
 
 def test_short_lists_are_padded():
@@ -161,7 +224,7 @@ def test_reduced_precision_embeddings_keep_their_dtype():
     query_emb, gallery_emb = embeddings(len(queries), 16, seed=11), embeddings(len(gallery), 16, seed=12)
     ranking = rank_gallery(query_emb.bfloat16(), gallery_emb.bfloat16(), queries, gallery, nearest=10)
     assert ranking.scores.dtype == torch.bfloat16
-    assert summarize(ranking, queries)["all"]["count"] == len(queries)
+    assert summarize(ranking, views(queries))["all"]["count"] == len(queries)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from cvgtext.data.dataset import PairDataset
-from cvgtext.retrieval import Ranking, rank_gallery, summarize
+from cvgtext.retrieval import Ranking, first_of_each_name, rank_gallery, summarize
 
 log = logging.getLogger(__name__)
 
@@ -44,24 +44,27 @@ class Evaluation:
 def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int | None = 100) -> Evaluation:
     """Rank each caption's gallery and compute the metrics of both protocols."""
     index = embedded.index.tolist()
-    names = [dataset.pairs[i].name for i in index]
-    first_of_name: dict[str, int] = {}
-    for position, name in enumerate(names):
-        first_of_name.setdefault(name, position)
+    pairs = [dataset.pairs[i] for i in index]
+    names = [pair.name for pair in pairs]
+    places = torch.tensor([(pair.lat, pair.lon) for pair in pairs], dtype=torch.float64).reshape(len(pairs), 2)
+    panorama = torch.tensor([pair.is_panorama for pair in pairs], dtype=torch.bool)
+    first_of_name = first_of_each_name(names)
     gallery_positions = list(first_of_name.values())
     gallery_names = list(first_of_name)
     gallery = embedded.image[gallery_positions]
+    gallery_places = places[gallery_positions]
     if nearest is not None and len(gallery_names) < nearest:
         log.info(
             "The %s gallery has %d tiles, fewer than the protocol's %d nearest: every query ranks all of them",
             dataset.split, len(gallery_names), nearest,
         )
-    ranking = rank_gallery(embedded.text, gallery, names, gallery_names, nearest=nearest)
-    metrics = summarize(ranking, names)
-    if nearest is None:
-        full_city = metrics
-    else:
-        full_city = summarize(rank_gallery(embedded.text, gallery, names, gallery_names, nearest=None), names)
+
+    def rank(nearest: int | None) -> Ranking:
+        return rank_gallery(embedded.text, gallery, names, gallery_names, places, gallery_places, nearest=nearest)
+
+    ranking = rank(nearest)
+    metrics = summarize(ranking, panorama)
+    full_city = metrics if nearest is None else summarize(rank(None), panorama)
     return Evaluation(
         query_index=index,
         gallery_index=[index[p] for p in gallery_positions],

@@ -10,5 +10,18 @@ EARTH_RADIUS_KM = 6371.0
 def haversine_km(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon2: torch.Tensor) -> torch.Tensor:
     """Distance in km between points given in degrees; inputs broadcast against each other."""
     lat1, lon1, lat2, lon2 = (torch.deg2rad(t.double()) for t in (lat1, lon1, lat2, lon2))
-    a = torch.sin((lat2 - lat1) / 2) ** 2 + torch.cos(lat1) * torch.cos(lat2) * torch.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(a.clamp(0.0, 1.0)))
+    return haversine_radians_km(lat1, lon1, lat1.cos(), lat2, lon2, lat2.cos())
+
+
+def haversine_radians_km(
+    lat1: torch.Tensor, lon1: torch.Tensor, cos_lat1: torch.Tensor,
+    lat2: torch.Tensor, lon2: torch.Tensor, cos_lat2: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`haversine_km` of float64 radians with their latitudes' cosines given (computed once per point).
+
+    The operations of ``sin((lat2 - lat1) / 2) ** 2 + cos_lat1 * cos_lat2 * sin((lon2 - lon1) / 2) ** 2``
+    in the same order, in place on fresh buffers, so the distances are bitwise equal.
+    """
+    across = (lon2 - lon1).div_(2).sin_().square_()
+    a = (lat2 - lat1).div_(2).sin_().square_().add_((cos_lat1 * cos_lat2).mul_(across))
+    return a.clamp_(0.0, 1.0).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM)

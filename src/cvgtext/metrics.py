@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from cvgtext.data.names import is_panorama, parse_places
 from cvgtext.retrieval import PAPER_NEAREST, rank_similarity, summarize
 
 
@@ -27,5 +28,10 @@ def geo_retrieval_metrics(
     100 tiles nearest to its true place); ``nearest=None`` ranks the whole gallery. Returns
     ``{"all": {...}, "panorama": {...}, "single": {...}}`` as :func:`cvgtext.retrieval.summarize`.
     """
-    ranking = rank_similarity(sim, query_names, gallery_names, nearest=nearest, k=1, chunk_size=chunk_size)
-    return summarize(ranking, query_names)
+    # The names are this function's data: places and views are read from them here, once.
+    places = parse_places([*query_names, *gallery_names])
+    ranking = rank_similarity(
+        sim, query_names, gallery_names, places[: len(query_names)], places[len(query_names):],
+        nearest=nearest, k=1, chunk_size=chunk_size,
+    )
+    return summarize(ranking, [is_panorama(name) for name in query_names])

@@ -5,14 +5,18 @@ the queries, so the full ``[queries, gallery]`` score matrix never exists, and i
 the CVG-Text protocol:
 
 - with ``nearest=m`` (the paper uses 100) a query competes only against the ``m`` gallery
-  entries nearest to its true place (haversine; entries at one place keep gallery order);
+  entries nearest to its true place (haversine; entries at equal distances keep gallery order);
   ``nearest=None`` ranks the whole gallery, the honest "where am I" setting;
 - the ranked entries are de-duplicated by file name keeping the first, so a name scores as
   its best candidate copy;
 - the true tile is the gallery entry whose file name is the query's.
 
-A name that scores exactly as high as the true name ranks above it, so degenerate scores
-(a collapsed model) give no recall instead of perfect recall.
+Places (``[n, 2]`` latitude and longitude in degrees) and view flags come from the data, read
+once where the data is read; this module never parses file names.
+
+Equal scores keep the protocol's candidate order (nearest first, then gallery order), with one
+exception: a name that scores exactly as high as the true name ranks above it, so degenerate
+scores (a collapsed model) give no recall instead of perfect recall.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cvgtext.data.names import is_panorama, parse_coordinates
-from cvgtext.geo import EARTH_RADIUS_KM, haversine_km
+from cvgtext.geo import haversine_km
+from cvgtext.nearest_tiles import nearest_entries
 
 PAPER_NEAREST = 100
 NOT_RANKED = 0  # true_rank of a query whose true name is not among its candidates
@@ -33,19 +37,6 @@ LOCALIZED_WITHIN_M = (50, 100, 150)
 
 # Working memory of one query chunk, about (3 score buffers + one float64 proxy) per pair.
 _CHUNK_BYTES = 512 * 2**20
-# Locations beyond the `nearest` ones that the coarse cosine shortlist keeps, so that the
-# exact distances of the shortlist almost always settle the nearest set on their own.
-_SHORTLIST_MARGIN = 16
-# Bound on the float64 error of a dot product of two unit vectors (a few ulps in practice).
-_COSINE_ERROR = 1e-13
-# Distances closer than this (km) are treated as possibly equal when checking the shortlist.
-_DISTANCE_SLACK_KM = 1e-6
-# The cosine shortlist looks at a window of places sorted by latitude, of about this many
-# times sqrt(nearest * places): about the band a uniform city needs to hold each query's nearest.
-_LATITUDE_WINDOW = 1.5
-# Elements per block when counting the scores above the true one: a block stays in cache.
-_COUNT_BLOCK_ELEMENTS = 1 << 20
-
 # (start, stop, columns) -> scores [stop - start, candidates] of those queries against the gallery
 # entries `columns  # [stop - start, candidates]`, or against the whole gallery when columns is None.
 ScoreChunks = Callable[[int, int, "torch.Tensor | None"], torch.Tensor]
@@ -69,6 +60,17 @@ class Ranking:
         return (self.true_rank != NOT_RANKED) & (self.true_rank <= k)
 
 
+def first_of_each_name(names: Sequence[str]) -> dict[str, int]:
+    """Each distinct file name and the position of its first occurrence, in order of first occurrence.
+
+    The protocol's de-duplication: a name stands for its first copy.
+    """
+    first: dict[str, int] = {}
+    for position, name in enumerate(names):
+        first.setdefault(name, position)
+    return first
+
+
 def default_chunk_size(gallery_size: int, dtype: torch.dtype = torch.float32) -> int:
     """Queries per chunk that keep one chunk's working memory near 512 MiB."""
     bytes_per_pair = 3 * torch.empty((), dtype=dtype).element_size() + 8
@@ -80,6 +82,8 @@ def rank_gallery(
     gallery_emb: torch.Tensor,
     query_names: Sequence[str],
     gallery_names: Sequence[str],
+    query_places: torch.Tensor,
+    gallery_places: torch.Tensor,
     nearest: int | None = PAPER_NEAREST,
     k: int = 10,
     chunk_size: int | None = None,
@@ -88,6 +92,8 @@ def rank_gallery(
 
     ``query_emb  # [queries, dim]`` and ``gallery_emb  # [gallery, dim]`` should be
     L2-normalised (cosine similarity); the products run in their dtype and on their device.
+    ``query_places  # [queries, 2]`` and ``gallery_places  # [gallery, 2]`` are latitude and
+    longitude in degrees: each query's true place and each tile's.
     """
     if query_emb.ndim != 2 or gallery_emb.ndim != 2 or query_emb.shape[1] != gallery_emb.shape[1]:
         raise ValueError(
@@ -112,18 +118,25 @@ def rank_gallery(
             for queries, part in zip(query_emb[start:stop].split(rows), columns.split(rows))
         ])
 
-    return _rank(scores, query_names, gallery_names, nearest, k, chunk_size, query_emb.device)
+    return _rank(
+        scores, query_names, gallery_names, query_places, gallery_places, nearest, k, chunk_size, query_emb.device
+    )
 
 
 def rank_similarity(
     sim: torch.Tensor,
     query_names: Sequence[str],
     gallery_names: Sequence[str],
+    query_places: torch.Tensor,
+    gallery_places: torch.Tensor,
     nearest: int | None = PAPER_NEAREST,
     k: int = 10,
     chunk_size: int | None = None,
 ) -> Ranking:
-    """Rank the gallery for each query from a precomputed ``sim  # [queries, gallery]``."""
+    """Rank the gallery for each query from a precomputed ``sim  # [queries, gallery]``.
+
+    Places as :func:`rank_gallery`.
+    """
     if sim.ndim != 2:
         raise ValueError(f"sim must be [queries, gallery], got shape {tuple(sim.shape)}")
     _check_names(sim.shape[0], sim.shape[1], query_names, gallery_names)
@@ -133,21 +146,21 @@ def rank_similarity(
     def scores(start: int, stop: int, columns: torch.Tensor | None) -> torch.Tensor:
         return sim[start:stop] if columns is None else sim[start:stop].gather(1, columns)
 
-    return _rank(scores, query_names, gallery_names, nearest, k, chunk_size, sim.device)
+    return _rank(scores, query_names, gallery_names, query_places, gallery_places, nearest, k, chunk_size, sim.device)
 
 
-def summarize(ranking: Ranking, query_names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """CVG-Text metrics for all queries and per view (panorama / single), in percent.
+def summarize(ranking: Ranking, panorama: torch.Tensor | Sequence[bool]) -> dict[str, dict[str, float]]:
+    """CVG-Text metrics for all queries and per view, in percent; ``panorama  # [queries]`` flags panorama texts.
 
     Each group has ``R@1 R@5 R@10`` (true name within the top k), ``L@50 L@100 L@150`` (top-1
     tile within that many metres of the true place), ``mean_error_km`` (mean top-1 error) and
-    ``count``. A view's group is present only when it has queries.
+    ``count``. A view's group (``panorama``, ``single``) is present only when it has queries.
     """
-    if len(query_names) != ranking.true_rank.shape[0]:
-        raise ValueError(f"{len(query_names)} query names for a ranking of {ranking.true_rank.shape[0]} queries")
-    if not query_names:
+    panorama = torch.as_tensor(panorama, dtype=torch.bool).cpu()
+    if panorama.shape != ranking.true_rank.shape:
+        raise ValueError(f"{panorama.numel()} view flags for a ranking of {ranking.true_rank.shape[0]} queries")
+    if not panorama.numel():
         raise ValueError("no queries to summarize")
-    panorama = torch.tensor([is_panorama(name) for name in query_names], dtype=torch.bool)
     groups = {"all": torch.ones_like(panorama), "panorama": panorama, "single": ~panorama}
     metrics = {}
     for group, members in groups.items():
@@ -175,97 +188,13 @@ def _check_names(queries: int, gallery: int, query_names: Sequence[str], gallery
         )
 
 
-@dataclass
-class _Places:
-    """The gallery's distinct locations, with the gallery entries found at each."""
-
-    lat: torch.Tensor  # [locations] degrees, float64
-    lon: torch.Tensor  # [locations]
-    xyz: torch.Tensor  # [locations, 3] unit vectors, float64
-    count: torch.Tensor  # [locations] entries at the location
-    start: torch.Tensor  # [locations] offset of the location's first entry in `entries`
-    entries: torch.Tensor  # [gallery] entry indices grouped by location, ascending within one
-    one_entry_each: bool  # every location holds a single entry, so `entries` maps location -> entry
-
-
-def _unit_vectors(lat: torch.Tensor, lon: torch.Tensor) -> torch.Tensor:
-    """``[n, 3]`` points on the unit sphere; their dot product is the cosine of the central angle."""
-    lat, lon = torch.deg2rad(lat), torch.deg2rad(lon)
-    return torch.stack([lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()], dim=1)
-
-
-def _places(lat: torch.Tensor, lon: torch.Tensor) -> _Places:
-    """Group gallery entries ``lat, lon  # [gallery]`` by location."""
-    # Entries at one location share every distance, so distances are computed per location:
-    # equal places then tie exactly and are ordered by gallery index, as a stable sort would.
-    coords, location, count = torch.unique(
-        torch.stack([lat, lon], dim=1), dim=0, return_inverse=True, return_counts=True
-    )
-    entries = torch.argsort(location, stable=True)
-    return _Places(
-        lat=coords[:, 0].contiguous(),
-        lon=coords[:, 1].contiguous(),
-        xyz=_unit_vectors(coords[:, 0], coords[:, 1]),
-        count=count,
-        start=count.cumsum(0) - count,
-        entries=entries,
-        one_entry_each=bool((count == 1).all()),
-    )
-
-
-def _nearest_entries(
-    lat: torch.Tensor, lon: torch.Tensor, xyz: torch.Tensor, places: _Places, m: int
-) -> torch.Tensor:
-    """``[queries, m]`` gallery entries nearest to each query place, as a stable sort by distance picks them.
-
-    A window of places sorted by latitude, then a cosine proxy within it, shortlist places
-    cheaply; exact haversine distances order the shortlist. Rows whose shortlist cannot be
-    proven to hold the nearest set are redone over all locations.
-    """
-    locations = places.lat.shape[0]
-    width = min(locations, m + _SHORTLIST_MARGIN)
-    window = min(locations, max(2 * width, math.ceil(_LATITUDE_WINDOW * math.sqrt(m * locations))))
-    # Places are sorted by latitude (torch.unique sorts), so a window of them is a band of latitude.
-    first = (torch.searchsorted(places.lat, lat) - window // 2).clamp(0, locations - window)
-    columns = first[:, None] + torch.arange(window, device=lat.device)  # [queries, window]
-    # Windows are rows of an unfolded view, so taking them copies contiguous memory.
-    cosine = sum(
-        xyz[:, i, None] * places.xyz[:, i].contiguous().unfold(0, window, 1).index_select(0, first) for i in range(3)
-    )
-    # Unsorted: the exact distances order the shortlist anyway.
-    cosine, shortlist = cosine.topk(width, dim=1, sorted=False)  # [queries, width]
-    entries, boundary_km = _take_nearest(lat, lon, columns.gather(1, shortlist), places, m)
-    # Places left out of the shortlist have cosine <= the least one kept, hence lie at least this
-    # far away; those outside the window lie at least their difference in latitude away.
-    least = cosine.min(dim=1).values if width < window else torch.full_like(lat, -math.inf)
-    beyond_km = EARTH_RADIUS_KM * torch.acos((least + _COSINE_ERROR).clamp(-1.0, 1.0))
-    south = places.lat[(first - 1).clamp(min=0)].masked_fill(first == 0, -math.inf)
-    north = places.lat[(first + window).clamp(max=locations - 1)].masked_fill(first + window == locations, math.inf)
-    band_km = EARTH_RADIUS_KM * torch.deg2rad(torch.minimum(lat - south, north - lat)) * (1 - 1e-12)
-    beyond_km = torch.minimum(beyond_km, band_km)
-    unsure = (beyond_km <= boundary_km + _DISTANCE_SLACK_KM).nonzero().squeeze(1)
-    if unsure.numel():
-        every = torch.arange(locations, device=lat.device).expand(unsure.numel(), locations)
-        entries[unsure] = _take_nearest(lat[unsure], lon[unsure], every, places, m)[0]
-    return entries
-
-
-def _take_nearest(
-    lat: torch.Tensor, lon: torch.Tensor, locations: torch.Tensor, places: _Places, m: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``m`` nearest entries among ``locations  # [queries, width]``, and the distance of the farthest."""
-    distance_km = haversine_km(lat[:, None], lon[:, None], places.lat[locations], places.lon[locations])
-    if places.one_entry_each:  # the usual gallery: the nearest places are the nearest entries
-        distance_km, nearest = distance_km.topk(m, dim=1, largest=False, sorted=False)
-        return places.entries[locations.gather(1, nearest)], distance_km.max(dim=1).values
-    distance_km, order = distance_km.sort(dim=1, stable=True)
-    locations = locations.gather(1, order)
-    through = places.count[locations].cumsum(1)  # [queries, width] entries up to each location
-    slot = torch.arange(m, device=lat.device).expand(locations.shape[0], m)
-    which = torch.searchsorted(through, slot.contiguous(), right=True)  # [queries, m] location of each slot
-    location = locations.gather(1, which)
-    offset = slot - (through.gather(1, which) - places.count[location])
-    return places.entries[places.start[location] + offset], distance_km.gather(1, which[:, -1:]).squeeze(1)
+def _check_places(places: torch.Tensor, count: int, what: str) -> torch.Tensor:
+    places = torch.as_tensor(places, dtype=torch.float64)
+    if places.shape != (count, 2):
+        raise ValueError(f"{what} places must be [{count}, 2] (lat, lon in degrees), got shape {tuple(places.shape)}")
+    if not places.isfinite().all():
+        raise ValueError(f"{what} places contain a non-finite coordinate")
+    return places.cpu()
 
 
 @torch.inference_mode()
@@ -273,6 +202,8 @@ def _rank(
     score_chunks: ScoreChunks,
     query_names: Sequence[str],
     gallery_names: Sequence[str],
+    query_places: torch.Tensor,
+    gallery_places: torch.Tensor,
     nearest: int | None,
     k: int,
     chunk_size: int,
@@ -288,27 +219,22 @@ def _rank(
         raise ValueError(f"nearest must be a positive number of tiles or None, got {nearest}")
     if k < 1 or chunk_size < 1:
         raise ValueError(f"k and chunk_size must be positive, got k={k}, chunk_size={chunk_size}")
-    first_of_name: dict[str, int] = {}
-    for index, name in enumerate(gallery_names):
-        first_of_name.setdefault(name, index)
-    first_copy = torch.tensor([first_of_name[name] for name in gallery_names], dtype=torch.long, device=device)
-    true_entry = torch.tensor([first_of_name.get(name, -1) for name in query_names], dtype=torch.long, device=device)
+    query_places = _check_places(query_places, len(query_names), "query")
+    gallery_places = _check_places(gallery_places, len(gallery_names), "gallery")
+    first_of_name = first_of_each_name(gallery_names)
+    name_of = torch.tensor([first_of_name[name] for name in gallery_names], dtype=torch.long)
+    true_name = torch.tensor([first_of_name.get(name, -1) for name in query_names], dtype=torch.long)
+    copies = len(first_of_name) < len(gallery_names)
+    if copies and not torch.equal(gallery_places, gallery_places[name_of]):
+        bad = int((gallery_places != gallery_places[name_of]).any(1).nonzero()[0])
+        raise ValueError(f"gallery entries named {gallery_names[bad]!r} are given different places")
 
-    place_of_name = {name: parse_coordinates(name) for name in first_of_name}
-
-    def coordinates(names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        places = [place_of_name.get(name) or parse_coordinates(name) for name in names]
-        lat_lon = torch.tensor(places, dtype=torch.float64).reshape(-1, 2)
-        return lat_lon[:, 0].to(device), lat_lon[:, 1].to(device)
-
-    query_lat, query_lon = coordinates(query_names)
-    gallery_lat, gallery_lon = coordinates(gallery_names)
     if nearest is not None and nearest < len(gallery_names):
-        candidates, at_place, copy_offset = _candidates(
-            query_lat, query_lon, gallery_lat, gallery_lon, first_copy, nearest, chunk_size
-        )
+        candidates, candidate_km = nearest_entries(query_places, gallery_places, nearest)
     else:  # every query ranks the whole gallery, in gallery order
-        candidates, copy_offset = None, torch.arange(len(gallery_names), device=device) - first_copy
+        candidates = candidate_km = None
+    name_of, true_name = name_of.to(device), true_name.to(device)
+    whole = torch.arange(len(gallery_names), device=device)[None]
 
     # Filled chunk by chunk: nothing long-lived is allocated between the chunks' large buffers,
     # which keeps the allocator from fragmenting and the resident memory from creeping up.
@@ -317,114 +243,100 @@ def _rank(
     true_rank = torch.zeros(len(query_names), dtype=torch.long)
     for start in range(0, len(query_names), chunk_size):
         stop = min(start + chunk_size, len(query_names))
-        true_column = true_entry[start:stop]
-        columns = None if candidates is None else candidates[at_place[start:stop]]  # [chunk, nearest] entries
-        scores = score_chunks(start, stop, columns)  # [chunk, candidates]
-        if columns is None:
-            offset = copy_offset[None, :]
+        if candidates is None:
+            columns, entry, distance_km = None, whole, None
         else:
-            offset = copy_offset[columns]
-            found = columns == true_column[:, None]
-            true_column = torch.where(found.any(1), found.to(torch.uint8).argmax(1), -1)
-        scores = _merge_copies(scores, offset)
-        chunk_indices, chunk_scores, chunk_rank = _rank_chunk(scores, true_column, k)
+            columns = entry = candidates[start:stop].to(device)
+            distance_km = candidate_km[start:stop].to(device)
+        scores = score_chunks(start, stop, columns)  # [chunk, candidates]
+        names = name_of.index_select(0, entry.reshape(-1)).view(entry.shape)
+        if copies:
+            scores = _best_copy_only(scores, names, entry, len(gallery_names))
+        chunk_entries, chunk_scores, chunk_rank = _rank_chunk(
+            scores, names, entry, distance_km, true_name[start:stop], k, copies
+        )
         del scores  # before the next chunk's scores are allocated
-        if columns is not None:
-            chunk_indices = columns.gather(1, chunk_indices.clamp(min=0)).masked_fill(chunk_indices < 0, -1)
         if start == 0:
             top_scores = top_scores.to(chunk_scores.dtype)
-        indices[start:stop], top_scores[start:stop], true_rank[start:stop] = chunk_indices, chunk_scores, chunk_rank
+        indices[start:stop], top_scores[start:stop], true_rank[start:stop] = chunk_entries, chunk_scores, chunk_rank
 
     top1 = indices[:, 0]
-    top1_error_km = haversine_km(
-        query_lat.cpu(), query_lon.cpu(), gallery_lat.cpu()[top1.clamp(min=0)], gallery_lon.cpu()[top1.clamp(min=0)]
-    )
+    place = gallery_places[top1.clamp(min=0)]
+    top1_error_km = haversine_km(query_places[:, 0], query_places[:, 1], place[:, 0], place[:, 1])
     top1_error_km[true_rank == 1] = 0.0
     top1_error_km[top1 < 0] = math.nan
     return Ranking(indices, top_scores, true_rank, top1_error_km, nearest)
 
 
-def _candidates(
-    query_lat: torch.Tensor,
-    query_lon: torch.Tensor,
-    gallery_lat: torch.Tensor,
-    gallery_lon: torch.Tensor,
-    first_copy: torch.Tensor,
-    nearest: int,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``nearest`` entries of each query place, the place of each query, and each entry's offset from its name's first copy.
+def _best_copy_only(scores: torch.Tensor, names: torch.Tensor, entry: torch.Tensor, gallery: int) -> torch.Tensor:
+    """Keep each name's best-scoring candidate copy (the earliest among equals); the others get ``-inf``.
 
-    Returns ``[query places, nearest]`` entries, ``[queries]`` place indices and ``[gallery]`` offsets.
-
-    Candidates depend only on the query's place, so they are found once per distinct place.
-    Copies of a name share its place, and a place's entries are candidates in gallery order
-    and as a prefix, so a candidate's first copy sits ``offset`` columns before it in the row.
+    ``names`` and ``entry`` (``[chunk or 1, candidates]``) are the name (first copy) and the entry
+    of each column. Copies of a name share its place, so the earliest entry is the earliest candidate.
     """
-    places = _places(gallery_lat, gallery_lon)
-    query_place, at_place = torch.unique(torch.stack([query_lat, query_lon], dim=1), dim=0, return_inverse=True)
-    lat, lon = query_place[:, 0], query_place[:, 1]
-    xyz = _unit_vectors(lat, lon)
-    rows = max(1, chunk_size // 4)  # the shortlist's buffers are a few times a score row's
-    nearest_entries = torch.cat([
-        _nearest_entries(lat[part], lon[part], xyz[part], places, nearest)
-        for part in torch.arange(lat.shape[0], device=lat.device).split(rows)
-    ])
-    # Position of each entry within its place's entries.
-    position = torch.empty_like(places.entries)
-    position[places.entries] = torch.arange(places.entries.shape[0], device=lat.device) - places.start.repeat_interleave(places.count)
-    return nearest_entries, at_place, position - position[first_copy]
+    rows = scores.shape[0]
+    names, entry = names.expand(rows, -1), entry.expand(rows, -1)
+    best = scores.new_full((rows, gallery), -math.inf).scatter_reduce(1, names, scores, "amax")
+    at_best = scores == best.gather(1, names)
+    candidate = entry.masked_fill(~at_best, gallery)
+    earliest = entry.new_full((rows, gallery), gallery).scatter_reduce(1, names, candidate, "amin")
+    return scores.masked_fill(earliest.gather(1, names) != entry, -math.inf)
 
 
-def _merge_copies(scores: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """Give a name's first candidate copy the best score of its copies; the others get ``-inf``.
+def _rank_chunk(
+    scores: torch.Tensor,
+    names: torch.Tensor,
+    entry: torch.Tensor,
+    distance_km: torch.Tensor | None,
+    true_name: torch.Tensor,
+    k: int,
+    copies: bool,
+) -> tuple[torch.Tensor, ...]:
+    """Top-k names and the true name's rank, for one chunk of ``scores  # [chunk, candidates]``.
 
-    ``offset  # [chunk or 1, candidates]`` is how many columns before each column its name's
-    first copy sits (0 for a first copy).
+    ``names``, ``entry`` and ``distance_km`` (``[chunk or 1, candidates]``; no distances for the
+    whole gallery) describe the columns; extra copies of a name already score ``-inf``, and
+    ``copies`` says whether the gallery has any.
+    Returns the top-k names as gallery indices of their first copies, their scores, and the
+    true name's rank.
     """
-    is_copy = offset != 0
-    columns = is_copy.any(0).nonzero().squeeze(1)  # columns holding a copy in some row
-    if not columns.numel():
-        return scores
-    targets = (columns - offset[:, columns]).expand(scores.shape[0], -1)
-    scores = scores.scatter_reduce(1, targets, scores[:, columns], "amax")
-    return scores.masked_fill(is_copy, -math.inf)
-
-
-def _rank_chunk(scores: torch.Tensor, true_column: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """Top-k names and the true name's rank, for one chunk of ``scores  # [chunk, gallery]``.
-
-    Non-candidates and extra copies of a name are already ``-inf``; a column is a name.
-    """
-    present = true_column >= 0
-    true_score = scores.gather(1, true_column.clamp(min=0)[:, None]).squeeze(1)
-    true_score = true_score.masked_fill(~present, -math.inf)
-    # One more than k, so that k other names remain once the true one is taken out.
-    top_scores, top = scores.topk(min(k + 1, scores.shape[1]), dim=1)
+    rows = scores.shape[0]
+    if distance_km is None and not copies:  # the whole gallery, one column per name
+        true_score = scores.gather(1, true_name.clamp(min=0)[:, None]).squeeze(1).masked_fill(true_name < 0, -math.inf)
+    else:
+        true_score = torch.where(names == true_name[:, None], scores, -math.inf).amax(1)
+    top_scores, top = scores.topk(min(k + 2, scores.shape[1]), dim=1)
     if top_scores[:, 0].isnan().any() or true_score.isnan().any():
         raise ValueError("similarity scores contain NaN")
+    ranked = true_score > -math.inf
+    true_rank = torch.where(ranked, (scores >= true_score[:, None]).sum(1), NOT_RANKED)
 
-    rows = max(1, _COUNT_BLOCK_ELEMENTS // scores.shape[1])
-    at_least_true = torch.cat(
-        [(block >= bound[:, None]).sum(1) for block, bound in zip(scores.split(rows), true_score.split(rows))]
-    )
-    ranked = present & (true_score > -math.inf)
-    true_rank = torch.where(ranked, at_least_true, NOT_RANKED)
+    # Every column scoring at least the (k+1)-th best, in the protocol's order: score, then
+    # distance, then gallery order. The top k+1 are all of them unless the (k+2)-th ties.
+    if top.shape[1] == k + 2 and (top_scores[:, -1] == top_scores[:, -2]).any():
+        top_scores, top = scores.topk(int((scores >= top_scores[:, -2:-1]).sum(1).max()), dim=1)
+    top_entries = entry.expand(rows, -1).gather(1, top)
+    order = top_entries.argsort(dim=1, stable=True)
+    if distance_km is not None:
+        order = order.gather(1, distance_km.gather(1, top.gather(1, order)).argsort(dim=1, stable=True))
+    order = order.gather(1, top_scores.gather(1, order).argsort(dim=1, descending=True, stable=True))
+    top, top_scores = top.gather(1, order), top_scores.gather(1, order)
 
-    # The other names in score order, then the true name put back at its rank.
-    is_true = top == true_column[:, None]
-    others_first = is_true.to(torch.uint8).argsort(dim=1, stable=True)
-    top_scores = top_scores.masked_fill(is_true, -math.inf)
-    top, top_scores = top.gather(1, others_first), top_scores.gather(1, others_first)
-    if top.shape[1] < k + 1:
-        pad = k + 1 - top.shape[1]
-        top = torch.cat([top, top.new_full((top.shape[0], pad), -1)], dim=1)
-        top_scores = torch.cat([top_scores, top_scores.new_full((top.shape[0], pad), -math.inf)], dim=1)
-    slot = torch.arange(k, device=scores.device).expand(scores.shape[0], k)
+    # The other names in that order, then the true name put back at its rank.
+    top_names = names.expand(rows, -1).gather(1, top)
+    top_is_true = top_names == true_name[:, None]
+    others_first = top_is_true.to(torch.uint8).argsort(dim=1, stable=True)
+    top_names = top_names.gather(1, others_first)
+    top_scores = top_scores.masked_fill(top_is_true, -math.inf).gather(1, others_first)
+    if top_names.shape[1] < k + 1:
+        pad = k + 1 - top_names.shape[1]
+        top_names = torch.cat([top_names, top_names.new_full((rows, pad), -1)], dim=1)
+        top_scores = torch.cat([top_scores, top_scores.new_full((rows, pad), -math.inf)], dim=1)
+    top_names, top_scores = top_names[:, : k + 1], top_scores[:, : k + 1]
+    slot = torch.arange(k, device=scores.device).expand(rows, k)
     position = torch.where(ranked, true_rank - 1, k)[:, None]  # k: not in the list
     source = slot - (slot > position).long()
-    top = top.gather(1, source).masked_scatter(slot == position, true_column[ranked & (true_rank <= k)])
-    top_scores = top_scores.gather(1, source).masked_scatter(slot == position, true_score[ranked & (true_rank <= k)])
-    top = top.masked_fill(top_scores == -math.inf, -1)
-    return top, top_scores, true_rank
-
+    at_true = slot == position
+    top_names = top_names.gather(1, source).masked_scatter(at_true, true_name[ranked & (true_rank <= k)])
+    top_scores = top_scores.gather(1, source).masked_scatter(at_true, true_score[ranked & (true_rank <= k)])
+    return top_names.masked_fill(top_scores == -math.inf, -1).cpu(), top_scores.cpu(), true_rank.cpu()

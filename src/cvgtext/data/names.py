@@ -8,10 +8,14 @@ written from a single-view photo.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+
+import torch
 
 from cvgtext.errors import DataError
 
 _COORDINATES = re.compile(r"^([-+]?[0-9]*\.?[0-9]+),([-+]?[0-9]*\.?[0-9]+)")
+_COORDINATE_LINES = re.compile(_COORDINATES.pattern, re.MULTILINE)
 
 
 def parse_coordinates(name: str) -> tuple[float, float]:
@@ -30,7 +34,7 @@ def parse_coordinates(name: str) -> tuple[float, float]:
 
 def is_panorama(name: str) -> bool:
     """True when the name is a panorama text's (more than two ``_``-separated parts)."""
-    return len(name.split("_")) > 2
+    return name.count("_") > 1
 
 
 def check_plain_name(name: str) -> None:
@@ -40,3 +44,25 @@ def check_plain_name(name: str) -> None:
             f"file name {name!r} is not a plain file name: names may not contain path "
             "separators or '..', so that every image stays inside its folder"
         )
+
+
+def parse_places(names: Sequence[str]) -> torch.Tensor:
+    """``[len(names), 2]`` float64 ``(lat, lon)`` of file names, as :func:`parse_coordinates` reads each.
+
+    Each distinct name is read once, all in one pass of the pattern over the joined names.
+    """
+    distinct = list(dict.fromkeys(names))
+    text = "\n".join(distinct)
+    matches = _COORDINATE_LINES.findall(text) if text.count("\n") == len(distinct) - 1 else []
+    if len(matches) != len(distinct):  # a name without coordinates, or one holding a line break
+        values = [value for name in distinct for value in parse_coordinates(name)]
+    else:
+        values = [float(value) for match in matches for value in match]
+    places = torch.tensor(values, dtype=torch.float64).reshape(len(distinct), 2)
+    out_of_range = (places[:, 0].abs() > 90) | (places[:, 1].abs() > 180)
+    if out_of_range.any():
+        parse_coordinates(distinct[int(out_of_range.nonzero()[0])])  # raises the DataError naming the file
+    if len(distinct) == len(names):
+        return places
+    position = {name: i for i, name in enumerate(distinct)}
+    return places[torch.tensor([position[name] for name in names], dtype=torch.long)]
