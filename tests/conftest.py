@@ -1,12 +1,15 @@
-"""Shared fixtures: a tiny city written in the CVG-Text release layout, and composed configs."""
+"""Shared fixtures and helpers: a tiny city written in the CVG-Text release layout, composed
+configs, the real CLI in a subprocess, tiny checkpoints and the query tool run in-process."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -118,3 +121,131 @@ def compose_config(config_name: str, overrides: list[str], tmp_path: Path):
             config_name,
             overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides],
         )
+
+
+# The real CLI in a subprocess: for what only a process boundary shows (exit codes, stderr,
+# Hydra's run folders, DDP launches, kills). Such tests are marked slow.
+
+def run_cli(
+    script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, preexec_fn: Callable | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``script`` (``train.py``, ``eval.py``, ``locate.py``) with Hydra ``overrides``, offline."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
+    )
+
+
+def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A short ``train.py`` run on the tiny city in ``data_dir``, written to ``run_dir``."""
+    return [
+        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
+        f"hydra.run.dir={run_dir}", "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3",
+        "data.batch_size=8", *extra,
+    ]
+
+
+def eval_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """An ``eval.py`` run on the tiny city in ``data_dir``, written to ``run_dir``."""
+    return [
+        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
+        f"hydra.run.dir={run_dir}", "trainer=cpu", "data.val_fraction=0.3", "data.num_workers=0", *extra,
+    ]
+
+
+DDP = ("strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+
+
+def ddp_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
+    """A short ``train.py`` run on two CPU processes (gloo)."""
+    # No hydra.run.dir: the dated default must be the one folder both ranks write to.
+    return [
+        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}",
+        "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3", "data.batch_size=8", *DDP, *extra,
+    ]
+
+
+# Paths of the tiny city.
+
+def annotation_path(root: Path, version: str = CITY, split: str = "train") -> Path:
+    return root / "annotation" / version / f"{split}.json"
+
+
+def image_path(root: Path, name: str, version: str = CITY) -> Path:
+    """The satellite tile ``name`` of ``version``."""
+    return root / "reference" / f"{version}-satellite" / name
+
+
+def training_names(root: Path, val_fraction: float = 0.3) -> list[str]:
+    """The panorama names of the training split (not held out for validation), in file order."""
+    from cvgtext.data.annotations import in_validation
+
+    names = json.loads(annotation_path(root).read_text())
+    return [name for name in names if not in_validation(name, val_fraction)]
+
+
+def tiny_datamodule(release_dir: Path, versions=("{city}", "{city}-photos"), val_fraction: float = 0.3, **kwargs):
+    """The data module of the tiny city with a stand-in preprocessing and tokenizer: an image
+    is its first pixel's red value, a caption its length."""
+    import torch
+
+    from cvgtext.data.datamodule import CVGTextDataModule
+
+    def to_tensor(image):
+        return torch.zeros(3, 8, 8) + image.getpixel((0, 0))[0] / 255
+
+    def tokenize(texts):
+        return torch.tensor([[len(text), 0, 0] for text in texts])
+
+    kwargs.setdefault("batch_size", 4)
+    return CVGTextDataModule(
+        data_dir=release_dir, city=CITY, versions=versions, val_fraction=val_fraction,
+        preprocess=to_tensor, tokenizer=tokenize, **kwargs,
+    )
+
+
+# The query tool (locate.py) and eval.py in-process, on checkpoints of a random tiny model.
+
+def tiny_checkpoint(path: Path, seed: int) -> Path:
+    """A checkpoint of this project's layout holding a randomly initialised tiny model."""
+    import torch
+
+    from cvgtext.model.encoder import build_encoder
+
+    torch.manual_seed(seed)
+    model = build_encoder("cvg-tiny").model
+    backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "context_resize": "interpolate",
+                "image_size": None}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"backbone": backbone}}, path)
+    return path
+
+
+def locate_overrides(data_dir: Path, *extra: str) -> list[str]:
+    """``locate.py`` (or ``eval.py``) on the tiny city in ``data_dir``, on the CPU."""
+    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", "trainer=cpu",
+            "data.val_fraction=0.3", "data.num_workers=0", *extra]
+
+
+def repaint_tiles(data_dir: Path) -> None:
+    """Give every satellite tile its own noise: the fixture's panorama and photo tiles share
+    colours, and identical tiles tie, which either ranking may order either way."""
+    import torch
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for path in sorted((data_dir / "reference").glob("*-satellite/*.jpg")):
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(path, format="PNG")
+
+
+def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = None):
+    """``locate(cfg)`` in this process, its cache and outputs under ``tmp_path``."""
+    import io
+
+    from cvgtext.locate import locate
+
+    cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(data_dir, *extra)], tmp_path)
+    return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)

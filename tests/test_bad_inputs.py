@@ -26,18 +26,10 @@ from typing import Callable
 import pytest
 
 from cvgtext.data.annotations import in_validation
-from conftest import CITY, panorama_name, photo_name, write_release
-from test_cli import eval_overrides, run_cli, tiny_overrides
+from conftest import (CITY, annotation_path, ddp_overrides, eval_overrides, image_path, panorama_name, photo_name,
+                      run_cli, tiny_overrides, training_names, write_release)
 
 PHOTOS = f"{CITY}-photos"
-
-
-def annotation_path(root: Path, version: str = CITY, split: str = "train") -> Path:
-    return root / "annotation" / version / f"{split}.json"
-
-
-def image_path(root: Path, name: str, version: str = CITY) -> Path:
-    return root / "reference" / f"{version}-satellite" / name
 
 
 def edit_annotation(root: Path, change: Callable[[dict], None], version: str = CITY, split: str = "train") -> Path:
@@ -46,12 +38,6 @@ def edit_annotation(root: Path, change: Callable[[dict], None], version: str = C
     change(content)
     path.write_text(json.dumps(content))
     return path
-
-
-def training_names(root: Path, val_fraction: float = 0.3) -> list[str]:
-    """The panorama names of the training split (not held out for validation), in file order."""
-    names = json.loads(annotation_path(root).read_text())
-    return [name for name in names if not in_validation(name, val_fraction)]
 
 
 def training_pairs(root: Path, val_fraction: float = 0.3) -> int:
@@ -327,8 +313,6 @@ def test_skipped_training_images_are_warned_once_and_counted(release_dir, tmp_pa
 
 @pytest.mark.slow
 def test_under_ddp_the_skipped_images_of_both_ranks_are_counted(release_dir, tmp_path):
-    from test_distributed import ddp_overrides
-
     for name in training_names(release_dir)[:4]:
         image_path(release_dir, name).write_bytes(b"")
     log_dir = tmp_path / "outputs"

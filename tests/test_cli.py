@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from conftest import CITY, ROOT
-
-
-def run_cli(
-    script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, preexec_fn: Callable | None = None
-) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
-    environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *overrides],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
-    )
-
-
-def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-        f"hydra.run.dir={run_dir}", "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3",
-        "data.batch_size=8", *extra,
-    ]
+from conftest import CITY, eval_overrides, run_cli, tiny_overrides
 
 
 def logged_metrics(run_dir: Path) -> dict[str, float]:
@@ -82,13 +59,6 @@ def test_train_cli_fits_validates_tests_and_checkpoints(release_dir, tmp_path):
 
     with Image.open(eval_dir / "examples.png") as picture:
         assert picture.width > 600
-
-
-def eval_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-        f"hydra.run.dir={run_dir}", "trainer=cpu", "data.val_fraction=0.3", "data.num_workers=0", *extra,
-    ]
 
 
 @pytest.mark.slow

@@ -10,8 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import compose_config
-from test_locate import overrides, run_locate, tiny_checkpoint
+from conftest import compose_config, locate_overrides, run_locate, tiny_checkpoint
 
 from cvgtext.fingerprint import changed_parts, digest, files_signature, stable_repr
 
@@ -44,8 +43,8 @@ def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(r
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     first = tiny_checkpoint(tmp_path / "first.ckpt", seed=1)
-    cfg = compose_config("locate", overrides(release_dir, f"ckpt_path={first}", f"paths.cache_dir={tmp_path}/cache"),
-                         tmp_path)
+    settings = locate_overrides(release_dir, f"ckpt_path={first}", f"paths.cache_dir={tmp_path}/cache")
+    cfg = compose_config("locate", settings, tmp_path)
     module, backbone = build_module(cfg)
 
     def index():
@@ -104,7 +103,7 @@ def test_eval_stores_the_index_reuses_it_and_shares_it_with_locate(release_dir, 
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=3)
-    settings = overrides(release_dir, f"ckpt_path={checkpoint}", "split=test", "protocol=full",
+    settings = locate_overrides(release_dir, f"ckpt_path={checkpoint}", "split=test", "protocol=full",
                          f"paths.cache_dir={tmp_path}/cache")
     first = evaluate(compose_config("eval", settings, tmp_path / "first"))
     assert "none stored" in gallery_messages(caplog)[0]

@@ -20,8 +20,7 @@ from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
 from cvgtext.errors import CheckpointError, ConfigError
 from cvgtext.resume import continue_run, find_resume
 
-from conftest import ROOT, compose_config, write_release
-from test_cli import run_cli, tiny_overrides
+from conftest import ROOT, compose_config, run_cli, tiny_overrides, write_release
 
 
 def city(n: int, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CITY
-from test_cli import run_cli
+from conftest import CITY, run_cli
 
 
 def sweep_overrides(data_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
