@@ -167,6 +167,18 @@ def ddp_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def logged_metrics(run_dir: Path) -> dict[str, float]:
+    """The last value of every metric of a run's CSV log."""
+    import csv
+
+    (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
+    values: dict[str, float] = {}
+    with open(metrics_file) as handle:
+        for row in csv.DictReader(handle):
+            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
+    return values
+
+
 # Paths of the tiny city.
 
 def annotation_path(root: Path, version: str = CITY, split: str = "train") -> Path:
@@ -249,3 +261,14 @@ def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = 
 
     cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(data_dir, *extra)], tmp_path)
     return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
+
+
+class WritesMarker:
+    """A pickle payload that creates the file ``marker`` when it is unpickled: a checkpoint
+    holding one is refused by a safe reader, and its code never runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
