@@ -2,6 +2,7 @@
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
@@ -13,13 +14,27 @@ def options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
 
 
+def targets(node) -> list[str]:
+    """Every ``_target_`` of a config, nested ones included."""
+    if isinstance(node, dict):
+        return ([node["_target_"]] if "_target_" in node else []) + [t for v in node.values() for t in targets(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in targets(v)]
+    return []
+
+
 @pytest.mark.parametrize("group", GROUPS)
-def test_every_option_of_every_group_composes_and_resolves(tmp_path, group):
+def test_every_option_of_every_group_composes_resolves_and_names_real_objects(tmp_path, group):
     assert options(group), f"conf/{group}/ has no options"
+    composed = {}
     for option in options(group):
-        cfg = compose_config("train", [f"{group}={option}"], tmp_path)
-        OmegaConf.resolve(cfg)
-        assert cfg.data.city == cfg.city.name
+        cfg = OmegaConf.to_container(compose_config("train", [f"{group}={option}"], tmp_path), resolve=True)
+        for target in targets(cfg):
+            assert callable(get_object(target)), f"{group}={option}: _target_ {target} is not callable"
+        composed[option] = OmegaConf.to_yaml(cfg)
+    # An option that changes nothing is an empty file, or one whose package puts its keys elsewhere.
+    same = [(a, b) for a in composed for b in composed if a < b and composed[a] == composed[b]]
+    assert not same, f"conf/{group}: these options compose the same config: {same}"
 
 
 def test_real_city_names_and_a_custom_city_name(tmp_path):
