@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import CITY, eval_overrides, run_cli, tiny_overrides
-
-
-def logged_metrics(run_dir: Path) -> dict[str, float]:
-    (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
-    values: dict[str, float] = {}
-    with open(metrics_file) as handle:
-        for row in csv.DictReader(handle):
-            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
-    return values
+from conftest import CITY, eval_overrides, logged_metrics, run_cli, tiny_overrides
 
 
 @pytest.mark.slow
