@@ -272,3 +272,51 @@ class WritesMarker:
 
     def __reduce__(self):
         return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+# A split small enough to rank by hand: tiles A, B (30 m north of A) and C (1 km north of B),
+# four captions, their embeddings chosen so that each query's ranking is known.
+SMALL_COLOURS = {"A": (200, 30, 30), "B": (30, 200, 30), "C": (30, 30, 200)}
+SMALL_LAT = {tile: round(-27.47 + km / 111.19493, 8) for tile, km in (("A", 0), ("B", 0.03), ("C", 1.03))}
+SMALL_LON = 153.02
+SMALL_TILES = ("A", "B", "C", "A")  # the tile of each dataset position
+
+
+@pytest.fixture
+def small_split(tmp_path):
+    """``(embedded, dataset)``: dataset positions 0 A, 1 B, 2 C (a photo), 3 A again (a second
+    caption of A); the embedded rows come in the order 2, 0, 3, 1.
+
+    Text -> ranking over the whole gallery (scores up to a common factor): C's caption -> C 1.0,
+    B 0.2, A 0.1 (correct); A's first -> A 1.0, B 0.3, C 0.2 (correct); A's second -> B 1.0, A 0.2,
+    C 0.1 (true rank 2, 30 m off); B's -> C 1.0, B 0.5, A 0.1 (true rank 2, 1 km off). Among each place's 2 nearest tiles, B's
+    caption has only B and A to choose from and is right.
+    """
+    import torch
+    from PIL import Image
+
+    from cvgtext.data.annotations import Pair
+    from cvgtext.data.dataset import PairDataset
+    from cvgtext.evaluation import EmbeddedSplit
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    pairs = []
+    for tile, caption in zip(SMALL_TILES, ("a red roof", "a green lawn", "a blue pool", "red tiles")):
+        lat = SMALL_LAT[tile]
+        name = (f"{lat:.8f},{SMALL_LON}_photo{tile}.jpg" if tile == "C"
+                else f"{lat:.8f},{SMALL_LON}_2022-08_pano{tile}_d62_z3.jpg")
+        path = folder / name
+        if not path.exists():
+            Image.new("RGB", (32, 32), SMALL_COLOURS[tile]).save(path, format="PNG")
+        pairs.append(Pair(name, caption, path, lat, SMALL_LON, tile != "C"))
+    dataset = PairDataset(pairs, preprocess=None, tokenizer=None, split="test", images=False)
+
+    unit = torch.eye(3)  # the tiles A, B, C
+    tiles = {"A": unit[0], "B": unit[1], "C": unit[2]}
+    texts = {0: torch.tensor([1.0, 0.3, 0.2]), 1: torch.tensor([0.1, 0.5, 1.0]), 2: torch.tensor([0.1, 0.2, 1.0]),
+             3: torch.tensor([0.2, 1.0, 0.1])}
+    order = [2, 0, 3, 1]
+    image = torch.stack([tiles[SMALL_TILES[i]] for i in order])
+    text = torch.nn.functional.normalize(torch.stack([texts[i] for i in order]), dim=1)
+    return EmbeddedSplit(image=image, text=text, index=torch.tensor(order)), dataset
