@@ -29,6 +29,9 @@ from cvgtext.data.annotations import in_validation
 from conftest import (CITY, annotation_path, ddp_overrides, eval_overrides, image_path, panorama_name, photo_name,
                       run_cli, tiny_overrides, training_names, write_release)
 
+# Every check here starts the real CLI in a subprocess: make test runs them, make test-fast does not.
+pytestmark = pytest.mark.slow
+
 PHOTOS = f"{CITY}-photos"
 
 
@@ -253,7 +256,6 @@ def test_a_full_disk_leaves_the_previous_report_whole(release_dir, tmp_path):
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == previous
 
 
-@pytest.mark.slow
 def test_a_full_disk_while_a_checkpoint_is_written_stops_training_and_keeps_the_previous_one(release_dir, tmp_path):
     run_dir = tmp_path / "run"
     first = run_cli("train.py", *tiny_overrides(release_dir, run_dir, "test=false"))
@@ -311,7 +313,6 @@ def test_skipped_training_images_are_warned_once_and_counted(release_dir, tmp_pa
     assert counts == {"2.0"}
 
 
-@pytest.mark.slow
 def test_under_ddp_the_skipped_images_of_both_ranks_are_counted(release_dir, tmp_path):
     for name in training_names(release_dir)[:4]:
         image_path(release_dir, name).write_bytes(b"")

@@ -60,6 +60,7 @@ def test_eval_zero_shot_on_the_whole_gallery(release_dir, tmp_path):
     assert metrics["all"] == metrics["full_city"]["all"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "write, problem",
     [(None, "does not exist"), (b"not a checkpoint", "not a readable PyTorch checkpoint")],
@@ -74,6 +75,7 @@ def test_eval_refuses_bad_checkpoints_with_one_message(release_dir, tmp_path, wr
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_checkpoint_of_another_backbone(release_dir, tmp_path):
     path = tmp_path / "vit.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"backbone": {"name": "vit_b16", "model_name": "ViT-B-16"}}}, path)

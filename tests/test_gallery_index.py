@@ -37,6 +37,7 @@ def gallery_messages(caplog) -> list[str]:
     return messages
 
 
+@pytest.mark.slow
 def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(release_dir, tmp_path, caplog):
     from cvgtext.eval import build_module
     from cvgtext.locate import build_gallery_index
@@ -85,6 +86,7 @@ def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(r
     assert not build_gallery_index(cfg, module, backbone, "test")[0].reused  # another split, another index
 
 
+@pytest.mark.slow
 def test_a_damaged_index_is_rebuilt(release_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="cvgtext")
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
@@ -98,6 +100,7 @@ def test_a_damaged_index_is_rebuilt(release_dir, tmp_path, caplog):
     assert torch.load(stored, weights_only=True)["names"]
 
 
+@pytest.mark.slow
 def test_eval_stores_the_index_reuses_it_and_shares_it_with_locate(release_dir, tmp_path, caplog):
     from cvgtext.eval import evaluate
 

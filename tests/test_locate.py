@@ -13,6 +13,7 @@ from conftest import CITY, compose_config, locate_overrides, repaint_tiles, run_
 from cvgtext.errors import ConfigError, DataError
 
 
+@pytest.mark.slow
 def test_locate_writes_the_table_and_three_files(release_dir, tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
     locations = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "top_k=3", "queries=-",
@@ -60,6 +61,7 @@ def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir,
     assert len(test_names) == 6 + 3 and set(test_names) < set(names)
 
 
+@pytest.mark.slow
 def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path):
     """locate split=test and eval.py protocol=full split=test give each test caption the same top 5."""
     from cvgtext.eval import evaluate
@@ -121,6 +123,7 @@ def test_bad_options_are_named(split, top_k, index, message):
         check_options(split, top_k, index)
 
 
+@pytest.mark.slow
 def test_the_cli_reports_a_missing_query_in_one_line(release_dir, tmp_path):
     result = run_cli("locate.py", *locate_overrides(release_dir), f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 1
