@@ -36,30 +36,16 @@ def test_every_group_is_in_a_config():
     assert {"protocol", "explain", "data", "model", "paths"} <= set(groups_of("eval")) & set(groups_of("locate"))
 
 
-@pytest.mark.parametrize("group", groups_of("train"))
-def test_every_option_of_every_group_composes_resolves_and_names_real_objects(tmp_path, group):
-    assert options(group), f"conf/{group}/ has no options"
-    composed = {}
-    for option in options(group):
-        cfg = OmegaConf.to_container(compose_config("train", [f"{group}={option}"], tmp_path), resolve=True)
-        for target in targets(cfg):
-            assert callable(get_object(target)), f"{group}={option}: _target_ {target} is not callable"
-        composed[option] = OmegaConf.to_yaml(cfg)
-    # An option that changes nothing is an empty file, or one whose package puts its keys elsewhere
-    # (hparams_search changes only Hydra's own settings, which compose leaves out).
-    same = [(a, b) for a in composed for b in composed if a < b and composed[a] == composed[b]]
-    assert not same, f"conf/{group}: these options compose the same config: {same}"
-
-
 # Options that do not compose in a config, with the reason; each is checked to fail still.
 BROKEN = {("locate", "logger", "wandb"): "locate.yaml has no run_name or tags for the W&B logger to name its run"}
 
 
-@pytest.mark.parametrize("config", ["eval", "locate"])
-def test_every_option_composes_and_resolves_in_eval_and_locate(tmp_path, config):
-    """Every option of every group of the config, several groups' options at once (one
-    composition per option of the largest group, to keep this quick)."""
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_option_composes_resolves_and_names_real_objects(tmp_path, config):
+    """Every option of every group of the config, several groups' options at once: one
+    composition per option of the largest group (a composition takes about half a second)."""
     groups = {group: [o for o in options(group) if (config, group, o) not in BROKEN] for group in groups_of(config)}
+    assert all(groups.values()), f"a group of {config} has no options: {groups}"
     for round in range(max(map(len, groups.values()))):
         overrides = [f"{group}={choices[round % len(choices)]}" for group, choices in groups.items()]
         try:
@@ -68,6 +54,17 @@ def test_every_option_composes_and_resolves_in_eval_and_locate(tmp_path, config)
             raise AssertionError(f"{config} {' '.join(overrides)}: {error}") from error
         for target in targets(cfg):
             assert callable(get_object(target)), f"{config} {' '.join(overrides)}: {target} is not callable"
+
+
+@pytest.mark.slow  # about 40 compositions
+@pytest.mark.parametrize("group", groups_of("train"))
+def test_every_option_of_a_group_changes_the_config(tmp_path, group):
+    composed = {option: OmegaConf.to_yaml(compose_config("train", [f"{group}={option}"], tmp_path))
+                for option in options(group)}
+    # An option that changes nothing is an empty file, or one whose package puts its keys elsewhere
+    # (hparams_search changes only Hydra's own settings, which compose leaves out).
+    same = [(a, b) for a in composed for b in composed if a < b and composed[a] == composed[b]]
+    assert not same, f"conf/{group}: these options compose the same config: {same}"
 
 
 @pytest.mark.parametrize("config, group, option", list(BROKEN))
