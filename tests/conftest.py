@@ -1,12 +1,15 @@
-"""Shared fixtures: a tiny city written in the CVG-Text release layout, and composed configs."""
+"""Shared fixtures and helpers: a tiny city written in the CVG-Text release layout, composed
+configs, the real CLI in a subprocess, tiny checkpoints and the query tool run in-process."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -118,3 +121,202 @@ def compose_config(config_name: str, overrides: list[str], tmp_path: Path):
             config_name,
             overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/run", *overrides],
         )
+
+
+# The real CLI in a subprocess: for what only a process boundary shows (exit codes, stderr,
+# Hydra's run folders, DDP launches, kills). Such tests are marked slow.
+
+def run_cli(
+    script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, preexec_fn: Callable | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``script`` (``train.py``, ``eval.py``, ``locate.py``) with Hydra ``overrides``, offline."""
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
+    environment.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
+    )
+
+
+def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """A short ``train.py`` run on the tiny city in ``data_dir``, written to ``run_dir``."""
+    return [
+        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
+        f"hydra.run.dir={run_dir}", "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3",
+        "data.batch_size=8", *extra,
+    ]
+
+
+def eval_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    """An ``eval.py`` run on the tiny city in ``data_dir``, written to ``run_dir``."""
+    return [
+        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
+        f"hydra.run.dir={run_dir}", "trainer=cpu", "data.val_fraction=0.3", "data.num_workers=0", *extra,
+    ]
+
+
+DDP = ("strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+
+
+def ddp_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
+    """A short ``train.py`` run on two CPU processes (gloo)."""
+    # No hydra.run.dir: the dated default must be the one folder both ranks write to.
+    return [
+        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}",
+        "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3", "data.batch_size=8", *DDP, *extra,
+    ]
+
+
+def logged_metrics(run_dir: Path) -> dict[str, float]:
+    """The last value of every metric of a run's CSV log."""
+    import csv
+
+    (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
+    values: dict[str, float] = {}
+    with open(metrics_file) as handle:
+        for row in csv.DictReader(handle):
+            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
+    return values
+
+
+# Paths of the tiny city.
+
+def annotation_path(root: Path, version: str = CITY, split: str = "train") -> Path:
+    return root / "annotation" / version / f"{split}.json"
+
+
+def image_path(root: Path, name: str, version: str = CITY) -> Path:
+    """The satellite tile ``name`` of ``version``."""
+    return root / "reference" / f"{version}-satellite" / name
+
+
+def training_names(root: Path, val_fraction: float = 0.3) -> list[str]:
+    """The panorama names of the training split (not held out for validation), in file order."""
+    from cvgtext.data.annotations import in_validation
+
+    names = json.loads(annotation_path(root).read_text())
+    return [name for name in names if not in_validation(name, val_fraction)]
+
+
+def tiny_datamodule(release_dir: Path, versions=("{city}", "{city}-photos"), val_fraction: float = 0.3, **kwargs):
+    """The data module of the tiny city with a stand-in preprocessing and tokenizer: an image
+    is its first pixel's red value, a caption its length."""
+    import torch
+
+    from cvgtext.data.datamodule import CVGTextDataModule
+
+    def to_tensor(image):
+        return torch.zeros(3, 8, 8) + image.getpixel((0, 0))[0] / 255
+
+    def tokenize(texts):
+        return torch.tensor([[len(text), 0, 0] for text in texts])
+
+    kwargs.setdefault("batch_size", 4)
+    return CVGTextDataModule(
+        data_dir=release_dir, city=CITY, versions=versions, val_fraction=val_fraction,
+        preprocess=to_tensor, tokenizer=tokenize, **kwargs,
+    )
+
+
+# The query tool (locate.py) and eval.py in-process, on checkpoints of a random tiny model.
+
+def tiny_checkpoint(path: Path, seed: int) -> Path:
+    """A checkpoint of this project's layout holding a randomly initialised tiny model."""
+    import torch
+
+    from cvgtext.model.encoder import build_encoder
+
+    torch.manual_seed(seed)
+    model = build_encoder("cvg-tiny").model
+    backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "context_resize": "interpolate",
+                "image_size": None}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"backbone": backbone}}, path)
+    return path
+
+
+def locate_overrides(data_dir: Path, *extra: str) -> list[str]:
+    """``locate.py`` (or ``eval.py``) on the tiny city in ``data_dir``, on the CPU."""
+    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", "trainer=cpu",
+            "data.val_fraction=0.3", "data.num_workers=0", *extra]
+
+
+def repaint_tiles(data_dir: Path) -> None:
+    """Give every satellite tile its own noise: the fixture's panorama and photo tiles share
+    colours, and identical tiles tie, which either ranking may order either way."""
+    import torch
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for path in sorted((data_dir / "reference").glob("*-satellite/*.jpg")):
+        pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(path, format="PNG")
+
+
+def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = None):
+    """``locate(cfg)`` in this process, its cache and outputs under ``tmp_path``."""
+    import io
+
+    from cvgtext.locate import locate
+
+    cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(data_dir, *extra)], tmp_path)
+    return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
+
+
+class WritesMarker:
+    """A pickle payload that creates the file ``marker`` when it is unpickled: a checkpoint
+    holding one is refused by a safe reader, and its code never runs."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+# A split small enough to rank by hand: tiles A, B (30 m north of A) and C (1 km north of B),
+# four captions, their embeddings chosen so that each query's ranking is known.
+SMALL_COLOURS = {"A": (200, 30, 30), "B": (30, 200, 30), "C": (30, 30, 200)}
+SMALL_LAT = {tile: round(-27.47 + km / 111.19493, 8) for tile, km in (("A", 0), ("B", 0.03), ("C", 1.03))}
+SMALL_LON = 153.02
+SMALL_TILES = ("A", "B", "C", "A")  # the tile of each dataset position
+
+
+@pytest.fixture
+def small_split(tmp_path):
+    """``(embedded, dataset)``: dataset positions 0 A, 1 B, 2 C (a photo), 3 A again (a second
+    caption of A); the embedded rows come in the order 2, 0, 3, 1.
+
+    Text -> ranking over the whole gallery (scores up to a common factor): C's caption -> C 1.0,
+    B 0.2, A 0.1 (correct); A's first -> A 1.0, B 0.3, C 0.2 (correct); A's second -> B 1.0, A 0.2,
+    C 0.1 (true rank 2, 30 m off); B's -> C 1.0, B 0.5, A 0.1 (true rank 2, 1 km off). Among each place's 2 nearest tiles, B's
+    caption has only B and A to choose from and is right.
+    """
+    import torch
+    from PIL import Image
+
+    from cvgtext.data.annotations import Pair
+    from cvgtext.data.dataset import PairDataset
+    from cvgtext.evaluation import EmbeddedSplit
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    pairs = []
+    for tile, caption in zip(SMALL_TILES, ("a red roof", "a green lawn", "a blue pool", "red tiles")):
+        lat = SMALL_LAT[tile]
+        name = (f"{lat:.8f},{SMALL_LON}_photo{tile}.jpg" if tile == "C"
+                else f"{lat:.8f},{SMALL_LON}_2022-08_pano{tile}_d62_z3.jpg")
+        path = folder / name
+        if not path.exists():
+            Image.new("RGB", (32, 32), SMALL_COLOURS[tile]).save(path, format="PNG")
+        pairs.append(Pair(name, caption, path, lat, SMALL_LON, tile != "C"))
+    dataset = PairDataset(pairs, preprocess=None, tokenizer=None, split="test", images=False)
+
+    unit = torch.eye(3)  # the tiles A, B, C
+    tiles = {"A": unit[0], "B": unit[1], "C": unit[2]}
+    texts = {0: torch.tensor([1.0, 0.3, 0.2]), 1: torch.tensor([0.1, 0.5, 1.0]), 2: torch.tensor([0.1, 0.2, 1.0]),
+             3: torch.tensor([0.2, 1.0, 0.1])}
+    order = [2, 0, 3, 1]
+    image = torch.stack([tiles[SMALL_TILES[i]] for i in order])
+    text = torch.nn.functional.normalize(torch.stack([texts[i] for i in order]), dim=1)
+    return EmbeddedSplit(image=image, text=text, index=torch.tensor(order)), dataset

@@ -49,6 +49,7 @@ def test_a_failing_writer_keeps_the_previous_file(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["predictions.csv"]
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_write_keeps_the_previous_file_and_the_next_write_cleans_up(tmp_path):
     target = tmp_path / "metrics.json"
     target.write_text("old")
@@ -69,6 +70,7 @@ def test_a_kill_during_the_write_keeps_the_previous_file_and_the_next_write_clea
     assert [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_message_naming_the_file_and_keeps_the_previous_one(tmp_path):
     """A file size limit makes writes fail as a full disk does (Python ignores SIGXFSZ)."""
     target = tmp_path / "metrics.json"
@@ -109,6 +111,7 @@ def test_checkpoint_io_round_trip(tmp_path):
     assert loaded["global_step"] == 4 and torch.equal(loaded["state_dict"]["w"], torch.ones(3))
 
 
+@pytest.mark.slow
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_checkpoint_loadable(tmp_path):
     """The process dies after writing the new checkpoint's bytes, before they reach the old file's name."""
     path = tmp_path / "last.ckpt"

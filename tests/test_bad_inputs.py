@@ -26,18 +26,13 @@ from typing import Callable
 import pytest
 
 from cvgtext.data.annotations import in_validation
-from conftest import CITY, panorama_name, photo_name, write_release
-from test_cli import eval_overrides, run_cli, tiny_overrides
+from conftest import (CITY, annotation_path, ddp_overrides, eval_overrides, image_path, panorama_name, photo_name,
+                      run_cli, tiny_overrides, training_names, write_release)
+
+# Every check here starts the real CLI in a subprocess: make test runs them, make test-fast does not.
+pytestmark = pytest.mark.slow
 
 PHOTOS = f"{CITY}-photos"
-
-
-def annotation_path(root: Path, version: str = CITY, split: str = "train") -> Path:
-    return root / "annotation" / version / f"{split}.json"
-
-
-def image_path(root: Path, name: str, version: str = CITY) -> Path:
-    return root / "reference" / f"{version}-satellite" / name
 
 
 def edit_annotation(root: Path, change: Callable[[dict], None], version: str = CITY, split: str = "train") -> Path:
@@ -46,12 +41,6 @@ def edit_annotation(root: Path, change: Callable[[dict], None], version: str = C
     change(content)
     path.write_text(json.dumps(content))
     return path
-
-
-def training_names(root: Path, val_fraction: float = 0.3) -> list[str]:
-    """The panorama names of the training split (not held out for validation), in file order."""
-    names = json.loads(annotation_path(root).read_text())
-    return [name for name in names if not in_validation(name, val_fraction)]
 
 
 def training_pairs(root: Path, val_fraction: float = 0.3) -> int:
@@ -267,7 +256,6 @@ def test_a_full_disk_leaves_the_previous_report_whole(release_dir, tmp_path):
     assert {path.name: path.read_bytes() for path in run_dir.iterdir()} == previous
 
 
-@pytest.mark.slow
 def test_a_full_disk_while_a_checkpoint_is_written_stops_training_and_keeps_the_previous_one(release_dir, tmp_path):
     run_dir = tmp_path / "run"
     first = run_cli("train.py", *tiny_overrides(release_dir, run_dir, "test=false"))
@@ -325,10 +313,7 @@ def test_skipped_training_images_are_warned_once_and_counted(release_dir, tmp_pa
     assert counts == {"2.0"}
 
 
-@pytest.mark.slow
 def test_under_ddp_the_skipped_images_of_both_ranks_are_counted(release_dir, tmp_path):
-    from test_distributed import ddp_overrides
-
     for name in training_names(release_dir)[:4]:
         image_path(release_dir, name).write_bytes(b"")
     log_dir = tmp_path / "outputs"

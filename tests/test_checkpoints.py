@@ -1,4 +1,5 @@
 import logging
+import pickle
 
 import open_clip
 import pytest
@@ -9,6 +10,7 @@ from cvgtext.model.weights import load_weights
 from cvgtext.errors import CheckpointError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
+from conftest import WritesMarker, compose_config
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,62 @@ def test_unknown_model_name_and_missing_pretrained_file_are_config_errors(tmp_pa
         build_encoder("ViT-Z-99")
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         build_encoder("cvg-tiny", pretrained=str(tmp_path / "weights.pt"))
+
+
+def _read_by_eval(path, tmp_path):
+    from cvgtext.eval import build_module
+
+    return build_module(compose_config("eval", [f"ckpt_path={path}"], tmp_path))
+
+
+def _read_by_resume(path, tmp_path):
+    from cvgtext.resume import find_resume
+
+    return find_resume(compose_config("train", [f"ckpt_path={path}"], tmp_path))
+
+
+def _read_as_gallery_index(path, tmp_path):
+    from cvgtext.gallery import read_index
+
+    assert read_index(path) is None  # a file that cannot be read safely is rebuilt, never trusted
+
+
+def _read_by_the_trainer(path, tmp_path):
+    from cvgtext.checkpoints import AtomicCheckpointIO
+
+    # as the Trainer reads ckpt_path: train.py passes weights_only=True to fit, validate and test
+    AtomicCheckpointIO().load_checkpoint(path, weights_only=True)
+
+
+REFUSED = "was refused: it holds objects other than tensors"
+READERS = {
+    "read_checkpoint": (lambda path, tmp_path: read_checkpoint(path), CheckpointError, REFUSED),
+    "read_checkpoint-mmap": (lambda path, tmp_path: read_checkpoint(path, mmap=True), CheckpointError, REFUSED),
+    "load_weights": (lambda path, tmp_path: load_weights(torch.nn.Linear(2, 2), path), CheckpointError, REFUSED),
+    "eval-build_module": (_read_by_eval, CheckpointError, REFUSED),
+    "resume-find_resume": (_read_by_resume, CheckpointError, REFUSED),
+    "trainer-checkpoint_io": (_read_by_the_trainer, pickle.UnpicklingError, "Unsupported global"),
+    "gallery-read_index": (_read_as_gallery_index, None, None),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_checkpoint_carrying_code_is_refused_by_every_reader_and_its_code_never_runs(tmp_path, reader):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "downloaded.ckpt"
+    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "payload": WritesMarker(marker),
+                "names": [], "key": {}}, path)
+    read, error, match = READERS[reader]
+    if error is None:
+        read(path, tmp_path)
+    else:
+        with pytest.raises(error, match=match):
+            read(path, tmp_path)
+    assert not marker.exists()
+
+
+def test_the_payload_of_these_checks_does_run_when_loaded_unsafely(tmp_path):
+    marker = tmp_path / "payload-ran"
+    torch.save({"payload": WritesMarker(marker)}, tmp_path / "downloaded.ckpt")
+    torch.load(tmp_path / "downloaded.ckpt", weights_only=False)
+    assert marker.read_text() == "ran"

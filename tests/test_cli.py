@@ -4,44 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
-from conftest import CITY, ROOT
-
-
-def run_cli(
-    script: str, *overrides: str, cwd: Path = ROOT, env: dict | None = None, preexec_fn: Callable | None = None
-) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", **(env or {})}
-    environment.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *overrides],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
-    )
-
-
-def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-        f"hydra.run.dir={run_dir}", "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3",
-        "data.batch_size=8", *extra,
-    ]
-
-
-def logged_metrics(run_dir: Path) -> dict[str, float]:
-    (metrics_file,) = run_dir.glob("csv/*/metrics.csv")
-    values: dict[str, float] = {}
-    with open(metrics_file) as handle:
-        for row in csv.DictReader(handle):
-            values.update({key: float(value) for key, value in row.items() if value not in ("", None)})
-    return values
+from conftest import CITY, eval_overrides, logged_metrics, run_cli, tiny_overrides
 
 
 @pytest.mark.slow
@@ -84,13 +51,6 @@ def test_train_cli_fits_validates_tests_and_checkpoints(release_dir, tmp_path):
         assert picture.width > 600
 
 
-def eval_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-        f"hydra.run.dir={run_dir}", "trainer=cpu", "data.val_fraction=0.3", "data.num_workers=0", *extra,
-    ]
-
-
 @pytest.mark.slow
 def test_eval_zero_shot_on_the_whole_gallery(release_dir, tmp_path):
     result = run_cli("eval.py", *eval_overrides(release_dir, tmp_path / "eval", "protocol=full", "split=val"))
@@ -100,6 +60,7 @@ def test_eval_zero_shot_on_the_whole_gallery(release_dir, tmp_path):
     assert metrics["all"] == metrics["full_city"]["all"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "write, problem",
     [(None, "does not exist"), (b"not a checkpoint", "not a readable PyTorch checkpoint")],
@@ -114,6 +75,7 @@ def test_eval_refuses_bad_checkpoints_with_one_message(release_dir, tmp_path, wr
     assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_checkpoint_of_another_backbone(release_dir, tmp_path):
     path = tmp_path / "vit.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"backbone": {"name": "vit_b16", "model_name": "ViT-B-16"}}}, path)

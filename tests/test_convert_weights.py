@@ -43,6 +43,7 @@ def test_a_torchscript_archive_is_refused_with_the_command_that_converts_it(arch
         read_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_converted_archive_loads_through_pretrained_and_ckpt_path(archive, tmp_path):
     path, weights = archive
     target = tmp_path / "tiny.safetensors"

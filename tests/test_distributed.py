@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import CITY
-from test_cli import eval_overrides, run_cli
-
-DDP = ("strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
-
-
-def ddp_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
-    # No hydra.run.dir: the dated default must be the one folder both ranks write to.
-    return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}",
-        "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3", "data.batch_size=8", *DDP, *extra,
-    ]
+from conftest import ddp_overrides, eval_overrides, run_cli
 
 
 @pytest.mark.slow

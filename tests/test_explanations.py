@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -22,6 +23,7 @@ def test_word_relevance_joins_the_pieces_of_a_word():
     assert word_relevance(explanation) == [("a", 0.5), ("skyscraper", 1.25), ("park", 2.0)]
 
 
+@pytest.mark.slow
 def test_eval_writes_the_maps_of_the_first_queries_on_a_2_to_1_gallery(tmp_path, test_backbone):
     data_dir = write_release(tmp_path / "data", panoramas=8, photos=4)
     cfg = compose_config(

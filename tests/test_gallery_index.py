@@ -10,8 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import compose_config
-from test_locate import overrides, run_locate, tiny_checkpoint
+from conftest import compose_config, locate_overrides, run_locate, tiny_checkpoint
 
 from cvgtext.fingerprint import changed_parts, digest, files_signature, stable_repr
 
@@ -38,14 +37,15 @@ def gallery_messages(caplog) -> list[str]:
     return messages
 
 
+@pytest.mark.slow
 def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(release_dir, tmp_path, caplog):
     from cvgtext.eval import build_module
     from cvgtext.locate import build_gallery_index
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     first = tiny_checkpoint(tmp_path / "first.ckpt", seed=1)
-    cfg = compose_config("locate", overrides(release_dir, f"ckpt_path={first}", f"paths.cache_dir={tmp_path}/cache"),
-                         tmp_path)
+    settings = locate_overrides(release_dir, f"ckpt_path={first}", f"paths.cache_dir={tmp_path}/cache")
+    cfg = compose_config("locate", settings, tmp_path)
     module, backbone = build_module(cfg)
 
     def index():
@@ -86,6 +86,7 @@ def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(r
     assert not build_gallery_index(cfg, module, backbone, "test")[0].reused  # another split, another index
 
 
+@pytest.mark.slow
 def test_a_damaged_index_is_rebuilt(release_dir, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="cvgtext")
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
@@ -99,12 +100,13 @@ def test_a_damaged_index_is_rebuilt(release_dir, tmp_path, caplog):
     assert torch.load(stored, weights_only=True)["names"]
 
 
+@pytest.mark.slow
 def test_eval_stores_the_index_reuses_it_and_shares_it_with_locate(release_dir, tmp_path, caplog):
     from cvgtext.eval import evaluate
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=3)
-    settings = overrides(release_dir, f"ckpt_path={checkpoint}", "split=test", "protocol=full",
+    settings = locate_overrides(release_dir, f"ckpt_path={checkpoint}", "split=test", "protocol=full",
                          f"paths.cache_dir={tmp_path}/cache")
     first = evaluate(compose_config("eval", settings, tmp_path / "first"))
     assert "none stored" in gallery_messages(caplog)[0]

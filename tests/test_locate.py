@@ -5,53 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import CITY, compose_config
-from test_cli import run_cli
+from conftest import CITY, compose_config, locate_overrides, repaint_tiles, run_cli, run_locate, tiny_checkpoint
 
 from cvgtext.errors import ConfigError, DataError
 
 
-def tiny_checkpoint(path: Path, seed: int) -> Path:
-    """A checkpoint of this project's layout holding a randomly initialised tiny model."""
-    from cvgtext.model.encoder import build_encoder
-
-    torch.manual_seed(seed)
-    model = build_encoder("cvg-tiny").model
-    backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "context_resize": "interpolate",
-                "image_size": None}
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"backbone": backbone}}, path)
-    return path
-
-
-def overrides(data_dir: Path, *extra: str) -> list[str]:
-    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", "trainer=cpu",
-            "data.val_fraction=0.3", "data.num_workers=0", *extra]
-
-
-def repaint_tiles(data_dir: Path) -> None:
-    """Give every satellite tile its own noise: the fixture's panorama and photo tiles share
-    colours, and identical tiles tie, which either ranking may order either way."""
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    for path in sorted((data_dir / "reference").glob("*-satellite/*.jpg")):
-        pixels = torch.randint(0, 256, (32, 32, 3), generator=generator, dtype=torch.uint8)
-        Image.fromarray(pixels.numpy()).save(path, format="PNG")
-
-
-def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = None):
-    from cvgtext.locate import locate
-
-    cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *overrides(data_dir, *extra)], tmp_path)
-    return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
-
-
+@pytest.mark.slow
 def test_locate_writes_the_table_and_three_files(release_dir, tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
     locations = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "top_k=3", "queries=-",
@@ -90,7 +52,7 @@ def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir,
     Image.new("RGB", (32, 32), "white").save(folder / "-27.49,153.29_unannotated.jpg")
     Image.new("RGB", (32, 32), "white").save(folder / "logo.jpg")
     (folder / "-27.5,153.3_notes.txt").write_text("not an image")
-    datamodule = instantiate(compose_config("locate", overrides(release_dir), tmp_path).data)
+    datamodule = instantiate(compose_config("locate", locate_overrides(release_dir), tmp_path).data)
     names = [tile.name for tile in gallery_tiles(datamodule, "all")]
     assert "-27.49,153.29_unannotated.jpg" in names and "logo.jpg" not in names
     assert not any(name.endswith(".txt") for name in names)
@@ -99,15 +61,15 @@ def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir,
     assert len(test_names) == 6 + 3 and set(test_names) < set(names)
 
 
+@pytest.mark.slow
 def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path):
     """locate split=test and eval.py protocol=full split=test give each test caption the same top 5."""
     from cvgtext.eval import evaluate
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=2)
-    eval_cfg = compose_config(
-        "eval", overrides(release_dir, f"ckpt_path={checkpoint}", "protocol=full", "split=test"), tmp_path / "eval"
-    )
+    settings = locate_overrides(release_dir, f"ckpt_path={checkpoint}", "protocol=full", "split=test")
+    eval_cfg = compose_config("eval", settings, tmp_path / "eval")
     evaluate(eval_cfg)
     with open(tmp_path / "eval" / "run" / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -161,8 +123,9 @@ def test_bad_options_are_named(split, top_k, index, message):
         check_options(split, top_k, index)
 
 
+@pytest.mark.slow
 def test_the_cli_reports_a_missing_query_in_one_line(release_dir, tmp_path):
-    result = run_cli("locate.py", *overrides(release_dir), f"hydra.run.dir={tmp_path}/run")
+    result = run_cli("locate.py", *locate_overrides(release_dir), f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: nothing to locate: give query=\"a description\", queries=FILE (one description a line) "
@@ -175,12 +138,12 @@ def test_an_empty_gallery_folder_is_named(release_dir, tmp_path):
 
     from cvgtext.gallery import gallery_tiles
 
-    datamodule = instantiate(compose_config("locate", overrides(tmp_path / "nowhere"), tmp_path).data)
+    datamodule = instantiate(compose_config("locate", locate_overrides(tmp_path / "nowhere"), tmp_path).data)
     with pytest.raises(DataError, match="nowhere/reference/Testville-satellite does not exist"):
         gallery_tiles(datamodule, "all")
     empty = tmp_path / "empty"
     for version in (CITY, f"{CITY}-photos"):
         (empty / "reference" / f"{version}-satellite").mkdir(parents=True)
-    datamodule = instantiate(compose_config("locate", overrides(empty), tmp_path).data)
+    datamodule = instantiate(compose_config("locate", locate_overrides(empty), tmp_path).data)
     with pytest.raises(DataError, match="no image named 'lat,lon_...'"):
         gallery_tiles(datamodule, "all")

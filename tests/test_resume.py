@@ -20,8 +20,7 @@ from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
 from cvgtext.errors import CheckpointError, ConfigError
 from cvgtext.resume import continue_run, find_resume
 
-from conftest import ROOT, compose_config, write_release
-from test_cli import run_cli, tiny_overrides
+from conftest import ROOT, WritesMarker, compose_config, run_cli, tiny_overrides, write_release
 
 
 def city(n: int, seed: int = 0) -> np.ndarray:
@@ -146,16 +145,7 @@ def test_a_checkpoint_that_does_not_record_its_activation_was_built_with_gelu(tm
         find_resume(cfg)
 
 
-class WritesMarker:
-    """A pickle payload that would create a file if the checkpoint were unpickled unsafely."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
 def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(release_dir, tmp_path, script):
     marker = tmp_path / "payload-ran"
@@ -166,17 +156,6 @@ def test_a_checkpoint_carrying_code_is_refused_and_its_code_never_runs(release_d
     assert f"checkpoint {path} was refused" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert not marker.exists()
-
-
-def test_every_torch_load_of_the_project_is_weights_only():
-    # convert_weights is the one exception: a command a user runs to load a file they trust, once.
-    trusted_on_request = ROOT / "src" / "cvgtext" / "convert_weights.py"
-    for source in (ROOT / "src").rglob("*.py"):
-        if source == trusted_on_request:
-            continue
-        for number, line in enumerate(source.read_text().splitlines(), 1):
-            if "torch.load(" in line:
-                assert "weights_only=True" in line, f"{source}:{number} loads without weights_only=True"
 
 
 def last_step(run_dir: Path) -> int:

@@ -54,9 +54,10 @@ def test_faiss_indexes_find_what_exact_search_finds(name, least_recall):
         assert torch.allclose(scores, expected_scores, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_locate_with_a_faiss_index(release_dir, tmp_path):
     pytest.importorskip("faiss")
-    from test_locate import repaint_tiles, run_locate, tiny_checkpoint
+    from conftest import repaint_tiles, run_locate, tiny_checkpoint
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CITY
-from test_cli import run_cli
+from conftest import CITY, logged_metrics, run_cli
 
 
 def sweep_overrides(data_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
@@ -26,13 +25,18 @@ def test_multirun_gives_each_job_its_own_folder_and_reports(release_dir, tmp_pat
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     jobs = sorted(path.name for path in sweep_dir.iterdir() if path.is_dir())
     assert jobs == ["0", "1"]
-    seeds = []
+    seeds, losses = [], []
     for job in jobs:
+        # Each job's report holds the figures that job logged (as float32), not another job's.
         metrics = json.loads((sweep_dir / job / "metrics.json").read_text())
-        assert 0 <= metrics["all"]["R@1"] <= 100
+        logged = logged_metrics(sweep_dir / job)
+        for key in ("R@1", "R@5", "L@50"):
+            assert metrics["all"][key] == pytest.approx(logged[f"test/{key}"], abs=1e-4), (job, key)
+        losses.append(logged["train/loss"])
         seeds.append(next(line for line in (sweep_dir / job / "config.yaml").read_text().splitlines()
                           if line.startswith("seed:")))
     assert seeds == ["seed: 1", "seed: 2"]
+    assert losses[0] != losses[1], "both seeds trained the same model"
 
 
 @pytest.mark.slow

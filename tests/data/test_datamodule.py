@@ -5,27 +5,12 @@ import torch
 
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.errors import ConfigError, DataError
-from conftest import CITY
-
-
-def to_tensor(image):
-    return torch.zeros(3, 8, 8) + image.getpixel((0, 0))[0] / 255
-
-
-def tokenize(texts):
-    return torch.tensor([[len(text), 0, 0] for text in texts])
-
-
-def make(release_dir, versions=("{city}", "{city}-photos"), val_fraction=0.3, **kwargs):
-    kwargs.setdefault("batch_size", 4)
-    return CVGTextDataModule(
-        data_dir=release_dir, city=CITY, versions=versions, val_fraction=val_fraction,
-        preprocess=to_tensor, tokenizer=tokenize, **kwargs,
-    )
+from conftest import CITY, tiny_datamodule
 
 
 def test_mixed_reads_both_versions_and_carves_validation_out_of_train(release_dir):
-    mixed, panorama, photos = make(release_dir), make(release_dir, ["{city}"]), make(release_dir, ["{city}-photos"])
+    mixed = tiny_datamodule(release_dir)
+    panorama, photos = tiny_datamodule(release_dir, ["{city}"]), tiny_datamodule(release_dir, ["{city}-photos"])
     for datamodule in (mixed, panorama, photos):
         datamodule.setup("fit")
     for split in ("train", "val", "test"):
@@ -40,7 +25,7 @@ def test_mixed_reads_both_versions_and_carves_validation_out_of_train(release_di
 
 
 def test_batches_carry_images_tokens_coordinates_names_and_view(release_dir):
-    datamodule = make(release_dir, batch_size=4, eval_batch_size=5)
+    datamodule = tiny_datamodule(release_dir, batch_size=4, eval_batch_size=5)
     datamodule.setup("fit")
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["image"].shape[1:] == (3, 8, 8)
@@ -53,7 +38,7 @@ def test_batches_carry_images_tokens_coordinates_names_and_view(release_dir):
 
 
 def test_image_folder_comes_from_the_image_type(release_dir):
-    datamodule = make(release_dir, image_folder="query/{version}-ground")
+    datamodule = tiny_datamodule(release_dir, image_folder="query/{version}-ground")
     datamodule.setup()
     assert datamodule.pairs["test"][0].image_path.parent.name == f"{CITY}-ground"
 
@@ -66,18 +51,18 @@ def test_a_missing_data_folder_says_where_to_point(tmp_path):
 def test_a_broken_test_file_stops_setup_before_training(release_dir):
     (release_dir / "annotation" / f"{CITY}-photos" / "test.json").write_text("[]")
     with pytest.raises(DataError, match="test.json holds a JSON list"):
-        make(release_dir).setup("fit")
+        tiny_datamodule(release_dir).setup("fit")
 
 
 def test_an_empty_split_is_refused(release_dir):
     (release_dir / "annotation" / CITY / "test.json").write_text("{}")
     (release_dir / "annotation" / f"{CITY}-photos" / "test.json").write_text("{}")
     with pytest.raises(DataError, match="test split .* is empty"):
-        make(release_dir).setup()
+        tiny_datamodule(release_dir).setup()
 
 
 def test_an_unreadable_image_is_named_when_decoded(release_dir):
-    datamodule = make(release_dir)
+    datamodule = tiny_datamodule(release_dir)
     datamodule.setup()
     pair = datamodule.pairs["test"][0]
     pair.image_path.write_bytes(b"this is text, not a JPEG")
@@ -90,7 +75,7 @@ def test_batch_size_must_divide_by_the_devices(release_dir):
     class TwoDevices:
         world_size = 2
 
-    datamodule = make(release_dir, batch_size=5)
+    datamodule = tiny_datamodule(release_dir, batch_size=5)
     datamodule.trainer = TwoDevices()
     with pytest.raises(ConfigError, match="data.batch_size=5 .* number of devices \\(2\\)"):
         datamodule.setup()
@@ -98,12 +83,12 @@ def test_batch_size_must_divide_by_the_devices(release_dir):
 
 def test_unknown_split_is_refused(release_dir):
     with pytest.raises(ConfigError, match="split='dev'"):
-        make(release_dir).dataset("dev")
+        tiny_datamodule(release_dir).dataset("dev")
 
 
 def test_an_unknown_bad_image_policy_is_refused(release_dir):
     with pytest.raises(ConfigError, match="data.on_bad_image='ignore' is not one of raise, skip"):
-        make(release_dir, on_bad_image="ignore")
+        tiny_datamodule(release_dir, on_bad_image="ignore")
 
 
 def test_a_test_image_annotated_for_training_is_refused(release_dir):
@@ -112,12 +97,12 @@ def test_a_test_image_annotated_for_training_is_refused(release_dir):
     test_name = next(iter(json.loads(test_file.read_text())))
     train_file.write_text(json.dumps({**json.loads(train_file.read_text()), test_name: "A street."}))
     with pytest.raises(DataError, match="annotated both in") as error:
-        make(release_dir).setup()
+        tiny_datamodule(release_dir).setup()
     assert test_name in str(error.value) and str(train_file) in str(error.value) and str(test_file) in str(error.value)
 
 
 def test_only_the_training_split_skips_bad_images(release_dir):
-    datamodule = make(release_dir, on_bad_image="skip")
+    datamodule = tiny_datamodule(release_dir, on_bad_image="skip")
     datamodule.setup()
     assert [datamodule.dataset(split).on_bad_image for split in ("train", "val", "test")] == ["skip"] * 3
     assert [datamodule.dataset(split).split for split in ("train", "val", "test")] == ["train", "val", "test"]
@@ -128,14 +113,14 @@ def test_skip_leaves_out_a_missing_training_image_but_not_a_missing_test_image(r
         datamodule.setup()
         return len(datamodule.pairs["train"]) + len(datamodule.pairs["val"])
 
-    complete = training_pairs(make(release_dir))
+    complete = training_pairs(tiny_datamodule(release_dir))
     folder = release_dir / "reference" / f"{CITY}-satellite"
     names = {split: json.loads((release_dir / "annotation" / CITY / f"{split}.json").read_text())
              for split in ("train", "test")}
     (folder / next(iter(names["train"]))).unlink()
-    assert training_pairs(make(release_dir, on_bad_image="skip")) == complete - 1
+    assert training_pairs(tiny_datamodule(release_dir, on_bad_image="skip")) == complete - 1
     with pytest.raises(DataError, match="data.on_bad_image=skip"):
-        make(release_dir).setup()
+        tiny_datamodule(release_dir).setup()
     (folder / next(iter(names["test"]))).unlink()
     with pytest.raises(DataError, match="does not exist"):
-        make(release_dir, on_bad_image="skip").setup()
+        tiny_datamodule(release_dir, on_bad_image="skip").setup()

@@ -11,7 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
 from cvgtext.errors import ConfigError
 from cvgtext.geo import haversine_km
-from test_datamodule import make
+from conftest import tiny_datamodule
 
 
 def city(n=480, seed=0):
@@ -100,7 +100,7 @@ def test_invalid_arguments_are_refused():
 
 
 def test_datamodule_geo_sampler_batches_neighbours(release_dir):
-    datamodule = make(release_dir, batch_size=4, sampler="geo", seed=3)
+    datamodule = tiny_datamodule(release_dir, batch_size=4, sampler="geo", seed=3)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     assert isinstance(loader.batch_sampler, GeoBatchSampler)
@@ -109,7 +109,7 @@ def test_datamodule_geo_sampler_batches_neighbours(release_dir):
     assert all(len(batch) == 4 for batch in batches)
     assert len(set(itertools.chain(*batches))) == 4 * len(batches)
     with pytest.raises(ConfigError, match="data.sampler"):
-        make(release_dir, sampler="nearest")
+        tiny_datamodule(release_dir, sampler="nearest")
 
 
 def test_lightning_distributed_sampler_injection_keeps_the_geo_batches():

@@ -9,9 +9,7 @@ from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.verify import check_image, unreadable_images
 from cvgtext.errors import ConfigError, DataError
 
-from conftest import CITY, photo_name
-
-from test_bad_inputs import image_path, training_names
+from conftest import CITY, image_path, photo_name, training_names
 
 
 def make(release_dir, **kwargs):

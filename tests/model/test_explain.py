@@ -154,6 +154,7 @@ def check_square_map(model_name: str, size: int, grid: int, tmp_path) -> CrossVi
     return module
 
 
+@pytest.mark.slow
 def test_vit_b16_maps_square_and_at_2_to_1_with_300_tokens(tmp_path):
     """Real ViT-B/16 widths, heads, patch grid and context, two layers per tower."""
     module = check_square_map("ViT-B-16", 224, 14, tmp_path)

@@ -31,19 +31,62 @@ def _features(batch: int, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, t
     return image, text
 
 
-@pytest.mark.parametrize("negatives", ["global", "local"])
-@pytest.mark.parametrize("local_loss", [False, True])
-def test_single_process_loss_equals_open_clip(negatives, local_loss):
+def test_single_process_loss_equals_open_clip():
     # Imported here rather than at the top so the spawned workers below need not import open_clip.
     from open_clip.loss import ClipLoss
 
     image, text = _features(batch=10)
     logit_scale = torch.tensor(math.log(100.0)).exp()
 
-    ours = ContrastiveLoss(negatives=negatives)(image, text, logit_scale)
-    reference = ClipLoss(local_loss=local_loss)(image, text, logit_scale)
+    ours = ContrastiveLoss()(image, text, logit_scale)
+    reference = ClipLoss()(image, text, logit_scale)
 
     torch.testing.assert_close(ours, reference, atol=ATOL, rtol=RTOL)
+    # On one process there is nothing to gather: local negatives are the same batch.
+    torch.testing.assert_close(ContrastiveLoss("local")(image, text, logit_scale), ours, atol=0, rtol=0)
+
+
+def _as_rank_one_of_two(monkeypatch, mine_image: torch.Tensor, other_image: torch.Tensor,
+                        other_text: torch.Tensor) -> None:
+    """Make this process rank 1 of 2 whose rank 0 holds ``other_image`` and ``other_text``: the
+    gather returns rank 0's rows, then this rank's own."""
+    import cvgtext.model.loss as loss_module
+
+    def gather(features, sizes):
+        assert sizes == [other_image.shape[0], features.shape[0]]
+        return torch.cat([other_image if features is mine_image else other_text, features])
+
+    monkeypatch.setattr(loss_module, "_world_size", lambda: 2)
+    monkeypatch.setattr(loss_module, "_batch_sizes", lambda batch, device: [other_image.shape[0], batch])
+    monkeypatch.setattr(loss_module, "_gather_with_grad", gather)
+    monkeypatch.setattr(loss_module.dist, "get_rank", lambda: 1)
+
+
+def test_global_negatives_contrast_with_the_other_ranks_rows_and_local_ones_do_not(monkeypatch):
+    image, text = _features(batch=5, seed=3)
+    other_image, other_text, mine_image, mine_text = image[:3], text[:3], image[3:], text[3:]
+    logit_scale = torch.tensor(10.0)
+    _as_rank_one_of_two(monkeypatch, mine_image, other_image, other_text)
+
+    global_output = ContrastiveLoss("global").forward_with_logits(mine_image, mine_text, logit_scale)
+    local_output = ContrastiveLoss("local").forward_with_logits(mine_image, mine_text, logit_scale)
+
+    # global: this rank's 2 rows against all 5 texts (images), its positives at columns 3 and 4
+    assert global_output.logits_per_image.shape == (2, 5) and global_output.labels.tolist() == [3, 4]
+    torch.testing.assert_close(global_output.logits_per_image, logit_scale * mine_image @ text.T)
+    torch.testing.assert_close(global_output.logits_per_text, logit_scale * mine_text @ image.T)
+    rows_of_the_global_loss = (
+        F.cross_entropy(logit_scale * mine_image @ text.T, torch.tensor([3, 4]))
+        + F.cross_entropy(logit_scale * mine_text @ image.T, torch.tensor([3, 4]))
+    ) / 2
+    # weighted by world_size * local batch / global batch = 2 * 2 / 5
+    torch.testing.assert_close(global_output.loss, 0.8 * rows_of_the_global_loss, atol=ATOL, rtol=RTOL)
+
+    # local: this rank's rows alone, as on one process
+    assert local_output.logits_per_image.shape == (2, 2) and local_output.labels.tolist() == [0, 1]
+    monkeypatch.undo()
+    torch.testing.assert_close(local_output.loss, ContrastiveLoss()(mine_image, mine_text, logit_scale))
+    assert not torch.isclose(local_output.loss, global_output.loss)
 
 
 def test_label_smoothing_matches_cross_entropy():

@@ -200,6 +200,7 @@ def vit_l(configs, tmp_path_factory):
     return state, files, backbone
 
 
+@pytest.mark.slow
 def test_vit_l14_336_module_prefixed_weights_embed_as_openai_code(openai, vit_l, tmp_path):
     """The official fine-tuning saves a bare state dict; a DDP wrapper's has ``module.`` keys."""
     module, tokenizer = openai
@@ -223,6 +224,7 @@ def test_vit_l14_336_module_prefixed_weights_embed_as_openai_code(openai, vit_l,
     assert drift.abs().max() > 100 * TOLERANCE
 
 
+@pytest.mark.slow
 def test_vit_l14_336_300_positions_embed_long_captions_as_openai_code(openai, vit_l, tmp_path):
     """The paper's EPE weights (300 text positions), and EPE applied on load to 77-position weights."""
     module, tokenizer = openai
@@ -243,6 +245,7 @@ def test_vit_l14_336_300_positions_embed_long_captions_as_openai_code(openai, vi
     assert torch.equal(stretched["positional_embedding"], expanded["positional_embedding"])
 
 
+@pytest.mark.slow
 def test_street_views_embed_at_2_to_1_as_the_official_code(openai, configs, tmp_path):
     """ViT-B/16 shapes: a 2048x1024 panorama becomes [3, 224, 448]; a 2:1 state dict loads back."""
     module, _ = openai
