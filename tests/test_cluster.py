@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CITY
+from conftest import CITY, ROOT, run_cli
 from cvgtext.cli import launcher_problem
-from test_cli import ROOT, run_cli
 
 
 def sweep_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:

@@ -32,6 +32,11 @@ def test_logged_in_by_an_api_key_or_a_netrc_entry_for_wandb(nobody, monkeypatch)
     assert wandb_logged_in()
 
 
+def test_a_netrc_entry_without_a_key_is_not_a_login(nobody):
+    write_netrc(nobody, "machine api.wandb.ai login user\n")
+    assert not wandb_logged_in()
+
+
 def test_an_unreadable_netrc_is_not_a_login(nobody):
     write_netrc(nobody, "machine api.wandb.ai login user password key\nthis is not a netrc\n")
     assert not wandb_logged_in()
@@ -49,3 +54,17 @@ def test_the_logger_is_offline_unless_logged_in_or_asked(nobody, monkeypatch, lo
     logger = wandb_logger(offline=offline, project="cvgtext-test", name="run-1", save_dir=str(nobody))
     assert logger._offline is expected
     assert logger._project == "cvgtext-test" and logger._name == "run-1"  # the other settings reach W&B
+
+
+def test_finish_wandb_closes_the_run_only_when_a_wandb_logger_is_there(monkeypatch):
+    import wandb
+
+    from cvgtext.loggers import finish_wandb
+
+    finished = []
+    monkeypatch.setattr(wandb, "finish", lambda: finished.append(True))
+    WandbLogger = type("WandbLogger", (), {})
+    finish_wandb([object()])
+    assert finished == []
+    finish_wandb([object(), WandbLogger()])
+    assert finished == [True]

@@ -65,8 +65,8 @@ def test_predictions_list_each_query_its_rank_and_top_tiles_with_distances(whole
     assert [row["top2"] for row in rows] == [name["B"], name["B"], name["A"], name["B"]]
     # A to B is 30 m, B to C 1 km; the third query's top-1 is B, 30 m from its true place A
     assert float(rows[2]["top1_error_m"]) == pytest.approx(30.0, abs=0.1)
-    # (the candidate distances are computed in float32: within half a metre of the float64 error)
-    assert float(rows[2]["top1_distance_m"]) == pytest.approx(float(rows[2]["top1_error_m"]), abs=0.5)
+    # the candidate distances are the same float64 haversine as the error
+    assert rows[2]["top1_distance_m"] == rows[2]["top1_error_m"]
     assert float(rows[3]["top1_error_m"]) == pytest.approx(1000.0, abs=0.1)
     assert float(rows[3]["top3_distance_m"]) == pytest.approx(30.0, abs=0.5)  # B's third is A
     assert rows[0]["top1_distance_m"] == "0.0"
@@ -79,10 +79,8 @@ def test_predictions_list_each_query_its_rank_and_top_tiles_with_distances(whole
 @pytest.mark.parametrize(
     "queries, count, chosen",
     [(4, 4, [0, 1, 2, 3]), (10, 4, [0, 3, 6, 9]), (9, 3, [0, 4, 8]), (10, 1, [0]), (1, 4, [0]),
-     # fewer queries than examples: every query should be shown, but the spacing is computed for
-     # ``count`` and rounds several positions to the same query
-     pytest.param(2, 4, [0, 1], marks=pytest.mark.xfail(strict=True, reason="spacing uses count, not queries")),
-     pytest.param(3, 4, [0, 1, 2], marks=pytest.mark.xfail(strict=True, reason="spacing uses count, not queries"))],
+     # fewer queries than examples: every query is shown
+     (2, 4, [0, 1]), (3, 4, [0, 1, 2])],
 )
 def test_example_queries_are_spread_evenly_from_the_first_to_the_last(queries, count, chosen):
     assert example_queries(SimpleNamespace(query_index=list(range(queries))), count) == chosen
@@ -160,3 +158,17 @@ def test_an_explained_query_has_its_top_tile_and_its_words_shaded(whole_gallery,
     assert not differs((360 + 72, top, 360 + 72 + 32, bottom))  # its second tile
     assert differs((0, top, 352, bottom))  # its caption, shaded word by word
     assert not differs((0, bottom + 8, plain.width, plain.height))  # the other queries
+
+
+def test_run_summary_says_what_was_evaluated():
+    from omegaconf import OmegaConf
+
+    from cvgtext.reports import run_summary
+
+    cfg = OmegaConf.create({"city": {"name": "Tokyo"}, "img": {"name": "osm"}, "text": {"name": "mixed"},
+                            "protocol": {"name": "nearest100"}, "ckpt_path": "best.ckpt"})
+    backbone = {"model_name": "ViT-B-16", "pretrained": "openai", "context_length": 300}
+    assert run_summary(cfg, backbone, "val") == {
+        "city": "Tokyo", "img": "osm", "text": "mixed", "split": "val", "protocol": "nearest100",
+        "backbone": "ViT-B-16", "pretrained": "openai", "context_length": 300, "checkpoint": "best.ckpt",
+    }

@@ -14,7 +14,8 @@ def wandb_logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        entry = netrc.netrc().authenticators("api.wandb.ai")
+        return entry is not None and bool(entry[2])  # an entry without a key is not a login
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 

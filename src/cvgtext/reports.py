@@ -97,9 +97,8 @@ def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset) 
             ]
             for candidate, score in _top_candidates(evaluation, dataset, query):
                 tile = dataset.pairs[candidate]
-                distance_km = haversine_km(
-                    torch.tensor(pair.lat), torch.tensor(pair.lon), torch.tensor(tile.lat), torch.tensor(tile.lon)
-                )
+                distance_km = haversine_km(*(torch.tensor(value, dtype=torch.float64)
+                                             for value in (pair.lat, pair.lon, tile.lat, tile.lon)))
                 row += [tile.name, round(score, 5), round(float(distance_km) * 1000, 1)]
             writer.writerow(row)
 
@@ -108,7 +107,8 @@ def example_queries(evaluation: Evaluation, count: int = EXAMPLES) -> list[int]:
     """The queries examples.png shows: ``count`` spread evenly over the split, so the picture is
     the same for the same split."""
     queries = len(evaluation.query_index)
-    return sorted({round(i * (queries - 1) / max(1, count - 1)) for i in range(min(count, queries))})
+    shown = min(count, queries)
+    return sorted({round(i * (queries - 1) / max(1, shown - 1)) for i in range(shown)})
 
 
 def draw_examples(
