@@ -313,6 +313,7 @@ def test_skipped_training_images_are_warned_once_and_counted(release_dir, tmp_pa
     assert counts == {"2.0"}
 
 
+@pytest.mark.heavy  # 2 processes, about 30 s: make test-slow
 def test_under_ddp_the_skipped_images_of_both_ranks_are_counted(release_dir, tmp_path):
     for name in training_names(release_dir)[:4]:
         image_path(release_dir, name).write_bytes(b"")

@@ -9,7 +9,7 @@ import pytest
 from conftest import ddp_overrides, eval_overrides, run_cli
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # about 40 s: make test-slow
 def test_ddp_on_two_cpu_processes_writes_one_run_whose_metrics_match_one_device(release_dir, tmp_path):
     log_dir = tmp_path / "outputs"
     # One pair per evaluation batch on each rank and in eval.py: embeddings computed in batches of
@@ -40,7 +40,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run_whose_metrics_match_one_device(
         assert evaluated["full_city"][group] == pytest.approx(trained["full_city"][group], abs=1e-9), group
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # starts 2 processes: make test-slow
 def test_a_global_batch_that_does_not_divide_by_the_devices_stops_with_one_message(release_dir, tmp_path):
     result = run_cli("train.py", *ddp_overrides(release_dir, tmp_path / "outputs", "data.batch_size=7"))
     assert result.returncode == 1
