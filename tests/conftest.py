@@ -320,3 +320,22 @@ def small_split(tmp_path):
     image = torch.stack([tiles[SMALL_TILES[i]] for i in order])
     text = torch.nn.functional.normalize(torch.stack([texts[i] for i in order]), dim=1)
     return EmbeddedSplit(image=image, text=text, index=torch.tensor(order)), dataset
+
+
+def city_names(seed: int, tiles: int, duplicates: int = 0, strangers: int = 0,
+               new_york: float = 0.0) -> tuple[list[str], list[str]]:
+    """Query and gallery file names of a made-up city for the protocol tests: places around
+    Brisbane (negative latitude) and a ``new_york`` share around New York (negative longitude),
+    mixed views; the gallery repeats ``duplicates`` names and the last ``strangers`` queries have
+    no tile."""
+    import random
+
+    from reference_protocol import synthetic_names
+
+    rng = random.Random(seed)
+    abroad = int(tiles * new_york)
+    gallery = synthetic_names(rng, tiles - abroad) + synthetic_names(rng, abroad, center=(40.7529, -73.9796))
+    gallery += rng.sample(gallery, duplicates)
+    rng.shuffle(gallery)
+    queries = rng.sample(sorted(set(gallery)), len(set(gallery)) // 2) + synthetic_names(rng, strangers)
+    return queries, gallery

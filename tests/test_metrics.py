@@ -8,6 +8,8 @@ import pytest
 import torch
 from reference_protocol import reference_metrics, synthetic_names
 
+from conftest import city_names
+
 from cvgtext.metrics import geo_retrieval_metrics
 
 KM_PER_DEGREE_AT_EQUATOR = 6371.0 * torch.pi / 180
@@ -17,18 +19,6 @@ def distinct_scores(queries: int, gallery: int, seed: int) -> torch.Tensor:
     """``[queries, gallery]`` scores without ties within a row."""
     generator = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randperm(gallery, generator=generator) for _ in range(queries)]).float() / gallery
-
-
-def city(seed: int, tiles: int, duplicates: int = 0, strangers: int = 0) -> tuple[list[str], list[str]]:
-    """Query and gallery names: Brisbane (negative latitude) and New York (negative longitude) places,
-    mixed views, ``duplicates`` repeated gallery names and ``strangers`` queries without a tile."""
-    rng = random.Random(seed)
-    gallery = synthetic_names(rng, tiles - tiles // 4) + synthetic_names(rng, tiles // 4, center=(40.7529, -73.9796))
-    gallery += rng.sample(gallery, duplicates)
-    rng.shuffle(gallery)
-    queries = rng.sample(sorted(set(gallery)), len(set(gallery)) // 2) + synthetic_names(rng, strangers)
-    rng.shuffle(queries)
-    return queries, gallery
 
 
 def assert_same_metrics(actual: dict, expected: dict) -> None:
@@ -41,7 +31,7 @@ def assert_same_metrics(actual: dict, expected: dict) -> None:
 
 @pytest.mark.parametrize("nearest", [100, 7, None])
 def test_matches_plain_protocol_with_duplicates_and_both_hemispheres(nearest):
-    queries, gallery = city(seed=1, tiles=160, duplicates=12, strangers=3)
+    queries, gallery = city_names(seed=1, tiles=160, duplicates=12, strangers=3, new_york=0.25)
     sim = distinct_scores(len(queries), len(gallery), seed=2)
     expected = reference_metrics(sim.tolist(), queries, gallery, nearest=nearest)
     assert_same_metrics(geo_retrieval_metrics(sim, queries, gallery, nearest=nearest), expected)
@@ -49,7 +39,7 @@ def test_matches_plain_protocol_with_duplicates_and_both_hemispheres(nearest):
 
 @pytest.mark.parametrize("nearest", [100, None])
 def test_matches_plain_protocol_when_gallery_is_smaller_than_nearest(nearest):
-    queries, gallery = city(seed=3, tiles=40, duplicates=3)
+    queries, gallery = city_names(seed=3, tiles=40, duplicates=3, new_york=0.25)
     sim = distinct_scores(len(queries), len(gallery), seed=4)
     expected = reference_metrics(sim.tolist(), queries, gallery, nearest=nearest)
     assert_same_metrics(geo_retrieval_metrics(sim, queries, gallery, nearest=nearest), expected)
@@ -57,7 +47,7 @@ def test_matches_plain_protocol_when_gallery_is_smaller_than_nearest(nearest):
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
 def test_chunking_does_not_change_metrics(chunk_size):
-    queries, gallery = city(seed=5, tiles=120, duplicates=6)
+    queries, gallery = city_names(seed=5, tiles=120, duplicates=6, new_york=0.25)
     sim = distinct_scores(len(queries), len(gallery), seed=6)
     for nearest in (10, None):
         whole = geo_retrieval_metrics(sim, queries, gallery, nearest=nearest, chunk_size=len(queries))

@@ -10,6 +10,7 @@ import torch
 from reference_protocol import QueryOutcome, rank_query, synthetic_names
 from reference_protocol import haversine_km as reference_haversine_km
 
+from conftest import city_names
 from cvgtext import nearest_tiles, retrieval
 from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
 from cvgtext.retrieval import NOT_RANKED, Ranking, summarize
@@ -28,16 +29,6 @@ def rank_gallery(query_emb, gallery_emb, queries, gallery, **options) -> Ranking
 
 def views(queries) -> list[bool]:
     return [is_panorama(name) for name in queries]
-
-
-def city(seed: int, tiles: int, duplicates: int) -> tuple[list[str], list[str]]:
-    """Query and gallery names; the gallery repeats ``duplicates`` names, one query has no tile."""
-    rng = random.Random(seed)
-    gallery = synthetic_names(rng, tiles)
-    gallery += rng.sample(gallery, duplicates)
-    rng.shuffle(gallery)
-    queries = rng.sample(sorted(set(gallery)), tiles // 2) + synthetic_names(rng, 1)
-    return queries, gallery
 
 
 def embeddings(rows: int, dim: int, seed: int) -> torch.Tensor:
@@ -90,7 +81,7 @@ def assert_same_ranking(a: Ranking, b: Ranking) -> None:
 @pytest.mark.parametrize("duplicates", [0, 15])
 @pytest.mark.parametrize("nearest", [100, 9, None])
 def test_ranking_matches_plain_protocol_query_by_query(nearest, duplicates):
-    queries, gallery = city(seed=11, tiles=150, duplicates=duplicates)
+    queries, gallery = city_names(seed=11, tiles=150, duplicates=duplicates, strangers=1)
     sim = embeddings(len(queries), 16, seed=1) @ embeddings(len(gallery), 16, seed=2).T
     ranking = rank_similarity(sim, queries, gallery, nearest=nearest, k=12)
     assert ranking.indices.shape == (len(queries), 12)
@@ -101,7 +92,7 @@ def test_ranking_matches_plain_protocol_query_by_query(nearest, duplicates):
 @pytest.mark.parametrize("chunk_size", [1, 4, 33])
 @pytest.mark.parametrize("nearest", [9, None])
 def test_chunk_size_does_not_change_the_ranking(chunk_size, nearest):
-    queries, gallery = city(seed=12, tiles=90, duplicates=6)
+    queries, gallery = city_names(seed=12, tiles=90, duplicates=6, strangers=1)
     sim = embeddings(len(queries), 16, seed=3) @ embeddings(len(gallery), 16, seed=4).T
     whole = rank_similarity(sim, queries, gallery, nearest=nearest, chunk_size=len(queries))
     assert_same_ranking(rank_similarity(sim, queries, gallery, nearest=nearest, chunk_size=chunk_size), whole)
@@ -109,7 +100,7 @@ def test_chunk_size_does_not_change_the_ranking(chunk_size, nearest):
 
 @pytest.mark.parametrize("nearest", [9, None])
 def test_embeddings_rank_as_their_similarity_matrix(nearest):
-    queries, gallery = city(seed=13, tiles=90, duplicates=6)
+    queries, gallery = city_names(seed=13, tiles=90, duplicates=6, strangers=1)
     query_emb, gallery_emb = embeddings(len(queries), 32, seed=5), embeddings(len(gallery), 32, seed=6)
     from_embeddings = rank_gallery(query_emb, gallery_emb, queries, gallery, nearest=nearest, chunk_size=7)
     from_sim = rank_similarity(query_emb @ gallery_emb.T, queries, gallery, nearest=nearest)
@@ -154,13 +145,13 @@ def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(
 def test_nearest_set_is_exact_when_every_first_box_is_too_small(monkeypatch):
     # Boxes sized for a fifth of the nearest entries: every query searches a second, larger box.
     monkeypatch.setattr(nearest_tiles, "_BOX_FILL", 0.2)
-    queries, gallery = city(seed=15, tiles=80, duplicates=8)
+    queries, gallery = city_names(seed=15, tiles=80, duplicates=8, strangers=1)
     sim = embeddings(len(queries), 8, seed=9) @ embeddings(len(gallery), 8, seed=10).T
     assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
 
 
 def test_equal_scores_rank_the_true_tile_last_among_them():
-    queries, gallery = city(seed=16, tiles=20, duplicates=0)
+    queries, gallery = city_names(seed=16, tiles=20, duplicates=0, strangers=1)
     ranking = rank_similarity(torch.zeros(len(queries), len(gallery)), queries, gallery, nearest=None, k=25)
     ranked = ranking.true_rank != NOT_RANKED
     assert (ranking.true_rank[ranked] == len(gallery)).all()
@@ -220,16 +211,18 @@ def test_mismatched_names_are_refused():
 
 
 def test_reduced_precision_embeddings_keep_their_dtype():
-    queries, gallery = city(seed=17, tiles=30, duplicates=2)
+    queries, gallery = city_names(seed=17, tiles=30, duplicates=2, strangers=1)
     query_emb, gallery_emb = embeddings(len(queries), 16, seed=11), embeddings(len(gallery), 16, seed=12)
     ranking = rank_gallery(query_emb.bfloat16(), gallery_emb.bfloat16(), queries, gallery, nearest=10)
     assert ranking.scores.dtype == torch.bfloat16
-    assert summarize(ranking, views(queries))["all"]["count"] == len(queries)
+    # ranked by the bfloat16 similarities themselves, as the plain protocol ranks them
+    sim = query_emb.bfloat16() @ gallery_emb.bfloat16().T
+    assert_matches_plain_protocol(ranking, sim.float(), queries, gallery, 10, k=ranking.indices.shape[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_ranks_as_cpu():
-    queries, gallery = city(seed=18, tiles=200, duplicates=10)
+    queries, gallery = city_names(seed=18, tiles=200, duplicates=10, strangers=1)
     query_emb = embeddings(len(queries), 64, seed=13).double()
     gallery_emb = embeddings(len(gallery), 64, seed=14).double()
     for nearest in (20, None):
