@@ -7,8 +7,8 @@
    (cache on, loader workers) against a plain PyTorch loop over the same model, batch and
    batches decoded beforehand and kept in memory: whether the data path keeps up with the model.
 
-    python benchmarks/bench_tile_cache.py                         # 400 places, 3 epochs
-    python benchmarks/bench_tile_cache.py --places 200 --epochs 2 --steps 10
+    python benchmarks/bench_tile_cache.py                         # 2,000 places, 2 epochs
+    python benchmarks/bench_tile_cache.py --places 400 --epochs 3 --steps 5 --workers 0
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def train_seconds(args: argparse.Namespace, cache: bool, folder: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--places", type=int, default=400)
+    parser.add_argument("--places", type=int, default=2000)
     parser.add_argument("--tile-size", type=int, default=512)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps for the samples/s comparison")
@@ -92,6 +92,9 @@ def main() -> None:
         datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
         datamodule.prepare_data()
         datamodule.setup("fit")
+        batches_per_epoch = len(datamodule.train_dataloader())
+        if args.warmup + args.steps > batches_per_epoch:
+            sys.exit(f"--warmup + --steps must be at most the {batches_per_epoch} batches of an epoch")
         count = args.warmup + args.steps
         loader = iter(datamodule.train_dataloader())
         decoded = DataLoader([next(loader) for _ in range(count)], batch_size=None)  # in memory
