@@ -63,6 +63,8 @@ class CVGTextDataModule(L.LightningDataModule):
         seed: int | None = None,
         on_bad_image: str = "raise",
         verify_images: str = "off",
+        cache: bool = False,
+        cache_dir: str | Path | None = None,
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
     ):
@@ -98,6 +100,11 @@ class CVGTextDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.verify_images = verify_images
         self.left_out: list[str] = []  # reasons of the training pairs verify_images left out
+        if cache and not cache_dir:
+            raise ConfigError("data.cache=true needs paths.cache_dir: the folder the decoded tiles are stored in")
+        self.cache = bool(cache)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.tiles = None  # the TileCache of every split's images, with data.cache=true
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.pairs: dict[str, list[Pair]] = {}
@@ -116,6 +123,8 @@ class CVGTextDataModule(L.LightningDataModule):
             self.pairs = self.verified(self.read_splits())
         if stage == "fit":
             self.check_trainable()
+        if self.cache and self.tiles is None:
+            self.tiles = self.tile_cache()
         self.per_device_batch_size = self._per_device(self.batch_size, "data.batch_size")
         self.per_device_eval_batch_size = self._per_device(self.eval_batch_size, "data.eval_batch_size")
 
@@ -186,6 +195,21 @@ class CVGTextDataModule(L.LightningDataModule):
         )
         return {**splits, "train": [pair for pair in splits["train"] if pair.image_path not in bad]}
 
+    def tile_cache(self):
+        """Every split's images decoded once (``data.cache=true``); under several processes the
+        first builds it while the others wait, then they open it."""
+        from cvgtext.data.tile_cache import open_or_build
+
+        if self.preprocess is None:
+            raise ConfigError("the datamodule needs the backbone's preprocess to cache the tiles")
+        paths = [pair.image_path for pairs in self.pairs.values() for pair in pairs]
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return open_or_build(self.cache_dir, paths, self.preprocess)
+        tiles = open_or_build(self.cache_dir, paths, self.preprocess) if trainer.is_global_zero else None
+        trainer.strategy.barrier("tile_cache")
+        return tiles or open_or_build(self.cache_dir, paths, self.preprocess, build=False)
+
     def check_trainable(self) -> None:
         """Refuse a training split that does not fill one global batch: it would train nothing."""
         size = len(self.pairs["train"])
@@ -219,7 +243,7 @@ class CVGTextDataModule(L.LightningDataModule):
             raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
         return PairDataset(
             self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image,
-            images=split not in self.captions_only,
+            images=split not in self.captions_only, tiles=self.tiles,
         )
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:

@@ -55,7 +55,8 @@ class PairDataset(Dataset):
     With ``on_bad_image="skip"`` and ``split="train"``, the item of an image that cannot be
     decoded is a :class:`SkippedImage`; every other split raises, saying why. With
     ``images=False`` items have no ``image`` and no image is read: evaluation against a
-    gallery whose embeddings are already known needs only the captions.
+    gallery whose embeddings are already known needs only the captions. With ``tiles`` (a
+    ``TileCache``) images come preprocessed from the decoded-tile cache instead of their files.
     """
 
     def __init__(
@@ -66,9 +67,14 @@ class PairDataset(Dataset):
         split: str = "train",
         on_bad_image: str = "raise",
         images: bool = True,
+        tiles: Any = None,
     ):
         self.pairs = list(pairs)
         self.images = images
+        # A data.tile_cache.TileCache holding these pairs' images preprocessed, or None: decode each file.
+        self.tiles = tiles
+        # With the cache, the captions are tokenized once too.
+        self.tokens = tokenizer([pair.caption for pair in self.pairs]) if tiles is not None and self.pairs else None
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.split = split
@@ -84,7 +90,7 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedImage:
         pair = self.pairs[index]
         item = {
-            "tokens": self.tokenizer([pair.caption])[0],
+            "tokens": self.tokens[index] if self.tokens is not None else self.tokenizer([pair.caption])[0],
             "lat": pair.lat,
             "lon": pair.lon,
             "is_panorama": pair.is_panorama,
@@ -95,6 +101,8 @@ class PairDataset(Dataset):
         if not self.images:
             return item
         try:
+            if self.tiles is not None:
+                return {"image": self.tiles.image(pair.image_path), **item}
             image = load_image(pair.image_path)
         except DataError as error:
             if self.on_bad_image == "raise":
