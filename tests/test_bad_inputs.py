@@ -229,6 +229,13 @@ def test_a_read_only_run_folder_stops_before_hydra_writes(read_only_dir, script,
     assert_one_message(result.stderr, f"cannot write the run folder {path}", key)
 
 
+def test_a_read_only_working_folder_with_the_default_paths_is_named(read_only_dir):
+    # The default run folder lies under ${hydra:runtime.cwd}, which Hydra resolves only once the job runs.
+    result = run_cli("train.py", cwd=read_only_dir)
+    assert result.returncode == 1
+    assert_one_message(result.stderr, f"cannot write the run folder {read_only_dir}/outputs/train/runs/", "hydra.run.dir")
+
+
 def limit_file_size(size: int) -> Callable[[], None]:
     """A ``preexec_fn``: files of the child may not grow past ``size`` bytes.
 

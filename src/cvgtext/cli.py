@@ -43,10 +43,21 @@ class CheckRunFolder(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.check(config.hydra.run.dir, "hydra.run.dir")
+        self.check(self.resolved(config, "run"), "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        self.check(self.resolved(config, "sweep"), "hydra.sweep.dir")
+
+    @staticmethod
+    def resolved(config: DictConfig, mode: str) -> str:
+        """``hydra.<mode>.dir``: Hydra sets the config its ``${hydra:...}`` resolver reads (the
+        default paths go through ``${hydra:runtime.cwd}``) only when the job starts, after this
+        callback; set it now, as the job will."""
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            HydraConfig.instance().set_config(config)
+        return config.hydra[mode].dir
 
     @staticmethod
     def check(folder: str, key: str) -> None:
