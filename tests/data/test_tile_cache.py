@@ -99,6 +99,7 @@ def test_what_the_cache_cannot_do_is_said(release_dir, encoder, tmp_path):
         tile_cache.split_preprocess(lambda image: image)
 
 
+@pytest.mark.slow  # two evaluation runs
 def test_evaluation_metrics_are_the_same_with_the_cache(tmp_path):
     from cvgtext.eval import evaluate
 
