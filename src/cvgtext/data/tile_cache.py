@@ -74,9 +74,6 @@ class TileCache:
             self._pixels = np.memmap(self.data_file, dtype=np.uint8, mode="r", shape=(len(self.row), *self.shape))
         return self._pixels
 
-    def __contains__(self, path: str | Path) -> bool:
-        return str(path) in self.row
-
     def image(self, path: str | Path) -> torch.Tensor:
         path = str(path)
         if path in self.bad:
