@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
 from cvgtext.atomic import atomic_write
 from cvgtext.data.dataset import PairDataset, load_image
 from cvgtext.evaluation import Evaluation
-from cvgtext.model.explain import Explanation, explain_pair, refusal
+from cvgtext.model.explain import Explanation, explain_pairs, refusal
 from cvgtext.overlays import heat_overlay, plot_shaded_words, word_relevance
 from cvgtext.reports import example_queries
 
@@ -51,6 +52,21 @@ def draw_explanation(path: Path, tile: Any, explanation: Explanation, caption: s
         stream.write(buffer.getvalue())
 
 
+def explain_caption(
+    module: Any, caption: str, tiles: Sequence[str | Path], preprocess: Any, tokenizer: Any, start_block: int = 0
+) -> list[tuple[Explanation, Image.Image]]:
+    """``caption`` explained with each of the image files ``tiles`` (one batch): each explanation
+    with its tile as the model saw it (resized to its input)."""
+    if not tiles:
+        return []
+    read = [load_image(path) for path in tiles]
+    images = torch.stack([preprocess(tile) for tile in read])
+    tokens = tokenizer([caption]).reshape(1, -1).expand(len(read), -1)
+    explanations = explain_pairs(module, images, tokens, start_block=start_block)
+    size = (images.shape[-1], images.shape[-2])
+    return [(explanation, tile.resize(size)) for explanation, tile in zip(explanations, read)]
+
+
 def explain_top1(
     module: Any, evaluation: Evaluation, dataset: PairDataset, query: int, start_block: int = 0
 ) -> tuple[Explanation, Image.Image, Any] | None:
@@ -60,11 +76,11 @@ def explain_top1(
     if top1 < 0:
         return None
     tile_pair = dataset.pairs[evaluation.gallery_index[top1]]
-    tile = load_image(tile_pair.image_path)  # read here: a reused gallery index leaves images out of the dataset
-    image = dataset.preprocess(tile)
-    tokens = dataset.tokenizer([dataset.pairs[evaluation.query_index[query]].caption])[0]
-    explanation = explain_pair(module, image, tokens, start_block=start_block)
-    tile = tile.resize((image.shape[-1], image.shape[-2]))
+    caption = dataset.pairs[evaluation.query_index[query]].caption
+    # The tile is read here: a reused gallery index leaves images out of the dataset.
+    [(explanation, tile)] = explain_caption(
+        module, caption, [tile_pair.image_path], dataset.preprocess, dataset.tokenizer, start_block
+    )
     return explanation, tile, tile_pair
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 import lightning as L
 import torch
@@ -31,6 +31,11 @@ from cvgtext.geo import haversine_km
 from cvgtext.location_reports import MAX_DRAWN_QUERIES, Candidate, Location, write_locations
 from cvgtext.queries import check_options, read_queries
 from cvgtext.search import SearchIndex
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from cvgtext.model.explain import Explanation
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +84,70 @@ def rank_locations(
     return locations
 
 
-def explain_locations(module: Any, locations: Sequence[Location], start_block: int = 0) -> None:
-    """Attach to the drawn queries the relevance of each description with its top-1 tile."""
-    from cvgtext.data.dataset import load_image
-    from cvgtext.model.explain import explain_pair, refusal
+class Locator:
+    """A model and its city's gallery index, loaded once: descriptions in, ranked places out.
 
-    reason = refusal(module)
+    ``locate.py`` asks it once for a batch of descriptions; the web page (``app.py``) asks it
+    for each description typed, and for the relevance of the tiles it shows.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        from cvgtext.eval import build_module
+
+        self.split = cfg.get("split", "all")
+        self.top_k = check_options(self.split, cfg.get("top_k", 5), cfg.get("index", "exact"))
+        self.device = cfg.get("device", "cpu")
+        self.batch_size = cfg.data.eval_batch_size
+        self.start_block = (cfg.get("explain") or {}).get("start_block", 0)
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
+        self.module, backbone = build_module(cfg)
+        self.gallery, tiles = build_gallery_index(cfg, self.module, backbone, self.split)
+        self.paths = {tile.name: tile.path for tile in tiles}
+        started = time.perf_counter()
+        self.search = SearchIndex(cfg.get("index", "exact"), self.gallery.embeddings)
+        self.index_ms = 1000 * (time.perf_counter() - started)
+
+    def locate(self, queries: Sequence[str], top_k: int | None = None) -> list[Location]:
+        """Each description's top-k tiles (``top_k`` or the configured number)."""
+        started = time.perf_counter()
+        query_emb = embed_captions(self.module.model, self.module.tokenizer, queries, self.batch_size, self.device)
+        encoded = time.perf_counter()
+        locations = rank_locations(queries, query_emb, self.gallery, self.search, top_k or self.top_k, self.paths)
+        searched = time.perf_counter()
+        log.info(
+            "%d queries against %d tiles (index=%s%s): index %.1f ms, text encoding %.1f ms, search %.1f ms",
+            len(queries), len(self.gallery.names), self.search.name, ", approximate" if self.search.approximate else "",
+            self.index_ms, 1000 * (encoded - started), 1000 * (searched - encoded),
+        )
+        return locations
+
+    def explanation_refusal(self) -> str | None:
+        """Why this model's relevance cannot be drawn; None when it can."""
+        from cvgtext.model.explain import refusal
+
+        return refusal(self.module)
+
+    def explain(self, location: Location, candidates: int = 1) -> list[tuple[Explanation, Image.Image]]:
+        """The description explained with each of its first ``candidates`` tiles (one batch)."""
+        from cvgtext.explanations import explain_caption
+
+        paths = [c.path for c in location.candidates[:candidates] if c.path is not None]
+        return explain_caption(
+            self.module, location.query, paths, self.module.preprocess, self.module.tokenizer, self.start_block
+        )
+
+
+def explain_locations(locator: Locator, locations: Sequence[Location]) -> None:
+    """Attach to the drawn queries the relevance of each description with its top-1 tile."""
+    reason = locator.explanation_refusal()
     if reason is not None:
         log.info("locations.png without relevance overlays: %s", reason)
         return
     for location in locations[:MAX_DRAWN_QUERIES]:
-        if location.candidates and location.candidates[0].path is not None:
-            image = module.preprocess(load_image(location.candidates[0].path))
-            tokens = module.tokenizer([location.query])[0]
-            location.explanation = explain_pair(module, image, tokens, start_block=start_block)
+        found = locator.explain(location)
+        if found:
+            location.explanation = found[0][0]
 
 
 def locations_table(location: Location, number: int) -> str:
@@ -109,35 +164,14 @@ def locations_table(location: Location, number: int) -> str:
 
 def locate(cfg: DictConfig, stdin: IO[str] | None = None) -> list[Location]:
     """Locate ``cfg.query`` / ``cfg.queries`` in the city's gallery; print and write the results."""
-    from cvgtext.eval import build_module
-
     queries = read_queries(cfg.get("query"), cfg.get("queries"), stdin)
-    split = cfg.get("split", "all")
-    top_k = check_options(split, cfg.get("top_k", 5), cfg.get("index", "exact"))
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    module, backbone = build_module(cfg)
-    gallery, tiles = build_gallery_index(cfg, module, backbone, split)
-    started = time.perf_counter()
-    search = SearchIndex(cfg.get("index", "exact"), gallery.embeddings)
-    built = time.perf_counter()
-    query_emb = embed_captions(
-        module.model, module.tokenizer, queries, cfg.data.eval_batch_size, cfg.get("device", "cpu")
-    )
-    encoded = time.perf_counter()
-    locations = rank_locations(queries, query_emb, gallery, search, top_k, {tile.name: tile.path for tile in tiles})
-    searched = time.perf_counter()
-    log.info(
-        "%d queries against %d tiles (index=%s%s): index %.1f ms, text encoding %.1f ms, search %.1f ms",
-        len(queries), len(gallery.names), search.name, ", approximate" if search.approximate else "",
-        1000 * (built - started), 1000 * (encoded - built), 1000 * (searched - encoded),
-    )
+    locator = Locator(cfg)
+    locations = locator.locate(queries)
     for number, location in enumerate(locations, start=1):
         print(locations_table(location, number))
         print()
     draw = cfg.get("draw", True)
-    explain = cfg.get("explain") or {}
-    if draw and explain.get("overlays"):
-        explain_locations(module, locations, explain.get("start_block", 0))
+    if draw and (cfg.get("explain") or {}).get("overlays"):
+        explain_locations(locator, locations)
     write_locations(Path(cfg.paths.output_dir), locations, draw=draw)
     return locations
