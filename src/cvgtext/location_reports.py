@@ -138,7 +138,7 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
             axes.set_xticks([])
             axes.set_yticks([])
             axes.set_xlabel(f"{candidate.rank}: {candidate.score:.3f}\n{candidate.distance_m:.0f} m", fontsize=7)
-        _draw_map(figure.add_subplot(grid[row, columns - 1]), location)
+        draw_map(figure.add_subplot(grid[row, columns - 1]), location)
     with atomic_write(path, "wb") as stream:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
@@ -146,8 +146,9 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
     plt.close(figure)
 
 
-def _draw_map(axes, location: Location) -> None:
-    """The candidates at their coordinates, numbered by rank, with a scale bar in metres."""
+def draw_map(axes, location: Location, city: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
+    """The candidates at their coordinates, numbered by rank, with a scale bar in metres; with
+    ``city`` (the gallery's latitudes and longitudes), every tile in grey beneath, all in view."""
     axes.set_xticks([])
     axes.set_yticks([])
     if not location.candidates:
@@ -158,8 +159,12 @@ def _draw_map(axes, location: Location) -> None:
     metres_per_degree = math.radians(1) * EARTH_RADIUS_KM * 1000
     # Equal distances look equal: a degree of longitude is cos(lat) of a degree of latitude.
     axes.set_aspect(1 / max(math.cos(middle), 1e-6))
-    axes.scatter(lon[1:], lat[1:], s=14, c="tab:blue")
-    axes.scatter(lon[:1], lat[:1], s=30, c="tab:red", marker="*")
+    if city is not None:
+        axes.scatter(city[1], city[0], s=3, c="lightgrey", linewidths=0)
+        lat, lon = [*lat, *city[0]], [*lon, *city[1]]
+    axes.scatter([c.lon for c in location.candidates[1:]], [c.lat for c in location.candidates[1:]], s=14,
+                 c="tab:blue")
+    axes.scatter([location.candidates[0].lon], [location.candidates[0].lat], s=30, c="tab:red", marker="*")
     for c in location.candidates:
         axes.annotate(str(c.rank), (c.lon, c.lat), fontsize=6, xytext=(2, 2), textcoords="offset points")
     pad = max(max(lat) - min(lat), (max(lon) - min(lon)) * math.cos(middle), 100 / metres_per_degree) * 0.25
@@ -176,4 +181,4 @@ def _draw_map(axes, location: Location) -> None:
     label = f"{bar_m / 1000:g} km" if bar_m >= 1000 else f"{bar_m:g} m"
     axes.text(left, bottom + 0.03 * (y1 - y0), label, fontsize=6)
     axes.set_title("candidates", fontsize=7)
-    axes.set_xlabel(f"{lat[0]:.5f}, {lon[0]:.5f}", fontsize=6)
+    axes.set_xlabel(f"{location.candidates[0].lat:.5f}, {location.candidates[0].lon:.5f}", fontsize=6)
