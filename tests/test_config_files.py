@@ -16,7 +16,7 @@ ALTERNATIVES = {
     ("data.num_workers", "0"): {"debug/fast.yaml", "debug/overfit.yaml"},
     ("aspect", "1"): {"img/osm.yaml", "img/sat.yaml"},
     ("devices", "1"): {"trainer/cpu.yaml", "trainer/gpu.yaml"},
-    ("ckpt_path", "None"): {"train.yaml", "eval.yaml", "locate.yaml"},
+    ("ckpt_path", "None"): {"train.yaml", "eval.yaml", "shared/search.yaml"},
 }
 
 
