@@ -263,6 +263,19 @@ def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = 
     return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
 
 
+# Text a person might paste into the web page: markup that must be shown, never run.
+HTML_TEXT = '<script>alert("x")</script><img src=x onerror=alert(1)> a <b>red</b> roof'
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class WritesMarker:
     """A pickle payload that creates the file ``marker`` when it is unpickled: a checkpoint
     holding one is refused by a safe reader, and its code never runs."""
