@@ -9,12 +9,14 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 from PIL import Image
 
 from conftest import SMALL_COLOURS
 from cvgtext.evaluation import evaluate_split
 from cvgtext.reports import (
-    TABLE_COLUMNS, draw_examples, example_queries, metrics_table, write_metrics, write_predictions, write_reports,
+    TABLE_COLUMNS, draw_examples, example_queries, metrics_table, true_rank_label, write_metrics, write_predictions,
+    write_reports,
 )
 
 GREEN, RED = (50, 205, 50), (255, 0, 0)  # PIL's limegreen and red: right and wrong candidates
@@ -77,13 +79,24 @@ def test_predictions_list_each_query_its_rank_and_top_tiles_with_distances(whole
 
 
 @pytest.mark.parametrize(
-    "queries, count, chosen",
-    [(4, 4, [0, 1, 2, 3]), (10, 4, [0, 3, 6, 9]), (9, 3, [0, 4, 8]), (10, 1, [0]), (1, 4, [0]),
-     # fewer queries than examples: every query is shown
-     (2, 4, [0, 1]), (3, 4, [0, 1, 2])],
+    "ranks, count, chosen",
+    [([1, 1, 1, 1], 4, [0, 1, 2, 3]),
+     # spread from the best ranked to the worst, the true tiles not ranked (0) last
+     ([3, 1, 0, 2, 1, 7, 1, 0, 5, 1], 4, [1, 9, 8, 7]),
+     ([3, 1, 0, 2, 1, 7, 1, 0, 5, 1], 3, [1, 3, 7]),
+     ([2, 2, 1], 1, [2]),
+     # fewer queries than examples: every query is shown, best ranked first
+     ([4], 4, [0]), ([5, 1], 4, [1, 0]), ([0, 3, 1], 6, [2, 1, 0])],
 )
-def test_example_queries_are_spread_evenly_from_the_first_to_the_last(queries, count, chosen):
-    assert example_queries(SimpleNamespace(query_index=list(range(queries))), count) == chosen
+def test_example_queries_spread_over_the_ranks_of_their_true_tile(ranks, count, chosen):
+    evaluation = SimpleNamespace(query_index=list(range(len(ranks))),
+                                 ranking=SimpleNamespace(true_rank=torch.tensor(ranks)))
+    assert example_queries(evaluation, count) == chosen
+
+
+def test_the_rank_of_the_true_tile_is_named():
+    assert [true_rank_label(rank) for rank in (1, 2, 1234, 0)] == [
+        "true tile first", "true tile at rank 2", "true tile at rank 1,234", "true tile not ranked"]
 
 
 def test_examples_show_each_query_with_its_candidates_outlined_right_or_wrong(whole_gallery, tmp_path):
@@ -105,6 +118,13 @@ def test_examples_show_each_query_with_its_candidates_outlined_right_or_wrong(wh
         for column in range(3):
             assert candidate(row, column) == (tiles[row][column], outlines[row][column]), (row, column)
         assert candidate(row, 3)[0] == (255, 255, 255)  # three tiles: the 4th and 5th places stay empty
+        # under the caption, the rank of the true tile: green when first, red otherwise
+        top = margin + row * (tile + 2 * margin)
+        label = picture.crop((margin, top + tile - 12, text_width - margin, top + tile))
+        colours = [colour for _, colour in label.getcolors(10_000)]
+        green = any(g > r + 80 and g > b + 80 for r, g, b in colours)
+        red = any(r > g + 80 and r > b + 80 for r, g, b in colours)
+        assert (green, red) == (row < 2, row >= 2), row
 
 
 class WandbLogger:

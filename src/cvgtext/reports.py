@@ -22,12 +22,13 @@ from cvgtext.evaluation import Evaluation
 from cvgtext.geo import haversine_km
 from cvgtext.model.explain import Explanation
 from cvgtext.overlays import draw_shaded_words, heat_overlay, word_relevance
+from cvgtext.retrieval import NOT_RANKED
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "mean_error_km", "count")
 TOP = 5  # candidates per query in predictions.csv and examples.png
-EXAMPLES = 4  # queries in examples.png
+EXAMPLES = 6  # queries in examples.png
 
 
 def metrics_table(metrics: dict[str, dict[str, float]], title: str = "") -> str:
@@ -104,19 +105,28 @@ def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset) 
 
 
 def example_queries(evaluation: Evaluation, count: int = EXAMPLES) -> list[int]:
-    """The queries examples.png shows: ``count`` spread evenly over the split, so the picture is
-    the same for the same split."""
-    queries = len(evaluation.query_index)
-    shown = min(count, queries)
-    return sorted({round(i * (queries - 1) / max(1, shown - 1)) for i in range(shown)})
+    """The queries examples.png shows: ``count`` spread evenly over the ranks of their true tile,
+    from the best ranked to the worst (true tiles not ranked at all last), so that successes
+    and failures both show; ties in query order, so the picture is the same for the same run."""
+    ranks = evaluation.ranking.true_rank.tolist()
+    order = sorted(range(len(ranks)), key=lambda query: (ranks[query] == NOT_RANKED, ranks[query], query))
+    shown = min(count, len(order))
+    return [order[position] for position in sorted({round(i * (len(order) - 1) / max(1, shown - 1))
+                                                     for i in range(shown)})]
+
+
+def true_rank_label(rank: int) -> str:
+    if rank == NOT_RANKED:
+        return "true tile not ranked"
+    return "true tile first" if rank == 1 else f"true tile at rank {rank:,}"
 
 
 def draw_examples(
     path: Path, evaluation: Evaluation, dataset: PairDataset, count: int = EXAMPLES, tile: int = 128,
     explanations: Mapping[int, Explanation] | None = None,
 ) -> None:
-    """``examples.png``: a few queries (:func:`example_queries`), caption wrapped on the left,
-    their top-5 tiles beside it.
+    """``examples.png``: a few queries (:func:`example_queries`), caption wrapped on the left
+    above the rank of its true tile, their top-5 tiles beside it.
 
     The true tile is outlined in green where it was retrieved; wrong candidates in red. A query
     with an explanation (of its top-1 tile) has that tile shaded by patch relevance and its
@@ -136,10 +146,13 @@ def draw_examples(
         explanation = explanations.get(query)
         words = word_relevance(explanation) if explanation is not None else []
         if words:
-            draw_shaded_words(draw, (margin, top), words, text_width - 2 * margin, font, max_lines=tile // 13)
+            draw_shaded_words(draw, (margin, top), words, text_width - 2 * margin, font, max_lines=max(1, tile // 13 - 1))
         else:
-            lines = textwrap.wrap(pair.caption, width=58)[: tile // 12]
+            lines = textwrap.wrap(pair.caption, width=58)[: max(1, tile // 12 - 1)]
             draw.multiline_text((margin, top), "\n".join(lines), fill="black", font=font, spacing=2)
+        rank = int(evaluation.ranking.true_rank[query])
+        draw.text((margin, top + tile - 12), true_rank_label(rank), font=font,
+                  fill="green" if rank == 1 else "firebrick")
         for column, (candidate, score) in enumerate(_top_candidates(evaluation, dataset, query)):
             left = text_width + column * (tile + margin)
             image = load_image(dataset.pairs[candidate].image_path)
