@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import CITY, ROOT, run_cli
+from conftest import CITY, ROOT, repaint_tiles, run_cli
 from cvgtext.cli import launcher_problem
 
 
@@ -85,10 +86,20 @@ def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
     got = json.loads((run_dir / "metrics.json").read_text())
     for group in ("all", "panorama", "single"):
         assert got[group] == pytest.approx(expected[group], abs=1e-9), group
+    weights, reference = (torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+                          ["state_dict"] for folder in (run_dir, reference_dir))
+    assert weights.keys() == reference.keys()
+    for key in weights:
+        difference = (weights[key].float() - reference[key].float()).abs().max().item()
+        assert difference < 1e-4, (key, difference)
 
 
 @pytest.mark.heavy
 def test_two_nodes_through_torchrun_or_slurm_match_two_processes_on_one_node(release_dir, tmp_path):
+    # Gradients reduced across nodes may differ from one node's in the last bit, which Adam can
+    # grow for parameters of near-zero gradient (5e-6 here, against a learning rate of 2.5e-4),
+    # so no two tiles may tie (the fixture's panorama and photo tiles are identical).
+    repaint_tiles(release_dir)
     # One pair per evaluation batch: embeddings of other batch sizes may differ in the last bit.
     common = ("strategy=ddp", "trainer.accelerator=cpu", "data.eval_batch_size=2",
               "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0")
