@@ -143,9 +143,8 @@ def tile_gallery(location: Location | None, explanations: Sequence[Explanation] 
     if location is None:
         return []
     shown = []
-    for i, c in enumerate(location.candidates):
-        if c.path is None:
-            continue
+    # the candidates whose tile file is known, as Locator.explain takes them
+    for i, c in enumerate(c for c in location.candidates if c.path is not None):
         tile = display_tile(c.path)
         if i < len(explanations):
             tile = heat_overlay(tile, explanations[i].image)
