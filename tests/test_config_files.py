@@ -17,6 +17,8 @@ ALTERNATIVES = {
     ("aspect", "1"): {"img/osm.yaml", "img/sat.yaml"},
     ("devices", "1"): {"trainer/cpu.yaml", "trainer/gpu.yaml"},
     ("ckpt_path", "None"): {"train.yaml", "eval.yaml", "shared/search.yaml"},
+    # tiles shown, and candidates re-ranked: two settings that happen to agree
+    ("top_k", "5"): {"shared/search.yaml", "reranker/lmm.yaml"},
 }
 
 

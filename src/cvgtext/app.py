@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from PIL import Image
 
 from cvgtext.errors import ConfigError
-from cvgtext.location_reports import Location
+from cvgtext.location_reports import Candidate, Location
 
 if TYPE_CHECKING:
     from cvgtext.locate import Locator
@@ -90,6 +90,8 @@ def answer(locator: Locator, text: Any, max_chars: int = 2000) -> Answer:
     best = location.candidates[0]
     message = (f"Best match **{best.lat:.5f}, {best.lon:.5f}** (score {best.score:.3f}) among "
                f"{len(locator.gallery.names):,} tiles, in {1000 * seconds:.0f} ms.")
+    if location.reranking is not None:
+        notes.append(f"Re-ranker: {location.reranking}.")
     return Answer(message, location, notes, seconds)
 
 
@@ -101,13 +103,23 @@ def results_html(location: Location | None) -> str:
     """The ranked candidates as a table (each row carries its file in ``data-file``)."""
     if location is None or not location.candidates:
         return '<p class="no-results">No results yet.</p>'
+    reranked = location.reranking is not None
+
+    def reranker_cells(c: Candidate) -> str:
+        if not reranked:
+            return ""
+        value = "" if c.value is None else f"{c.value:.2f}"
+        return f'<td>{c.dual_rank or ""}</td><td>{value}</td><td class="reason">{html.escape(c.reason or "")}</td>'
+
     rows = "".join(
         f'<tr data-file="{html.escape(c.file)}"><td>{c.rank}</td><td class="file">{html.escape(c.file)}</td>'
-        f"<td>{c.lat:.6f}</td><td>{c.lon:.6f}</td><td>{c.score:.4f}</td><td>{c.distance_m:,.0f}</td></tr>"
+        f"<td>{c.lat:.6f}</td><td>{c.lon:.6f}</td><td>{c.score:.4f}</td><td>{c.distance_m:,.0f}</td>"
+        f"{reranker_cells(c)}</tr>"
         for c in location.candidates
     )
+    extra = "<th>dual encoder rank</th><th>re-ranker value</th><th>re-ranker reason</th>" if reranked else ""
     return (f'<table class="candidates" data-query="{html.escape(location.query)}"><thead><tr><th>rank</th>'
-            "<th>file</th><th>lat</th><th>lon</th><th>score</th><th>metres from 1</th></tr></thead>"
+            f"<th>file</th><th>lat</th><th>lon</th><th>score</th><th>metres from 1</th>{extra}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")
 
 

@@ -12,10 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.checkpoints import check_backbone, model_state_dict, read_checkpoint
 from cvgtext.errors import ConfigError
+from cvgtext.evaluation import flatten_metrics
 from cvgtext.explanations import report_explanations, write_explanations
 from cvgtext.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.model.weights import load_state
 from cvgtext.module import CrossViewRetrieval
+from cvgtext.rerank.build import build_reranker
+from cvgtext.rerank.evaluation import rerank_split
 from cvgtext.instantiate import instantiate_group
 from cvgtext.loggers import finish_wandb
 from cvgtext.reports import run_summary, write_reports
@@ -62,6 +65,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     module, backbone = build_module(cfg)
+    reranker = build_reranker(cfg, module)  # its settings checked before the split is embedded
     datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
@@ -89,6 +93,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 store_index(cache_dir, index_key, tiles, evaluation.gallery)
         if trainer.is_global_zero:
             dataset = datamodule.dataset(split)
+            reranking = None
+            if reranker is not None:
+                reranking = rerank_split(evaluation, dataset, reranker, reranker.weight, reranker.max_queries,
+                                         cfg.get("seed") or 0)
+                metrics.update(flatten_metrics(reranking.metrics["with"], f"{split}/reranked"))
             explain = cfg.get("explain") or {}
             start_block = explain.get("start_block", 0)
             write_reports(
@@ -97,6 +106,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                  "gallery_index": "reused" if stored is not None else "embedded"},
                 loggers,
                 explanations=report_explanations(cfg, module, evaluation, dataset),
+                reranking=reranking,
             )
             if explain.get("enabled"):
                 write_explanations(

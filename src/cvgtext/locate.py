@@ -30,6 +30,8 @@ from cvgtext.gallery import (
 from cvgtext.geo import haversine_km
 from cvgtext.location_reports import MAX_DRAWN_QUERIES, Candidate, Location, write_locations
 from cvgtext.queries import check_options, read_queries
+from cvgtext.rerank import Query, Reranker, rerank
+from cvgtext.rerank.build import build_reranker
 from cvgtext.search import SearchIndex
 
 if TYPE_CHECKING:
@@ -107,6 +109,7 @@ class Locator:
         started = time.perf_counter()
         self.search = SearchIndex(cfg.get("index", "exact"), self.gallery.embeddings)
         self.index_ms = 1000 * (time.perf_counter() - started)
+        self.reranker = build_reranker(cfg, self.module)
 
     def locate(self, queries: Sequence[str], top_k: int | None = None) -> list[Location]:
         """Each description's top-k tiles (``top_k`` or the configured number)."""
@@ -120,6 +123,9 @@ class Locator:
             len(queries), len(self.gallery.names), self.search.name, ", approximate" if self.search.approximate else "",
             self.index_ms, 1000 * (encoded - started), 1000 * (searched - encoded),
         )
+        if self.reranker is not None:
+            rerank_locations(self.reranker, locations)
+            log.info("Re-ranked by %s in %.1f s", self.reranker.name, time.perf_counter() - searched)
         return locations
 
     def explanation_refusal(self) -> str | None:
@@ -138,6 +144,26 @@ class Locator:
         )
 
 
+def rerank_locations(reranker: Reranker, locations: Sequence[Location]) -> None:
+    """Re-order each location's candidates by the re-ranker's judgement; note its reasons."""
+    asked = [Query(location.query, [c.path for c in location.candidates], [c.score for c in location.candidates])
+             for location in locations]
+    for location, result in zip(locations, rerank(reranker, asked, reranker.weight)):
+        candidates = location.candidates
+        for position, candidate in enumerate(candidates):
+            candidate.dual_rank = position + 1
+            if position < len(result.judged):
+                candidate.value, candidate.reason = result.judged[position].value, result.judged[position].reason
+        location.candidates = [candidates[old] for old in result.order]
+        location.reranking = result.status
+        if location.candidates:
+            lat = torch.tensor([c.lat for c in location.candidates], dtype=torch.float64)
+            lon = torch.tensor([c.lon for c in location.candidates], dtype=torch.float64)
+            distance_m = (haversine_km(lat[:1], lon[:1], lat, lon) * 1000).tolist()
+            for rank, (candidate, distance) in enumerate(zip(location.candidates, distance_m), start=1):
+                candidate.rank, candidate.distance_m = rank, distance
+
+
 def explain_locations(locator: Locator, locations: Sequence[Location]) -> None:
     """Attach to the drawn queries the relevance of each description with its top-1 tile."""
     reason = locator.explanation_refusal()
@@ -151,14 +177,21 @@ def explain_locations(locator: Locator, locations: Sequence[Location]) -> None:
 
 
 def locations_table(location: Location, number: int) -> str:
-    """The ranked candidates of one query as a fixed-width table."""
+    """The ranked candidates of one query as a fixed-width table; re-ranked, with the dual
+    encoder's rank, the re-ranker's value and its reasons below."""
     width = max([len("file")] + [len(c.file) for c in location.candidates])
+    reranked = location.reranking is not None
     header = f"{'rank':>4}  {'file':<{width}}  {'lat':>11}  {'lon':>11}  {'score':>8}  {'distance_m':>10}"
-    lines = [f"query {number}: {location.query}", header, "-" * len(header)]
+    header += f"  {'was':>3}  {'value':>5}" if reranked else ""
+    title = f"query {number}: {location.query}"
+    lines = [f"{title} ({location.reranking})" if reranked else title, header, "-" * len(header)]
     for c in location.candidates:
-        lines.append(
-            f"{c.rank:>4}  {c.file:<{width}}  {c.lat:>11.6f}  {c.lon:>11.6f}  {c.score:>8.4f}  {c.distance_m:>10.0f}"
-        )
+        line = f"{c.rank:>4}  {c.file:<{width}}  {c.lat:>11.6f}  {c.lon:>11.6f}  {c.score:>8.4f}  {c.distance_m:>10.0f}"
+        if reranked:
+            value = "" if c.value is None else f"{c.value:.2f}"
+            line += f"  {c.dual_rank or '':>3}  {value:>5}"
+        lines.append(line)
+    lines += [f"{c.rank:>4}: {c.reason}" for c in location.candidates if reranked and c.reason]
     return "\n".join(lines)
 
 

@@ -35,6 +35,10 @@ class Candidate:
     score: float
     distance_m: float  # from the query's best candidate
     path: Path | None = None
+    # with a re-ranker: the rank the dual encoder gave, and the re-ranker's value and reason
+    dual_rank: int | None = None
+    value: float | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -45,18 +49,26 @@ class Location:
     candidates: list[Candidate]
     # relevance of the description with its top-1 tile (a model.explain.Explanation), drawn on locations.png
     explanation: Any = None
+    reranking: str | None = None  # with a re-ranker: "re-ranked", or why the order was kept
+
+
+def candidate_content(c: Candidate) -> dict:
+    content = {"rank": c.rank, "file": c.file, "lat": c.lat, "lon": c.lon, "score": c.score,
+               "distance_m": round(c.distance_m, 1)}
+    if c.dual_rank is not None:
+        content.update(dual_encoder_rank=c.dual_rank, value=c.value, reason=c.reason)
+    return content
 
 
 def locations_content(locations: Sequence[Location]) -> list[dict]:
-    """``[{"query", "candidates": [{"rank", "file", "lat", "lon", "score", "distance_m"}]}]``."""
+    """``[{"query", "candidates": [{"rank", "file", "lat", "lon", "score", "distance_m"}]}]``;
+    re-ranked, each query also has ``reranking`` and each candidate ``dual_encoder_rank``,
+    ``value`` and ``reason``."""
     return [
         {
             "query": location.query,
-            "candidates": [
-                {"rank": c.rank, "file": c.file, "lat": c.lat, "lon": c.lon, "score": c.score,
-                 "distance_m": round(c.distance_m, 1)}
-                for c in location.candidates
-            ],
+            **({"reranking": location.reranking} if location.reranking is not None else {}),
+            "candidates": [candidate_content(c) for c in location.candidates],
         }
         for location in locations
     ]

@@ -22,6 +22,7 @@ from cvgtext.evaluation import Evaluation
 from cvgtext.geo import haversine_km
 from cvgtext.model.explain import Explanation
 from cvgtext.overlays import draw_shaded_words, heat_overlay, word_relevance
+from cvgtext.rerank.evaluation import SplitReranking, comparison_table
 from cvgtext.retrieval import NOT_RANKED
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,18 @@ def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[s
     }
 
 
-def write_metrics(path: Path, evaluation: Evaluation, summary: dict[str, Any]) -> None:
-    """``metrics.json``: the metrics of both protocols and what produced them."""
+def write_metrics(path: Path, evaluation: Evaluation, summary: dict[str, Any],
+                  reranking: SplitReranking | None = None) -> None:
+    """``metrics.json``: the metrics of both protocols and what produced them; with a
+    re-ranking, its settings, counts and the metrics of its queries without and with it."""
     content = {
         **evaluation.metrics,
         "protocol": "full" if evaluation.nearest is None else f"nearest{evaluation.nearest}",
         "full_city": evaluation.full_city_metrics,
         "run": summary,
     }
+    if reranking is not None:
+        content["reranking"] = reranking.metrics
     with atomic_write(path) as stream:
         json.dump(content, stream, indent=2)
         stream.write("\n")
@@ -81,11 +86,35 @@ def _top_candidates(evaluation: Evaluation, dataset: PairDataset, query: int) ->
     return candidates
 
 
-def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset) -> None:
-    """``predictions.csv``: per query, its top-5 tiles with scores and distances from the true place."""
+def reranked_columns(reranking: SplitReranking, evaluation: Evaluation, dataset: PairDataset) -> dict[int, list]:
+    """The re-ranking's cells of each re-ranked query's row: its status, the true tile's new
+    rank, and the new top candidates with the re-ranker's value and reason for each."""
+    cells = {}
+    for row, (query, result) in enumerate(zip(reranking.queries, reranking.results)):
+        after = reranking.after
+        values: list[Any] = [result.status, int(after.true_rank[row]) or ""]
+        for rank, old in enumerate(result.order[:TOP]):
+            position = int(after.indices[row, rank])
+            judged = result.judged[old] if old < len(result.judged) else None
+            values += [dataset.pairs[evaluation.gallery_index[position]].name,
+                       "" if judged is None or judged.value is None else round(judged.value, 4),
+                       "" if judged is None else judged.reason]
+        cells[query] = values
+    return cells
+
+
+def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset,
+                      reranking: SplitReranking | None = None) -> None:
+    """``predictions.csv``: per query, its top-5 tiles with scores and distances from the true
+    place; with a re-ranking, also its new top-5 with the re-ranker's values and reasons."""
     header = ["query", "caption", "lat", "lon", "view", "correct", "true_rank", "top1_error_m"]
     for rank in range(1, TOP + 1):
         header += [f"top{rank}", f"top{rank}_score", f"top{rank}_distance_m"]
+    reranked = reranked_columns(reranking, evaluation, dataset) if reranking is not None else {}
+    if reranking is not None:
+        header += ["reranking", "reranked_true_rank"]
+        for rank in range(1, TOP + 1):
+            header += [f"reranked_top{rank}", f"reranked_top{rank}_value", f"reranked_top{rank}_reason"]
     with atomic_write(path, newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(header)
@@ -101,6 +130,9 @@ def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset) 
                 distance_km = haversine_km(*(torch.tensor(value, dtype=torch.float64)
                                              for value in (pair.lat, pair.lon, tile.lat, tile.lon)))
                 row += [tile.name, round(score, 5), round(float(distance_km) * 1000, 1)]
+            if reranking is not None:
+                row += [""] * (8 + 3 * TOP - len(row))  # fewer than TOP candidates
+                row += reranked.get(query, ["not asked"])
             writer.writerow(row)
 
 
@@ -177,10 +209,12 @@ def write_reports(
     summary: dict[str, Any],
     loggers: list[Any] = (),
     explanations: Mapping[int, Explanation] | None = None,
+    reranking: SplitReranking | None = None,
 ) -> dict[str, Path]:
     """Write the three report files, print the metrics table and hand the reports to the loggers.
 
     ``explanations``: relevance maps of the example queries' top-1 tiles, overlaid on examples.png.
+    ``reranking``: a re-ranking of some queries, reported beside the dual encoder's metrics.
     """
     output_dir = Path(output_dir)
     paths = {
@@ -188,13 +222,15 @@ def write_reports(
         "predictions": output_dir / "predictions.csv",
         "examples": output_dir / "examples.png",
     }
-    write_metrics(paths["metrics"], evaluation, summary)
-    write_predictions(paths["predictions"], evaluation, dataset)
+    write_metrics(paths["metrics"], evaluation, summary, reranking)
+    write_predictions(paths["predictions"], evaluation, dataset, reranking)
     draw_examples(paths["examples"], evaluation, dataset, explanations=explanations)
     protocol = "whole gallery" if evaluation.nearest is None else f"{evaluation.nearest} nearest tiles"
     title = f"{summary.get('city')} {summary.get('img')} {summary.get('split')} ({protocol}), percent / km"
     table = metrics_table(evaluation.metrics, title)
     print(table)
+    if reranking is not None:
+        print(comparison_table(reranking))
     log.info("Reports written to %s", output_dir)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":

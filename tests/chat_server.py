@@ -1,0 +1,90 @@
+"""A fake OpenAI-compatible chat-completions server on 127.0.0.1, for the re-ranker's tests.
+
+Behaviours: ``oracle`` (knows each description's true tile: confidence 1 for it, 0 for the
+others; in pairs, picks it), ``random`` (seeded confidences and choices), ``garbage`` (prose,
+no JSON), ``out_of_range`` (confidence 7), ``slow`` (answers after ``delay_s``), ``error``
+(HTTP 500). It records each request's body and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class ChatServer:
+    def __init__(self, behaviour: str, truth: dict[str, str] | None = None, delay_s: float = 0.0, seed: int = 0):
+        self.behaviour, self.truth, self.delay_s = behaviour, truth or {}, delay_s
+        self.random = random.Random(seed)
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                if server.behaviour == "slow":
+                    time.sleep(server.delay_s)
+                if server.behaviour == "error":
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.answer(body)}}]})
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply.encode())
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> "ChatServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+    def answer(self, body: dict) -> str:
+        content = body["messages"][0]["content"]
+        text = next(part["text"] for part in content if part["type"] == "text")
+        images = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
+        pairwise = "Image A and image B" in text
+        if self.behaviour == "garbage":
+            return "I think it is probably the second one, it has trees."
+        if self.behaviour == "out_of_range":
+            return '{"reason": "sure", "confidence": 7}'
+        if self.behaviour == "random":
+            with self.lock:
+                if pairwise:
+                    return json.dumps({"reason": "a coin", "better": self.random.choice("AB")})
+                return json.dumps({"reason": "a die", "confidence": round(self.random.random(), 3)})
+        match = re.search(r'"(.*)"', text)
+        true_image = self.truth.get(match.group(1) if match else "")
+        if pairwise:
+            half = len(images) // 2
+            better = "B" if true_image in images[half:] else "A"
+            return f'```json\n{{"reason": "image {better} shows the place", "better": "{better}"}}\n```'
+        correct = true_image == images[0]
+        return json.dumps({"reason": "the place described" if correct else "another place",
+                           "confidence": 1.0 if correct else 0.0})
