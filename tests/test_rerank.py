@@ -8,7 +8,9 @@ from collections import Counter
 
 import pytest
 from chat_server import ChatServer
-from conftest import CITY, annotation_path, compose_config, free_port, image_path, locate_overrides, repaint_tiles
+from conftest import (
+    CITY, annotation_path, compose_config, free_port, image_path, locate_overrides, logged_metrics, repaint_tiles,
+)
 
 from cvgtext.errors import ConfigError
 from cvgtext.rerank import Judged, reorder
@@ -191,7 +193,7 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
     from cvgtext.data.dataset import load_image
     from cvgtext.eval import evaluate
 
-    from conftest import tiny_checkpoint
+    from conftest import run_cli, tiny_checkpoint
 
     repaint_tiles(release_dir)
     unique_captions(release_dir)
@@ -207,17 +209,22 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
             release_dir, f"ckpt_path={checkpoint}", "reranker=lmm", f"reranker.url={server.url}",
             "reranker.api_key_env=CVGTEXT_TEST_API_KEY", "reranker.weight=3", "reranker.max_queries=null",
             "reranker.model=fake-vl")]
-        metrics = evaluate(compose_config("eval", overrides, tmp_path))
+        metrics = evaluate(compose_config("eval", [*overrides, "logger=csv"], tmp_path))
         asked = len(server.requests)
         assert asked == 9 * 5 and server.requests[0]["headers"]["Authorization"] == f"Bearer {secret}"
-        evaluate(compose_config("eval", overrides, tmp_path / "again"))
-        assert len(server.requests) == asked  # every reply from the cache
+        # the command itself, as a user runs it: every reply now comes from the cache
+        again = run_cli("eval.py", *overrides, f"hydra.run.dir={tmp_path}/again", env={"CVGTEXT_TEST_API_KEY": secret})
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert len(server.requests) == asked
+    assert "re-ranking (pointwise, top 5, weight 3): 9 of 9 queries re-ranked" in again.stdout
+    assert (tmp_path / "again" / ".hydra" / "overrides.yaml").is_file()
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "run" / "metrics.json").read_text())["reranking"]
     # With weight 3 (more than the widest spread of cosine similarities, 2), the oracle's
     # choice decides: R@1 after re-ranking is the share of queries whose true tile is in the top 5.
     assert report["with"]["all"]["R@1"] == report["without"]["all"]["R@5"] > report["without"]["all"]["R@1"]
     assert metrics["test/reranked/R@1"] == report["with"]["all"]["R@1"]
+    assert logged_metrics(tmp_path / "run")["test/reranked/R@1"] == pytest.approx(report["with"]["all"]["R@1"])
     assert report["model"] == "fake-vl" and "{description}" in report["prompt"] and report["queries"] == 9
     assert "re-ranking (pointwise, top 5, weight 3): 9 of 9 queries re-ranked" in printed
     with open(tmp_path / "run" / "predictions.csv", newline="") as stream:
@@ -226,7 +233,7 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
         assert row["reranking"] == "re-ranked"
         if row["reranked_true_rank"] == "1":
             assert row["reranked_top1"] == row["query"] and row["reranked_top1_reason"] == "the place described"
-    # the key is in no file the runs wrote
+    # the key is in no file the runs wrote (configs, logs, reports, the reply cache)
     written = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert any(path.name == "config.yaml" or path.suffix == ".json" for path in written)
     assert not [path for path in written if secret.encode() in path.read_bytes()]
@@ -267,4 +274,36 @@ def test_the_cli_names_a_bad_reranker_setting_in_one_line(release_dir, tmp_path)
     result = run_cli("eval.py", *locate_overrides(release_dir), f"hydra.run.dir={tmp_path}/run", "reranker=lmm",
                      "reranker.mode=listwise")
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1:] == ["error: reranker.mode='listwise': expected pointwise or pairwise"]
+    last = result.stderr.strip().splitlines()[-1:]
+    assert last == ["error: reranker.mode='listwise': expected pointwise or pairwise"]
+
+
+def test_pairwise_requests_carry_each_tile_and_its_relevance_overlay(release_dir, tmp_path):
+    from conftest import run_locate, tiny_checkpoint
+
+    repaint_tiles(release_dir)  # no two tiles alike: identical questions are asked once
+    checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=6)
+    with ChatServer("random", seed=1) as server:
+        [location] = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "query=a red roof", "draw=false",
+                                "top_k=3", "reranker=lmm", f"reranker.url={server.url}", "reranker.mode=pairwise",
+                                "reranker.overlay=true")
+    assert len(server.requests) == 3  # the pairs of 3 candidates
+    for request in server.requests:
+        content = request["body"]["messages"][0]["content"]
+        assert [part["type"] for part in content] == ["text"] + ["image_url"] * 4
+        assert "shaded where a retrieval model found" in content[0]["text"]
+        tile, overlay = (part["image_url"]["url"] for part in content[1:3])
+        assert tile != overlay and tile.startswith("data:image/jpeg;base64,")
+    assert location.reranking == "re-ranked" and sorted(c.dual_rank for c in location.candidates) == [1, 2, 3]
+
+
+def test_the_same_question_is_asked_once(small_split, tmp_path):
+    from cvgtext.rerank import Query
+
+    _, dataset = small_split
+    tiles = [pair.image_path for pair in dataset.pairs[:3]]
+    with ChatServer("random", seed=2) as server:
+        reranker = LMMReranker(url=server.url, model="fake", cache_dir=None, **PROMPTS)
+        first, second = reranker.judge([Query("a red roof", tiles, [0.3, 0.2, 0.1])] * 2)
+    assert len(server.requests) == 3
+    assert [j.value for j in first] == [j.value for j in second]

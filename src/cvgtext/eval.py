@@ -97,7 +97,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             if reranker is not None:
                 reranking = rerank_split(evaluation, dataset, reranker, reranker.weight, reranker.max_queries,
                                          cfg.get("seed") or 0)
-                metrics.update(flatten_metrics(reranking.metrics["with"], f"{split}/reranked"))
+                reranked = flatten_metrics(reranking.metrics["with"], f"{split}/reranked")
+                metrics.update(reranked)
+                for logger in loggers:
+                    logger.log_metrics(reranked)
+                    logger.save()
             explain = cfg.get("explain") or {}
             start_block = explain.get("start_block", 0)
             write_reports(

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from cvgtext.atomic import atomic_write
-from cvgtext.errors import ConfigError
+from cvgtext.errors import ConfigError, OutputError
 from cvgtext.rerank import Judged, Query
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,11 @@ class Reply:
     content: str | None
     failure: str | None = None  # timeout, unreachable, http_error, bad_response
     cached: bool = False
+
+
+def request_key(body: dict) -> str:
+    """The digest of a whole request: what the reply cache is keyed by."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def encode_image(image: Image.Image, size: int) -> str:
@@ -136,7 +141,7 @@ class ChatEndpoint:
     def _cache_path(self, body: dict) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        key = request_key(body)
         return self.cache_dir / key[:2] / f"{key}.json"
 
     def ask(self, body: dict) -> Reply:
@@ -152,9 +157,11 @@ class ChatEndpoint:
                 pass  # a damaged entry is asked again and rewritten
         reply = self._post(body)
         if reply.content is not None and path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_write(path) as stream:
-                json.dump({"content": reply.content}, stream)
+            try:
+                with atomic_write(path) as stream:
+                    json.dump({"content": reply.content}, stream)
+            except (OSError, OutputError) as error:  # the reply is still used; only the cache misses it
+                log.warning("The re-ranker's reply cache could not be written: %s", error)
         return reply
 
     def _headers(self) -> dict[str, str]:
@@ -295,9 +302,11 @@ class LMMReranker:
     def judge(self, queries: Sequence[Query]) -> list[list[Judged]]:
         """Each query's candidates judged; requests of all queries run ``concurrency`` at a time."""
         asked = [self.requests(query) for query in queries]
-        flat = [body for requests in asked for _, body in requests]
+        # The same question (a caption repeated, identical tiles) is asked once.
+        distinct = {request_key(body): body for requests in asked for _, body in requests}
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            replies = iter(list(pool.map(self.endpoint.ask, flat)))
+            answers = dict(zip(distinct, pool.map(self.endpoint.ask, distinct.values())))
+        replies = iter([answers[request_key(body)] for requests in asked for _, body in requests])
         judgements = []
         for query, requests in zip(queries, asked):
             answered = [(candidates, next(replies)) for candidates, _ in requests]
@@ -340,6 +349,14 @@ class LMMReranker:
         ]
 
 
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_settings(**settings: Any) -> None:
     """Stop with one message naming the ``reranker.*`` key of a bad value."""
     def bad(key: str, expected: str) -> ConfigError:
@@ -352,19 +369,18 @@ def check_settings(**settings: Any) -> None:
         raise bad("model", "the name of the model the endpoint serves")
     if settings["mode"] not in MODES:
         raise bad("mode", " or ".join(MODES))
-    if isinstance(settings["top_k"], bool) or not isinstance(settings["top_k"], int) or not 2 <= settings["top_k"] <= 10:
+    top_k, max_queries = settings["top_k"], settings["max_queries"]
+    if not _is_whole(top_k) or not 2 <= top_k <= 10:
         raise bad("top_k", "a number of candidates from 2 to 10")
-    max_queries = settings["max_queries"]
-    if max_queries is not None and (isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1):
+    if max_queries is not None and (not _is_whole(max_queries) or max_queries < 1):
         raise bad("max_queries", "a positive number of queries, or null for all")
-    for key, low in (("weight", 0), ("timeout_s", 0), ("backoff_s", 0)):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low or (
-                key == "timeout_s" and value == 0):
-            raise bad(key, "a positive number" if key == "timeout_s" else "a number >= 0")
+    for key in ("weight", "backoff_s"):
+        if not _is_number(settings[key]) or settings[key] < 0:
+            raise bad(key, "a number >= 0")
+    if not _is_number(settings["timeout_s"]) or settings["timeout_s"] <= 0:
+        raise bad("timeout_s", "a positive number")
     for key, low in (("retries", 0), ("concurrency", 1), ("image_size", 32)):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        if not _is_whole(settings[key]) or settings[key] < low:
             raise bad(key, f"a whole number >= {low}")
     name = settings["api_key_env"]
     if name is not None and (not isinstance(name, str) or not name.replace("_", "").isalnum()):
