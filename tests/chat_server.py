@@ -1,7 +1,8 @@
 """A fake OpenAI-compatible chat-completions server on 127.0.0.1, for the re-ranker's tests.
 
 Behaviours: ``oracle`` (knows each description's true tile: confidence 1 for it, 0 for the
-others; in pairs, picks it), ``random`` (seeded confidences and choices), ``garbage`` (prose,
+others; in pairs, picks it), ``random`` (confidences and choices drawn from the seed and the
+request), ``garbage`` (prose,
 no JSON), ``out_of_range`` (confidence 7), ``slow`` (answers after ``delay_s``), ``error``
 (HTTP 500). It records each request's body and headers.
 """
@@ -19,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class ChatServer:
     def __init__(self, behaviour: str, truth: dict[str, str] | None = None, delay_s: float = 0.0, seed: int = 0):
         self.behaviour, self.truth, self.delay_s = behaviour, truth or {}, delay_s
-        self.random = random.Random(seed)
+        self.seed = seed
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         server = self
@@ -74,11 +75,11 @@ class ChatServer:
             return "I think it is probably the second one, it has trees."
         if self.behaviour == "out_of_range":
             return '{"reason": "sure", "confidence": 7}'
-        if self.behaviour == "random":
-            with self.lock:
-                if pairwise:
-                    return json.dumps({"reason": "a coin", "better": self.random.choice("AB")})
-                return json.dumps({"reason": "a die", "confidence": round(self.random.random(), 3)})
+        if self.behaviour == "random":  # drawn from the request itself: the same whatever the arrival order
+            draw = random.Random(f"{self.seed}:{json.dumps(body, sort_keys=True)}")
+            if pairwise:
+                return json.dumps({"reason": "a coin", "better": draw.choice("AB")})
+            return json.dumps({"reason": "a die", "confidence": round(draw.random(), 3)})
         match = re.search(r'"(.*)"', text)
         true_image = self.truth.get(match.group(1) if match else "")
         if pairwise:
