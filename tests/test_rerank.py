@@ -307,3 +307,14 @@ def test_the_same_question_is_asked_once(small_split, tmp_path):
         first, second = reranker.judge([Query("a red roof", tiles, [0.3, 0.2, 0.1])] * 2)
     assert len(server.requests) == 3
     assert [j.value for j in first] == [j.value for j in second]
+
+
+def test_a_local_server_is_reached_past_a_proxy_of_the_environment(small_split, tmp_path, monkeypatch):
+    # nothing listens at the proxy: a request sent there would fail
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    with ChatServer("oracle", small_truth(small_split)) as server:
+        _, reranking = small_reranking(small_split, server.url, tmp_path)
+    assert reranking.metrics["reranked"] == 4 and len(server.requests) == 12

@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +134,10 @@ class ChatEndpoint:
         self.api_key_env = api_key_env
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.cache_dir = Path(cache_dir) / "reranker" if cache_dir else None
+        # A model served on this machine is reached directly, whatever proxy the environment names.
+        host = urllib.parse.urlsplit(self.url).hostname
+        local = host in ("localhost", "127.0.0.1", "::1")
+        self.opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
         self.unreachable = threading.Event()
         self.sent = 0
         self.cached = 0
@@ -183,7 +188,7 @@ class ChatEndpoint:
                 self.sent += 1
             request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with self.opener.open(request, timeout=self.timeout_s) as response:
                     raw = response.read()
             except urllib.error.HTTPError as error:
                 failure = "http_error"
