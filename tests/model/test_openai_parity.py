@@ -308,3 +308,45 @@ def test_a_checkpoint_evaluates_with_the_activation_and_aspect_it_was_trained_wi
     assert backbone["image_aspect"] == 2 and backbone["quick_gelu"] is True and backbone["pretrained"] is None
     older = {"hyper_parameters": {"backbone": {key: trained[key] for key in ("name", "model_name")}}}
     assert backbone_for_checkpoint({**asked, "quick_gelu": True}, older, "old.ckpt")["quick_gelu"] is None
+
+
+def long_clip_state(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Weights in Long-CLIP's layout: 248 positions stretched from CLIP's as Long-CLIP starts
+    (``positional_embedding``), and a trained-looking ``positional_embedding_res`` beside them."""
+    from cvgtext.model.positional import resize_text_positional_embedding
+
+    stretched = resize_text_positional_embedding(state["positional_embedding"].float(), 248, "keep_first", keep=20)
+    noise = torch.randn(stretched.shape, generator=torch.Generator().manual_seed(seed)) * 0.01
+    return {**state, "positional_embedding": stretched.half(), "positional_embedding_res": (stretched + noise).half()}
+
+
+@pytest.mark.slow
+def test_long_clip_weights_embed_248_tokens_as_long_clip_adds_its_two_position_tables(openai, configs, tmp_path):
+    """Long-CLIP's text tower adds ``positional_embedding * mask1 + positional_embedding_res * mask2``
+    (mask1: the first 20 positions); restated here on OpenAI's model, at ViT-B/16's real widths."""
+    module, tokenizer = openai
+    state = long_clip_state(random_state(configs["ViT-B-16"], seed=3), seed=4)
+    path = tmp_path / "longclip-B.pt"
+    torch.save(state, path)
+    first = (torch.arange(248) < 20).float()[:, None]
+    added = state["positional_embedding"].float() * first + state["positional_embedding_res"].float() * (1 - first)
+    reference_state = {key: value for key, value in state.items() if key != "positional_embedding_res"}
+    reference = openai_model(module, {**reference_state, "positional_embedding": added.half()})
+
+    backbone = ["backbone=longclip_b16", f"backbone.model_name={configs['ViT-B-16']}"]
+    encoder = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={path}"])
+    assert encoder.context_length == 248 and encoder.quick_gelu
+    tokens = encoder.tokenizer([SHORT, LONG])
+    assert torch.equal(tokens, openai_tokenize(tokenizer, [SHORT, LONG], 248))
+    assert 77 < int(tokens[1].argmax()) < 248  # the long caption is read whole
+    images = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    assert_same_embeddings(encoder.model.eval(), reference, tokens, images)
+    evaluated = through_ckpt_path(tmp_path, [*backbone, f"ckpt_path={path}"])
+    assert_same_model(evaluated.model, encoder.model)
+
+    # From CLIP's own 77 positions, Long-CLIP's starting point: its 4x stretch after the first 20.
+    clip_file = tmp_path / "clip.pt"
+    plain = random_state(configs["ViT-B-16"], seed=3)
+    torch.save(plain, clip_file)
+    started = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={clip_file}"])
+    assert torch.equal(started.model.positional_embedding.detach().half(), state["positional_embedding"])

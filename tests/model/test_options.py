@@ -68,3 +68,29 @@ def test_locking_a_tower_freezes_exactly_its_parameters(lock_image, lock_text):
     _, gradients = loss_and_gradients(module)
     assert all(module.get_parameter(name).requires_grad for name in gradients)
     assert "model.logit_scale" in gradients
+
+
+@pytest.mark.slow
+def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, test_backbone):
+    """backbone=longclip_b16 end to end on random weights: train one epoch, evaluate its checkpoint."""
+    from conftest import CITY, compose_config
+
+    from cvgtext.eval import build_module, evaluate
+    from cvgtext.train import train
+
+    common = ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
+              "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",
+              "backbone=longclip_b16", f"backbone.model_name={test_backbone}"]
+    run = tmp_path / "train"
+    train(compose_config("train", [
+        *common, "backbone.pretrained=null", "optim=fast", f"paths.output_dir={run}", "trainer.max_epochs=1",
+        "logger=csv", "test=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary",
+        "++trainer.enable_progress_bar=false",
+    ], tmp_path))
+    eval_cfg = compose_config("eval", [*common, f"ckpt_path={run}/checkpoints/last.ckpt"], tmp_path / "eval")
+    metrics = evaluate(eval_cfg)
+    assert 0 <= metrics["test/R@1"] <= 100
+    module, backbone = build_module(eval_cfg)
+    assert (backbone["context_length"], backbone["context_resize"]) == (248, "keep_first")
+    assert module.model.positional_embedding.shape[0] == 248
+    assert module.tokenizer(["a red roof"]).shape == (1, 248)

@@ -53,6 +53,7 @@ def load_state(
     length = context_length or int(model.context_length)
     if length != int(model.context_length):
         set_context_length(model, length, mode=context_resize)
+    state = merge_long_clip_positions(state, source)
     try:
         state = resize_state_dict_context_length(state, length, mode=context_resize)
     except ValueError as error:
@@ -83,6 +84,35 @@ def load_state(
             "checkpoint %s has %d weights this model does not use: %s",
             source, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]),
         )
+
+
+# Long-CLIP adds to the positions of the first LONG_CLIP_KEPT text tokens from ``positional_embedding``
+# and to the others from ``positional_embedding_res`` (its two masks).
+LONG_CLIP_KEPT = 20
+
+
+def merge_long_clip_positions(state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A Long-CLIP state dict's two text positional embeddings as the one the model adds.
+
+    Long-CLIP keeps ``positional_embedding`` (its first rows, frozen in training) and
+    ``positional_embedding_res`` (the rest, trained) and adds the first
+    :data:`LONG_CLIP_KEPT` rows of one and the remaining rows of the other; open_clip's text
+    tower has one embedding, which gets exactly those rows. Other states are returned as they are.
+    """
+    if "positional_embedding_res" not in state:
+        return state
+    kept, rest = state.get("positional_embedding"), state["positional_embedding_res"]
+    if kept is None or kept.shape != rest.shape or kept.ndim != 2 or kept.shape[0] <= LONG_CLIP_KEPT:
+        raise CheckpointError(
+            f"checkpoint {source} has a positional_embedding_res of shape {tuple(rest.shape)} that does not "
+            f"match its positional_embedding ({None if kept is None else tuple(kept.shape)}); it is not "
+            "Long-CLIP's layout"
+        )
+    log.info("checkpoint %s: Long-CLIP text positions (the first %d of positional_embedding, the rest of "
+             "positional_embedding_res)", source, LONG_CLIP_KEPT)
+    merged = torch.cat([kept[:LONG_CLIP_KEPT], rest[LONG_CLIP_KEPT:]])
+    return {**{key: value for key, value in state.items() if key != "positional_embedding_res"},
+            "positional_embedding": merged}
 
 
 def fit_vision_grid(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
