@@ -14,13 +14,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.errors import ConfigError
 from cvgtext.evaluation import EmbeddedSplit, evaluate_split, flatten_metrics
 from cvgtext.model.encoder import build_encoder
-from cvgtext.model.loss import ContrastiveLoss
+from cvgtext.model.loss import SigmoidLoss, build_loss
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,12 @@ class CrossViewRetrieval(L.LightningModule):
         self.model = encoder.model
         self.preprocess = encoder.preprocess
         self.tokenizer = encoder.tokenizer
-        self.criterion = ContrastiveLoss(**self.hparams.loss)
+        self.criterion = build_loss(**self.hparams.loss)
+        # The sigmoid loss learns a bias besides the temperature: the model's own (SigLIP models
+        # have one) or, for models without, one held here (in checkpoints, not in the model).
+        self.logit_bias = None
+        if isinstance(self.criterion, SigmoidLoss) and getattr(self.model, "logit_bias", None) is None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(self.hparams.loss.get("init_logit_bias", -10.0))))
         self._lock_towers(lock_image, lock_text)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -100,7 +106,12 @@ class CrossViewRetrieval(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         image_features, text_features = self.embed(batch)
-        loss = self.criterion(image_features, text_features, self.model.logit_scale.exp())
+        if isinstance(self.criterion, SigmoidLoss):
+            bias = self.logit_bias if self.logit_bias is not None else self.model.logit_bias
+            loss = self.criterion(image_features, text_features, self.model.logit_scale.exp(), bias)
+            self.log("train/logit_bias", bias.detach(), batch_size=len(batch["index"]))
+        else:
+            loss = self.criterion(image_features, text_features, self.model.logit_scale.exp())
         batch_size = len(batch["index"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)

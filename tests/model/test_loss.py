@@ -1,4 +1,5 @@
-"""ContrastiveLoss: equal to open_clip's ClipLoss, and exact under 2-process data parallelism."""
+"""ContrastiveLoss and SigmoidLoss: equal to open_clip's ClipLoss and SigLipLoss, and exact under
+2-process data parallelism."""
 
 import math
 import socket
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvgtext.model.loss import ContrastiveLoss
+from cvgtext.errors import ConfigError
+from cvgtext.model.loss import ContrastiveLoss, SigmoidLoss, build_loss
 
 # float32 results that differ only in summation order (blocked matmuls, gathered vs whole
 # batches, DDP's all-reduce of two gradients) agree to within an ulp or two; the values here are
@@ -137,6 +139,25 @@ class PairEncoder(nn.Module):
         return image, text, self.logit_scale.exp()
 
 
+class BiasedPairEncoder(PairEncoder):
+    """With SigLIP's learnt bias besides the temperature."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logit_bias = nn.Parameter(torch.tensor(-2.0))
+
+    def forward(self, images, texts):
+        return (*super().forward(images, texts), self.logit_bias)
+
+
+def _sigmoid_step(model: nn.Module, loss_fn: SigmoidLoss, images, texts) -> dict:
+    image, text, scale, bias = model(images, texts)
+    loss = loss_fn(image, text, scale, bias)
+    loss.backward()
+    module = getattr(model, "module", model)
+    return {"loss": loss.detach(), "param_grads": {name: p.grad.clone() for name, p in module.named_parameters()}}
+
+
 def _global_batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Image and text inputs [size, INPUT_DIM] of the whole batch, the same in every process."""
     generator = torch.Generator().manual_seed(1)
@@ -186,6 +207,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 model = DistributedDataParallel(PairEncoder())
                 loss_fn = ContrastiveLoss(negatives=negatives)
                 results[split, negatives] = _step(model, loss_fn, images[rows], texts[rows])
+            torch.manual_seed(0)
+            model = DistributedDataParallel(BiasedPairEncoder())
+            try:
+                results[split, "sigmoid"] = _sigmoid_step(model, SigmoidLoss("global"), images[rows], texts[rows])
+            except RuntimeError as error:  # unequal batches: refused on every rank alike
+                results[split, "sigmoid"] = str(error)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -267,3 +294,40 @@ def test_local_negatives_equal_each_rank_alone(ranks, split):
         torch.testing.assert_close(
             ranks[0][split, "local"]["param_grads"][name], averaged, atol=ATOL, rtol=RTOL
         )
+
+
+def test_single_process_sigmoid_loss_is_open_clips_siglip_loss():
+    from open_clip.loss import SigLipLoss
+
+    image, text = _features(batch=6, seed=5)
+    scale, bias = torch.tensor(10.0), torch.tensor(-3.0)
+    expected = SigLipLoss()(image, text, scale, bias)
+    labels = 2 * torch.eye(6) - 1  # +1 on the pairs, -1 elsewhere
+    restated = -F.logsigmoid(labels * (scale * image @ text.T + bias)).sum() / 6
+    torch.testing.assert_close(SigmoidLoss()(image, text, scale, bias), expected)
+    torch.testing.assert_close(expected, restated, atol=ATOL, rtol=RTOL)
+    assert isinstance(build_loss("sigmoid"), SigmoidLoss) and isinstance(build_loss(), ContrastiveLoss)
+    with pytest.raises(ConfigError, match=r"^model\.loss\.kind='softmax' is not one of contrastive, sigmoid"):
+        build_loss("softmax")
+    with pytest.raises(ConfigError, match=r"^model\.loss\.label_smoothing=0\.1 applies to the contrastive loss only"):
+        build_loss("sigmoid", label_smoothing=0.1)
+
+
+@pytest.mark.slow
+def test_sigmoid_loss_across_two_processes_is_the_whole_batchs(ranks):
+    split = SPLITS[0]
+    images, texts = _global_batch(sum(split))
+    torch.manual_seed(0)
+    single = _sigmoid_step(BiasedPairEncoder(), SigmoidLoss(), images, texts)
+    # each rank: its images against all texts over its batch size; their mean is the whole loss
+    mean_loss = sum(r[split, "sigmoid"]["loss"] for r in ranks) / WORLD_SIZE
+    torch.testing.assert_close(mean_loss, single["loss"], atol=ATOL, rtol=RTOL)
+    # the neighbour exchange returns gradients to the sending rank, so DDP's average is the
+    # gradient of the whole-batch loss (the bias's too)
+    for rank_result in ranks:
+        assert set(rank_result[split, "sigmoid"]["param_grads"]) == set(single["param_grads"])
+        for name, grad in single["param_grads"].items():
+            torch.testing.assert_close(rank_result[split, "sigmoid"]["param_grads"][name], grad, atol=ATOL, rtol=RTOL)
+    # unequal batches cannot be exchanged: refused with the way out, on both ranks
+    for rank_result in ranks:
+        assert "needs equal batches on every device, got [3, 2]" in rank_result[SPLITS[1], "sigmoid"]

@@ -94,3 +94,26 @@ def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, tes
     assert (backbone["context_length"], backbone["context_resize"]) == (248, "keep_first")
     assert module.model.positional_embedding.shape[0] == 248
     assert module.tokenizer(["a red roof"]).shape == (1, 248)
+
+
+@pytest.mark.slow
+def test_the_sigmoid_loss_trains_its_bias_and_the_checkpoint_evaluates(release_dir, tmp_path, test_backbone):
+    from conftest import CITY, compose_config
+
+    from cvgtext.eval import evaluate
+    from cvgtext.train import train
+
+    common = ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
+              "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",
+              f"backbone.model_name={test_backbone}"]
+    run = tmp_path / "train"
+    train(compose_config("train", [
+        *common, "model.loss.kind=sigmoid", f"paths.output_dir={run}", "trainer.max_epochs=1", "logger=csv",
+        "test=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary", "++trainer.enable_progress_bar=false",
+    ], tmp_path))
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert checkpoint["hyper_parameters"]["loss"]["kind"] == "sigmoid"
+    bias = float(checkpoint["state_dict"]["logit_bias"])
+    assert bias != -10.0 and abs(bias + 10) < 1  # learnt, from its start
+    metrics = evaluate(compose_config("eval", [*common, f"ckpt_path={run}/checkpoints/last.ckpt"], tmp_path / "eval"))
+    assert 0 <= metrics["test/R@1"] <= 100

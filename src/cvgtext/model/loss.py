@@ -25,6 +25,8 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
+from cvgtext.errors import ConfigError
+
 Negatives = Literal["global", "local"]
 NEGATIVES = ("global", "local")
 
@@ -134,3 +136,65 @@ def _gather_with_grad(features: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     padded = F.pad(features, (0, 0, 0, max(sizes) - features.shape[0]))
     gathered = dist_nn.all_gather(padded)
     return torch.cat([rows[:size] for rows, size in zip(gathered, sizes)])
+
+
+LOSS_KINDS = ("contrastive", "sigmoid")
+
+
+class SigmoidLoss(nn.Module):
+    """SigLIP's pairwise sigmoid loss: open_clip's ``SigLipLoss``, with this module's negatives.
+
+    Every image-text pair of the (global) batch is a binary decision: the matching pair a
+    positive, every other pair a negative, on ``logit_scale * image @ text.T + logit_bias``.
+    With ``global`` negatives and several processes, each rank's images meet every rank's texts
+    through open_clip's neighbour exchange (gradients flow back to the sending rank); the mean of
+    the ranks' losses equals the loss of the whole batch on one process. That exchange needs
+    equal local batches; a rank whose batch is smaller (an image skipped) stops the step with
+    a message. ``local`` contrasts each rank's own batch only.
+    """
+
+    def __init__(self, negatives: Negatives = "global") -> None:
+        super().__init__()
+        if negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+        self.negatives = negatives
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
+    ) -> torch.Tensor:
+        from open_clip.loss import SigLipLoss
+
+        if image_features.shape != text_features.shape or image_features.ndim != 2:
+            raise ValueError(
+                "image and text features must be paired [batch, dim] tensors, got "
+                f"{tuple(image_features.shape)} and {tuple(text_features.shape)}"
+            )
+        world = _world_size() if self.negatives == "global" else 1
+        rank = dist.get_rank() if world > 1 else 0
+        if world > 1:
+            sizes = _batch_sizes(image_features.shape[0], image_features.device)
+            if len(set(sizes)) > 1:
+                raise RuntimeError(
+                    f"the sigmoid loss with global negatives needs equal batches on every device, got {sizes} "
+                    "(an image was skipped): use data.on_bad_image=raise or model.loss.negatives=local"
+                )
+        return SigLipLoss(rank=rank, world_size=world)(image_features, text_features, logit_scale, logit_bias)
+
+
+def build_loss(kind: str = "contrastive", negatives: Negatives = "global", label_smoothing: float = 0.0,
+               init_logit_bias: float = -10.0) -> nn.Module:
+    """The training loss ``model.loss`` names: ``contrastive`` (InfoNCE) or ``sigmoid`` (SigLIP)."""
+    if kind not in LOSS_KINDS:
+        raise ConfigError(f"model.loss.kind={kind!r} is not one of {', '.join(LOSS_KINDS)}")
+    if negatives not in NEGATIVES:
+        raise ConfigError(f"model.loss.negatives={negatives!r} is not one of {', '.join(NEGATIVES)}")
+    if kind == "sigmoid":
+        if label_smoothing:
+            raise ConfigError(f"model.loss.label_smoothing={label_smoothing} applies to the contrastive loss only; "
+                              "set it to 0 with model.loss.kind=sigmoid")
+        return SigmoidLoss(negatives)
+    return ContrastiveLoss(negatives, label_smoothing)
