@@ -93,6 +93,11 @@ SETTINGS = {
     "limited_batches": ["data.batch_size=4", "callbacks.last_checkpoint.every_n_train_steps=2", "++trainer.limit_train_batches=3"],
     "epoch_checkpoints_workers": ["data.batch_size=8", "data.num_workers=2"],
     "geo_batches": ["data.batch_size=8", "data.sampler=geo", "callbacks.last_checkpoint.every_n_train_steps=1"],
+    # the city's shards (packed by city_dir), streamed by two workers shuffling within windows
+    "shards_steps_workers": [
+        "data.batch_size=8", "data.format=shards", "data.shuffle_window=5", "data.num_workers=2",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+    ],
 }
 # make test runs the first setting; make test-slow all of them.
 CASES = [pytest.param(setting, marks=[pytest.mark.slow] + ([pytest.mark.heavy] if i else []))
@@ -151,7 +156,14 @@ def assert_same(resumed: dict, reference: dict, label: str) -> None:
 
 @pytest.fixture(scope="module")
 def city_dir(tmp_path_factory, test_backbone) -> Path:
-    return write_release(tmp_path_factory.mktemp("anywhere") / "data", panoramas=40, photos=12)
+    from cvgtext.data.shards import pack
+
+    folder = tmp_path_factory.mktemp("anywhere")
+    data_dir = write_release(folder / "data", panoramas=40, photos=12)
+    # into data.shards's default folder, in packs of 7
+    pack(compose_config("pack", ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}",
+                                 "data.val_fraction=0.3", "samples_per_shard=7"], folder))
+    return data_dir
 
 
 @pytest.mark.parametrize("setting", CASES)

@@ -71,7 +71,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     try:
         # One process: several would each read (or generate) the city before Lightning syncs them.
-        cache_dir = cfg.paths.get("cache_dir") if trainer.world_size == 1 else None
+        # (Shards: the index's fingerprint would read every tile file; a stream embeds the gallery.)
+        cache_dir = cfg.paths.get("cache_dir") if trainer.world_size == 1 and datamodule.format == "folders" else None
         stored = None
         if cache_dir is not None:
             tiles = gallery_tiles(datamodule, split)

@@ -49,6 +49,9 @@ def gallery_tiles(datamodule: Any, split: str) -> list[Tile]:
     """
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(GALLERY_SPLITS)}")
+    if getattr(datamodule, "format", "folders") != "folders":
+        raise ConfigError("the query tool and the web page read the city's folders (they show its tiles); "
+                          "set data.format=folders")
     datamodule.prepare_data()
     tiles: dict[str, Tile] = {}
     if split != "all":

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 SAMPLERS = ("random", "geo")
+FORMATS = ("folders", "shards")
 
 
 class CVGTextDataModule(L.LightningDataModule):
@@ -65,6 +66,10 @@ class CVGTextDataModule(L.LightningDataModule):
         verify_images: str = "off",
         cache: bool = False,
         cache_dir: str | Path | None = None,
+        format: str = "folders",
+        shards: str | Path | None = None,
+        shuffle: bool = True,
+        shuffle_window: int = 1000,
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
     ):
@@ -100,11 +105,39 @@ class CVGTextDataModule(L.LightningDataModule):
         self.on_bad_image = on_bad_image
         self.verify_images = verify_images
         self.left_out: list[str] = []  # reasons of the training pairs verify_images left out
+        if format not in FORMATS:
+            raise ConfigError(f"data.format={format!r} is not one of {', '.join(FORMATS)}")
+        if format == "shards":
+            refused = {
+                "data.shards=null": not shards,
+                f"data.sampler={sampler}": sampler == "geo",
+                f"data.verify_images={verify_images}": verify_images != "off",
+            }
+            for setting, bad in refused.items():
+                if bad:
+                    raise ConfigError(
+                        f"data.format=shards with {setting}: " + (
+                            "give data.shards, the folder or URL holding pack.py's manifest.json"
+                            if setting.startswith("data.shards") else
+                            "a stream reads shards in order, without random access to the city's images; "
+                            "use data.format=folders for it"
+                        )
+                    )
+            if cache:
+                log.info("data.cache does not apply to data.format=shards: the stream decodes each tile")
+                cache = False
+        if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
+            raise ConfigError(f"data.shuffle_window={shuffle_window!r} must be a positive number of samples")
         if cache and not cache_dir:
             raise ConfigError("data.cache=true needs paths.cache_dir: the folder the decoded tiles are stored in")
         self.cache = bool(cache)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.tiles = None  # the TileCache of every split's images, with data.cache=true
+        self.format = format
+        self.shards = str(shards) if shards else None
+        self.shuffle = bool(shuffle)
+        self.shuffle_window = shuffle_window
+        self.store = None  # the ShardStore, with data.format=shards
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.pairs: dict[str, list[Pair]] = {}
@@ -120,7 +153,7 @@ class CVGTextDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read and check every split at once, so a broken test file stops the run before training."""
         if not self.pairs:
-            self.pairs = self.verified(self.read_splits())
+            self.pairs = self.read_splits() if self.format == "shards" else self.verified(self.read_splits())
         if stage == "fit":
             self.check_trainable()
         if self.cache and self.tiles is None:
@@ -132,7 +165,10 @@ class CVGTextDataModule(L.LightningDataModule):
         """All pairs of the configured versions, by split; checks files, names and images.
 
         Also refuses an image annotated for both training and test (``check_test_names_unseen``).
+        With ``format="shards"`` they come from the shards' manifest instead.
         """
+        if self.format == "shards":
+            return self.shard_splits()
         if self.synthetic is None and not self.data_dir.is_dir():
             raise DataError(
                 f"data folder {self.data_dir} does not exist; point paths.data_dir at the CVG-Text "
@@ -165,6 +201,41 @@ class CVGTextDataModule(L.LightningDataModule):
             ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()),
         )
         return splits
+
+    def shard_splits(self) -> dict[str, list[Pair]]:
+        """The pairs of every split from the shards of ``data.shards``."""
+        from cvgtext.data.streams import ShardStore
+
+        if self.store is None:
+            tile_dir = self.cache_dir / "shard-tiles" / self.city if self.cache_dir else None
+            self.store = ShardStore(self.shards, tile_dir=tile_dir)
+        packed = self.store.manifest.get("city")
+        if packed != self.city:
+            raise ConfigError(f"data.shards={self.shards} holds {packed}, not city {self.city}")
+        splits = {split: self.store.pairs(split) for split in SPLITS}
+        log.info("%s from shards %s: %s", self.city, self.shards,
+                 ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()))
+        return splits
+
+    def shard_loader(self, split: str, batch_size: int) -> DataLoader:
+        """A stream of ``split``'s shards (training, or an evaluation split read whole)."""
+        from cvgtext.data.streams import ShardLoader, ShardStream
+
+        if not self.pairs:
+            self.setup()
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        training = split == "train"
+        stream = ShardStream(
+            self.store, split, self.pairs[split], self.preprocess, self.tokenizer, batch_size, rank, world_size,
+            seed=self.seed, shuffle=self.shuffle and not (self.trainer and self.trainer.overfit_batches),
+            window=self.shuffle_window, training=training, images=split not in self.captions_only,
+            on_bad_image=self.on_bad_image,
+        )
+        return ShardLoader(
+            stream, epoch_now=self._training_epoch if training and self.trainer is not None else None,
+            batch_size=batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            collate_fn=collate_pairs if training else None,
+        )
 
     def verified(self, splits: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
         """``splits`` after ``verify_images``: raises listing every unreadable image, or leaves
@@ -241,12 +312,17 @@ class CVGTextDataModule(L.LightningDataModule):
             self.setup()
         if self.preprocess is None or self.tokenizer is None:
             raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
+        if self.format == "shards":
+            batch = getattr(self, "per_device_batch_size" if split == "train" else "per_device_eval_batch_size", 1)
+            return self.shard_loader(split, batch).dataset
         return PairDataset(
             self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image,
             images=split not in self.captions_only, tiles=self.tiles,
         )
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
+        if self.format == "shards":
+            return self.shard_loader(split, batch_size)
         return DataLoader(
             self.dataset(split),
             batch_size=batch_size,
@@ -264,6 +340,8 @@ class CVGTextDataModule(L.LightningDataModule):
         The loader's position in the epoch goes into checkpoints, so a resumed run continues the
         interrupted epoch where it stopped.
         """
+        if self.format == "shards":
+            return self.shard_loader("train", self.per_device_batch_size)
         dataset = self.dataset("train")
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         ranks = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
@@ -276,7 +354,7 @@ class CVGTextDataModule(L.LightningDataModule):
             )
         else:
             # Overfitting a few batches means the same batches every epoch: no shuffling.
-            shuffle = not (self.trainer and self.trainer.overfit_batches)
+            shuffle = self.shuffle and not (self.trainer and self.trainer.overfit_batches)
             batch_sampler = SeededBatchSampler(
                 ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=shuffle,
                 epoch_now=epoch_now,
@@ -296,9 +374,12 @@ class CVGTextDataModule(L.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count the training batches the loop takes: the position a checkpoint saves."""
         if self.trainer is not None and self.trainer.training:
-            batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+            loader = self.trainer.train_dataloader
+            batch_sampler = getattr(loader, "batch_sampler", None)
             if isinstance(batch_sampler, SeededBatchSampler):
                 batch_sampler.taken += 1
+            elif hasattr(loader, "taken"):  # a ShardLoader
+                loader.taken += 1
         return batch
 
     def val_dataloader(self) -> DataLoader:

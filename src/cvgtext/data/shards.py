@@ -11,7 +11,8 @@ split, ``000000042``):
 - ``<key>.json``: ``{"name", "lat", "lon", "panorama", "split"}``: the file name (the
   protocol's identity of a tile), its coordinates and whether the caption describes a panorama.
 
-``manifest.json``, written last, lists every shard with its sample count, size and SHA-256,
+``<split>-pairs.json`` lists each sample's name, caption, coordinates and panorama flag (what
+a reader needs of a split before it reads an image). ``manifest.json``, written last, lists every shard with its sample count, size and SHA-256,
 and what was packed (city, image type, texts, validation share). Shards are written to a
 temporary file and renamed; a pack stopped part-way leaves no manifest, so nothing reads it
 as complete. Members carry fixed owners and times: the same data packs to the same bytes.
@@ -147,8 +148,14 @@ def pack_splits(
             writer.abandon()
             raise
         last = len(writer.shards) - 1
+        pairs_file = f"{split}-pairs.json"
+        with atomic_write(out_dir / pairs_file) as stream:
+            json.dump([[p.name, p.caption, p.lat, p.lon, p.is_panorama] for p in pairs], stream, ensure_ascii=False)
         manifest["splits"][split] = {
             "samples": len(pairs),
+            # each sample's name, caption, lat, lon and panorama flag, in order: what a reader
+            # needs of a split without reading its images
+            "pairs": pairs_file,
             # the brace pattern webdataset and open_clip's --train-data expand
             "pattern": f"{split}-{{000000..{last:06d}}}.tar" if writer.shards else None,
             "shards": writer.shards,
