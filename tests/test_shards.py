@@ -334,8 +334,6 @@ def test_two_devices_train_from_shards_with_equal_batch_counts(release_dir, tmp_
 
 
 def test_the_query_tool_refuses_shards(release_dir, tmp_path):
-    from conftest import tiny_datamodule
-
     from cvgtext.gallery import gallery_tiles
 
     datamodule, _ = stream_of(release_dir, tmp_path)
