@@ -258,6 +258,10 @@ def test_missing_or_foreign_shards_are_named(release_dir, tmp_path):
     other = tiny_datamodule(release_dir, format="shards", shards=str(tmp_path / "packed"))
     with pytest.raises(ConfigError, match=r"holds Tokyo, not city Testville"):
         other.setup()
+    (tmp_path / "packed" / "manifest.json").write_text(json.dumps({**manifest, "val_fraction": 0.1}))
+    other = tiny_datamodule(release_dir, format="shards", shards=str(tmp_path / "packed"))
+    with pytest.raises(ConfigError, match=r"was packed with val_fraction=0\.1, this run asks for 0\.3"):
+        other.setup()
 
 
 def test_every_rank_and_worker_gets_its_share_for_any_sizes():

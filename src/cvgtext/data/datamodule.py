@@ -209,9 +209,16 @@ class CVGTextDataModule(L.LightningDataModule):
         if self.store is None:
             tile_dir = self.cache_dir / "shard-tiles" / self.city if self.cache_dir else None
             self.store = ShardStore(self.shards, tile_dir=tile_dir)
-        packed = self.store.manifest.get("city")
-        if packed != self.city:
-            raise ConfigError(f"data.shards={self.shards} holds {packed}, not city {self.city}")
+        manifest = self.store.manifest
+        if manifest.get("city") != self.city:
+            raise ConfigError(f"data.shards={self.shards} holds {manifest.get('city')}, not city {self.city}")
+        ours = {"val_fraction": self.val_fraction, "versions": self.versions, "image_folder": self.image_folder}
+        for key, value in ours.items():
+            if key in manifest and manifest[key] != value:
+                raise ConfigError(
+                    f"data.shards={self.shards} was packed with {key}={manifest[key]!r}, this run asks for "
+                    f"{value!r} (data.{key}, or the img / text choice): pack the city again with these settings"
+                )
         splits = {split: self.store.pairs(split) for split in SPLITS}
         log.info("%s from shards %s: %s", self.city, self.shards,
                  ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()))

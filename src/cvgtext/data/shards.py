@@ -181,6 +181,8 @@ def pack(cfg: Any) -> dict[str, Any]:
     description = {
         "city": cfg.city.name, "img": cfg.img.name, "text": cfg.text.name,
         "val_fraction": cfg.data.val_fraction, "data_dir": str(cfg.paths.data_dir),
+        # what a reader checks against its own settings
+        "versions": list(datamodule.versions), "image_folder": datamodule.image_folder,
     }
     manifest = pack_splits({split: datamodule.pairs[split] for split in splits}, cfg.out,
                            cfg.samples_per_shard, description)
