@@ -60,6 +60,11 @@ def build_gallery_index(
     return load_or_build_index(cfg.paths.get("cache_dir"), key, tiles, embed), tiles
 
 
+def metres_from_first(lat: torch.Tensor, lon: torch.Tensor) -> list[float]:
+    """Each place's distance in metres from the first (the best candidate)."""
+    return (haversine_km(lat[:1], lon[:1], lat, lon) * 1000).tolist()
+
+
 def rank_locations(
     queries: Sequence[str], query_emb: torch.Tensor, gallery: GalleryIndex, search: SearchIndex, top_k: int,
     paths: dict[str, Path] | None = None,
@@ -73,8 +78,7 @@ def rank_locations(
             locations.append(Location(query, []))
             continue
         at = torch.tensor([i for _, i in found])
-        lat, lon = gallery.lat[at], gallery.lon[at]
-        distance_m = (haversine_km(lat[:1], lon[:1], lat, lon) * 1000).tolist()
+        distance_m = metres_from_first(gallery.lat[at], gallery.lon[at])
         candidates = [
             Candidate(
                 rank=rank, file=gallery.names[i], lat=float(gallery.lat[i]), lon=float(gallery.lon[i]),
@@ -157,9 +161,8 @@ def rerank_locations(reranker: Reranker, locations: Sequence[Location]) -> None:
         location.candidates = [candidates[old] for old in result.order]
         location.reranking = result.status
         if location.candidates:
-            lat = torch.tensor([c.lat for c in location.candidates], dtype=torch.float64)
-            lon = torch.tensor([c.lon for c in location.candidates], dtype=torch.float64)
-            distance_m = (haversine_km(lat[:1], lon[:1], lat, lon) * 1000).tolist()
+            distance_m = metres_from_first(torch.tensor([c.lat for c in location.candidates], dtype=torch.float64),
+                                           torch.tensor([c.lon for c in location.candidates], dtype=torch.float64))
             for rank, (candidate, distance) in enumerate(zip(location.candidates, distance_m), start=1):
                 candidate.rank, candidate.distance_m = rank, distance
 

@@ -36,8 +36,6 @@ import math
 import os
 import tarfile
 import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -51,11 +49,9 @@ from cvgtext.data.annotations import Pair
 from cvgtext.data.dataset import SkippedImage
 from cvgtext.data.shards import FORMAT, MANIFEST
 from cvgtext.errors import ConfigError, DataError
+from cvgtext.web import url_opener
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
 
 def open_url(url: str, timeout: float = 60.0) -> IO[bytes]:
     """A binary stream of ``url``: a local path, ``http(s)://`` or an fsspec URL (``s3://``, ...)."""
@@ -63,10 +59,7 @@ def open_url(url: str, timeout: float = 60.0) -> IO[bytes]:
         return open(url, "rb")
     scheme = url.split("://", 1)[0].lower()
     if scheme in ("http", "https"):
-        host = urllib.parse.urlsplit(url).hostname
-        # A server on this machine is reached directly, whatever proxy the environment names.
-        handlers = [urllib.request.ProxyHandler({})] if host in LOOPBACK else []
-        return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
+        return url_opener(url).open(url, timeout=timeout)
     try:
         import fsspec
     except ImportError:

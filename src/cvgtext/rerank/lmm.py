@@ -29,7 +29,6 @@ import socket
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from PIL import Image
 from cvgtext.atomic import atomic_write
 from cvgtext.errors import ConfigError, OutputError
 from cvgtext.rerank import Judged, Query
+from cvgtext.web import url_opener
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,7 @@ class ChatEndpoint:
         self.api_key_env = api_key_env
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self.cache_dir = Path(cache_dir) / "reranker" if cache_dir else None
-        # A model served on this machine is reached directly, whatever proxy the environment names.
-        host = urllib.parse.urlsplit(self.url).hostname
-        local = host in ("localhost", "127.0.0.1", "::1")
-        self.opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+        self.opener = url_opener(self.url)
         self.unreachable = threading.Event()
         self.sent = 0
         self.cached = 0
