@@ -260,12 +260,21 @@ def _rank(
             top_scores = top_scores.to(chunk_scores.dtype)
         indices[start:stop], top_scores[start:stop], true_rank[start:stop] = chunk_entries, chunk_scores, chunk_rank
 
+    return Ranking(indices, top_scores, true_rank, top1_error(indices, true_rank, query_places, gallery_places),
+                   nearest)
+
+
+def top1_error(
+    indices: torch.Tensor, true_rank: torch.Tensor, query_places: torch.Tensor, gallery_places: torch.Tensor
+) -> torch.Tensor:
+    """``[queries]`` km from each query's true place to its top-1 tile (``indices[:, 0]``): 0 where
+    the true name is first (a copy elsewhere counts as found), NaN where nothing was retrieved."""
     top1 = indices[:, 0]
     place = gallery_places[top1.clamp(min=0)]
-    top1_error_km = haversine_km(query_places[:, 0], query_places[:, 1], place[:, 0], place[:, 1])
-    top1_error_km[true_rank == 1] = 0.0
-    top1_error_km[top1 < 0] = math.nan
-    return Ranking(indices, top_scores, true_rank, top1_error_km, nearest)
+    error_km = haversine_km(query_places[:, 0], query_places[:, 1], place[:, 0], place[:, 1])
+    error_km[true_rank == 1] = 0.0
+    error_km[top1 < 0] = math.nan
+    return error_km
 
 
 def _best_copy_only(scores: torch.Tensor, names: torch.Tensor, entry: torch.Tensor, gallery: int) -> torch.Tensor:

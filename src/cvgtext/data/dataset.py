@@ -89,15 +89,8 @@ class PairDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedImage:
         pair = self.pairs[index]
-        item = {
-            "tokens": self.tokens[index] if self.tokens is not None else self.tokenizer([pair.caption])[0],
-            "lat": pair.lat,
-            "lon": pair.lon,
-            "is_panorama": pair.is_panorama,
-            "index": index,
-            "name": pair.name,
-            "caption": pair.caption,
-        }
+        tokens = self.tokens[index] if self.tokens is not None else self.tokenizer([pair.caption])[0]
+        item = pair_fields(pair, index, tokens)
         if not self.images:
             return item
         try:
@@ -114,6 +107,12 @@ class PairDataset(Dataset):
                 f"the {self.split} split needs every image, as a smaller gallery changes its metrics"
             ) from None
         return {"image": self.preprocess(image), **item}
+
+
+def pair_fields(pair: Pair, index: int, tokens: torch.Tensor) -> dict[str, Any]:
+    """An item's fields besides its image: the tokenized caption, the place, the view and the pair's position."""
+    return {"tokens": tokens, "lat": pair.lat, "lon": pair.lon, "is_panorama": pair.is_panorama, "index": index,
+            "name": pair.name, "caption": pair.caption}
 
 
 def collate_pairs(items: list[dict[str, Any] | SkippedImage]) -> dict[str, Any]:

@@ -46,8 +46,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvgtext.atomic import atomic_write
 from cvgtext.data.annotations import Pair
-from cvgtext.data.dataset import SkippedImage
-from cvgtext.data.shards import FORMAT, MANIFEST
+from cvgtext.data.dataset import SkippedImage, pair_fields
+from cvgtext.data.shards import EXTENSIONS, FORMAT, MANIFEST
 from cvgtext.errors import ConfigError, DataError
 from cvgtext.web import url_opener
 
@@ -107,6 +107,10 @@ class ShardStore:
         return [Pair(name, caption, ShardTile(self, split, position, name), lat, lon, panorama)
                 for position, (name, caption, lat, lon, panorama) in enumerate(rows)]
 
+    def shard_of(self, split: str, positions: np.ndarray) -> np.ndarray:
+        """The shard holding each of ``positions`` of ``split``."""
+        return np.searchsorted(np.cumsum([0, *self.counts(split)]), positions, side="right") - 1
+
     def samples(self, split: str, shard: int) -> Iterator[tuple[int, dict[str, bytes]]]:
         """``(position, members)`` of each sample of one shard, in order."""
         url = self.url(self.split(split)["shards"][shard]["file"])
@@ -131,8 +135,7 @@ class ShardStore:
         path = self.tile_dir / split / name
         if path.is_file():
             return path
-        starts = np.cumsum([0, *self.counts(split)])
-        shard = int(np.searchsorted(starts, position, side="right") - 1)
+        shard = int(self.shard_of(split, np.array([position]))[0])
         for found, members in self.samples(split, shard):
             if found == position:
                 with atomic_write(path, "wb") as stream:
@@ -158,7 +161,7 @@ class ShardTile(os.PathLike):
 
 
 def image_bytes(members: dict[str, bytes], where: str) -> bytes:
-    for extension in ("jpg", "png", "webp", "bmp", "tif"):
+    for extension in dict.fromkeys(EXTENSIONS.values()):  # the image members pack.py writes
         if extension in members:
             return members[extension]
     raise DataError(f"{where}: the sample holds no image (members: {', '.join(members)})")
@@ -184,6 +187,12 @@ def split_runs(count: int, parts: int) -> list[tuple[int, int]]:
     return runs
 
 
+def rank_share(total: int, batch_size: int, world_size: int, training: bool) -> int:
+    """Samples each rank reads of a split of ``total``: whole batches of whole global batches when
+    training, every sample once between the ranks (the last share completed) when evaluating."""
+    return total // (batch_size * world_size) * batch_size if training else math.ceil(total / world_size)
+
+
 def rank_positions(counts: Sequence[int], batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
                    shuffle: bool, training: bool) -> np.ndarray:
     """The split positions one rank reads in an epoch, in stream order (see the module's docstring)."""
@@ -191,10 +200,9 @@ def rank_positions(counts: Sequence[int], batch_size: int, rank: int, world_size
     total = int(starts[-1])
     order = np.random.default_rng([seed, epoch]).permutation(len(counts)) if shuffle else np.arange(len(counts))
     stream = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in order]) if total else np.zeros(0, int)
+    share = rank_share(total, batch_size, world_size, training)
     if training:
-        share = total // (batch_size * world_size) * batch_size
         return stream[rank * share: (rank + 1) * share]
-    share = math.ceil(total / world_size)
     return stream[np.arange(rank * share, (rank + 1) * share) % max(total, 1)] if total else stream
 
 
@@ -252,8 +260,7 @@ class ShardStream(IterableDataset):
         self.epoch, self.start_batch = 0, 0
 
     def __len__(self) -> int:
-        return len(rank_positions(self.counts, self.batch_size, self.rank, self.world_size, self.seed, 0,
-                                  False, self.training))
+        return rank_share(sum(self.counts), self.batch_size, self.world_size, self.training)
 
     def plan(self, run: int) -> tuple[np.ndarray, np.ndarray]:
         return worker_positions(self.counts, self.batch_size, self.rank, self.world_size, run, self.workers,
@@ -290,8 +297,7 @@ class ShardStream(IterableDataset):
 
     def _sequential(self, read: np.ndarray, wanted: set[int]) -> Iterator[tuple[int, dict[str, bytes]]]:
         """The ``wanted`` samples of ``read``, each of its shards read once, in order."""
-        starts = np.cumsum([0, *self.counts])
-        shard_of = np.searchsorted(starts, read, side="right") - 1
+        shard_of = self.store.shard_of(self.split, read)
         _, first = np.unique(shard_of, return_index=True)
         for shard in shard_of[np.sort(first)].tolist():
             need = {p for p in read[shard_of == shard].tolist() if p in wanted}
@@ -306,8 +312,7 @@ class ShardStream(IterableDataset):
 
     def _item(self, position: int, members: dict[str, bytes]) -> dict[str, Any] | SkippedImage:
         pair = self.pairs[position]
-        item = {"tokens": self.tokenizer([pair.caption])[0], "lat": pair.lat, "lon": pair.lon,
-                "is_panorama": pair.is_panorama, "index": position, "name": pair.name, "caption": pair.caption}
+        item = pair_fields(pair, position, self.tokenizer([pair.caption])[0])
         if not self.images:
             return item
         where = f"{self.store.location} {self.split} sample {position} ({pair.name})"

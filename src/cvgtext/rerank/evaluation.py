@@ -8,7 +8,6 @@ with a paired bootstrap interval for each difference.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,9 +15,8 @@ import torch
 
 from cvgtext.data.dataset import PairDataset
 from cvgtext.evaluation import Evaluation
-from cvgtext.geo import haversine_km
 from cvgtext.rerank import Query, Reranked, Reranker, failure_counts, rerank, status_counts
-from cvgtext.retrieval import LOCALIZED_WITHIN_M, NOT_RANKED, RECALL_AT, Ranking, summarize
+from cvgtext.retrieval import LOCALIZED_WITHIN_M, NOT_RANKED, RECALL_AT, Ranking, summarize, top1_error
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +63,8 @@ def apply_order(ranking: Ranking, results: Sequence[Reranked], query_places: tor
         old = int(ranking.true_rank[row])
         if old != NOT_RANKED and old <= width:
             true_rank[row] = result.order.index(old - 1) + 1
-    top1 = indices[:, 0]
-    place = gallery_places[top1.clamp(min=0)]
-    error_km = haversine_km(query_places[:, 0], query_places[:, 1], place[:, 0], place[:, 1])
-    error_km[true_rank == 1] = 0.0
-    error_km[top1 < 0] = math.nan
-    return Ranking(indices, scores, true_rank, error_km, ranking.nearest)
+    return Ranking(indices, scores, true_rank, top1_error(indices, true_rank, query_places, gallery_places),
+                   ranking.nearest)
 
 
 def per_query_values(ranking: Ranking) -> dict[str, torch.Tensor]:
