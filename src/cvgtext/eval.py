@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 # What a checkpoint of this project records about its model and must keep when evaluated.
 ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size", "image_aspect", "quick_gelu")
+# What the model was built with where the config left it to the pretrained weights (a BLIP
+# model's configuration, the tokenizer they came with): taken from the checkpoint as it is.
+RESOLVED_KEYS = ("config", "tokenizer")
 
 
 def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any], path: str) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     backbone = {**backbone, "pretrained": None}
     if saved:
         check_backbone(saved, backbone["model_name"], path)
-        backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS if key in saved})
+        backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS + RESOLVED_KEYS if key in saved})
         # A checkpoint that does not record its activation was built with what its model name gives.
         backbone["quick_gelu"] = saved.get("quick_gelu")
     return backbone

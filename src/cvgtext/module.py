@@ -68,9 +68,10 @@ class CrossViewRetrieval(L.LightningModule):
             }
         )
         encoder = build_encoder(**self.hparams.backbone)
-        # Checkpoints record the activation the model was built with, also when the config left
-        # it to the pretrained tag, so that they rebuild the same model without the tag.
-        self.hparams.backbone["quick_gelu"] = encoder.quick_gelu
+        # Checkpoints record what the model was built with where the config left it to the
+        # pretrained weights (the activation, the model's configuration, the tokenizer), so
+        # that they rebuild the same model without them.
+        self.hparams.backbone.update(encoder.resolved or {})
         self.model = encoder.model
         self.preprocess = encoder.preprocess
         self.tokenizer = encoder.tokenizer
@@ -80,7 +81,14 @@ class CrossViewRetrieval(L.LightningModule):
         self.logit_bias = None
         if isinstance(self.criterion, SigmoidLoss) and getattr(self.model, "logit_bias", None) is None:
             self.logit_bias = nn.Parameter(torch.tensor(float(self.hparams.loss.get("init_logit_bias", -10.0))))
-        self._lock_towers(lock_image, lock_text)
+        # BLIP's image-text matching loss on hard negatives, weighted against the retrieval loss.
+        self.itm_weight = float(self.hparams.loss.get("itm_weight", 0.0))
+        if self.itm_weight and not hasattr(self.model, "matching_loss"):
+            raise ConfigError(
+                f"model.loss.itm_weight={self.itm_weight:g} trains a matching head, which only BLIP backbones have "
+                f"(backbone={self.hparams.backbone.get('name')}); set it to 0"
+            )
+        self._lock_towers(encoder.image_tower, lock_image, lock_text)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
         self._embedded: list[dict[str, torch.Tensor]] = []
@@ -90,11 +98,13 @@ class CrossViewRetrieval(L.LightningModule):
         # evaluation then embeds only the captions. None: embed each pair's tile.
         self.known_gallery: tuple[dict[str, int], torch.Tensor] | None = None
 
-    def _lock_towers(self, lock_image: bool, lock_text: bool) -> None:
-        """Freeze a tower's parameters; the learnt temperature always stays trainable."""
+    def _lock_towers(self, image_tower: tuple[str, ...], lock_image: bool, lock_text: bool) -> None:
+        """Freeze a tower's parameters (``image_tower``: the image tower's name prefixes; the
+        text tower is the rest); the learnt temperature and bias always stay trainable."""
         for name, parameter in self.model.named_parameters():
-            in_image_tower = name.startswith("visual.")
-            if (lock_image and in_image_tower) or (lock_text and not in_image_tower and name != "logit_scale"):
+            in_image_tower = name.startswith(image_tower)
+            text_locked = lock_text and not in_image_tower and name not in ("logit_scale", "logit_bias")
+            if (lock_image and in_image_tower) or text_locked:
                 parameter.requires_grad_(False)
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +123,12 @@ class CrossViewRetrieval(L.LightningModule):
         else:
             loss = self.criterion(image_features, text_features, self.model.logit_scale.exp())
         batch_size = len(batch["index"])
+        if self.itm_weight:
+            matching = self.model.matching_loss(
+                batch["image"], batch["tokens"], image_features.detach(), text_features.detach(), _same_tile(batch)
+            )
+            self.log("train/itm_loss", matching, batch_size=batch_size)
+            loss = loss + self.itm_weight * matching
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/logit_scale", self.model.logit_scale.exp(), batch_size=batch_size)
         return loss
@@ -201,6 +217,16 @@ class CrossViewRetrieval(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_metrics = dict(checkpoint.get("best_metrics", {}))
+
+
+def _same_tile(batch: dict[str, Any]) -> torch.Tensor | None:
+    """``[B, B]``: which pairs of the batch show the same tile (None: the batch does not say)."""
+    names = batch.get("name")
+    if names is None:
+        return None
+    ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    tile = torch.tensor([ids[name] for name in names], device=batch["tokens"].device)
+    return tile[:, None] == tile[None, :]
 
 
 def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -175,7 +175,7 @@ def test_vit_b16_openai_weights_embed_as_openai_code(openai, tmp_path):
     reference = openai_model(module, state)
 
     encoder = through_pretrained(tmp_path, ["backbone=vit_b16", f"backbone.pretrained={path}"])
-    assert encoder.quick_gelu and encoder.context_length == 77
+    assert encoder.resolved["quick_gelu"] and encoder.context_length == 77
     tokens = encoder.tokenizer([SHORT, LONG])
     assert torch.equal(tokens, openai_tokenize(tokenizer, [SHORT, LONG], 77))
     image = Image.new("RGB", (512, 512), (90, 140, 60))
@@ -335,7 +335,7 @@ def test_long_clip_weights_embed_248_tokens_as_long_clip_adds_its_two_position_t
 
     backbone = ["backbone=longclip_b16", f"backbone.model_name={configs['ViT-B-16']}"]
     encoder = through_pretrained(tmp_path, [*backbone, f"backbone.pretrained={path}"])
-    assert encoder.context_length == 248 and encoder.quick_gelu
+    assert encoder.context_length == 248 and encoder.resolved["quick_gelu"]
     tokens = encoder.tokenizer([SHORT, LONG])
     assert torch.equal(tokens, openai_tokenize(tokenizer, [SHORT, LONG], 248))
     assert 77 < int(tokens[1].argmax()) < 248  # the long caption is read whole

@@ -1,44 +1,35 @@
-"""The dual encoder: an open_clip CLIP model with its image preprocessing and tokenizer.
+"""Builds the :class:`~cvgtext.model.family.Encoder` of every backbone family.
 
-The backbone is chosen by an open_clip model name (``ViT-B-16``, ``ViT-L-14-336``, or the
-project's own ``cvg-tiny`` from ``configs/``) and ``pretrained``: an open_clip pretrained tag
-(``openai``, ``laion2b_s34b_b88k``, ...), a local checkpoint file, or nothing (random init).
+Its ``model`` is what training, evaluation, the query tool and the re-rankers use, whatever the
+family (:class:`~cvgtext.model.family.DualEncoder`): ``encode_image`` and ``encode_text`` give
+the embeddings, ``logit_scale`` the learnt temperature (and ``logit_bias``, where the model has
+one, the sigmoid loss's bias); the loss is chosen by ``model.loss`` for every family. Families:
+
+- ``open_clip``: an open_clip model name (CLIP ``ViT-B-16``, ``ViT-L-14-336``, SigLIP
+  ``ViT-B-16-SigLIP-256``, or the project's own ``cvg-tiny`` models from ``configs/``) and
+  ``pretrained``: an open_clip pretrained tag (``openai``, ``webli``, ...), a local checkpoint
+  file, or nothing (random init).
+- ``blip``: BLIP's image-text retrieval model from ``transformers`` (``model/blip.py``), whose
+  image-text matching head also re-ranks (``reranker=blip_itm``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import open_clip
-import torch
 from torch import nn
 
 from cvgtext.errors import ConfigError
+from cvgtext.model.family import FAMILIES, Encoder
 from cvgtext.model.weights import load_weights
 
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 open_clip.add_model_config(CONFIG_DIR)
-
-
-@dataclass
-class Encoder:
-    """What a run needs from a backbone: the model, how to prepare images, how to tokenize text.
-
-    ``quick_gelu`` and ``image_size`` (``(height, width)``) are what the model was built with,
-    once the configuration's defaults are resolved.
-    """
-
-    model: nn.Module
-    preprocess: Callable[[Any], torch.Tensor]
-    tokenizer: Callable[..., torch.Tensor]
-    context_length: int
-    quick_gelu: bool = False
-    image_size: tuple[int, int] | None = None
 
 
 def _check_model_name(model_name: str) -> None:
@@ -99,6 +90,20 @@ def input_size(native: tuple[int, int], image_size: int | list[int] | None, imag
 
 
 def build_encoder(
+    model_name: str = "cvg-tiny", family: str = "open_clip", loss: str | None = None, **settings: Any
+) -> Encoder:
+    """The encoder of ``backbone.family`` built from the rest of the backbone's settings
+    (``loss``, the loss the backbone was trained with, is ``model.loss.kind``'s default)."""
+    if family == "blip":
+        from cvgtext.model.blip import build_blip_encoder
+
+        return build_blip_encoder(model_name, **settings)
+    if family != "open_clip":
+        raise ConfigError(f"backbone.family={family!r} is not a backbone family; choose one of {', '.join(FAMILIES)}")
+    return build_open_clip_encoder(model_name, **settings)
+
+
+def build_open_clip_encoder(
     model_name: str = "cvg-tiny",
     pretrained: str | None = None,
     context_length: int | None = None,
@@ -106,6 +111,7 @@ def build_encoder(
     image_size: int | list[int] | None = None,
     image_aspect: float = 1,
     quick_gelu: bool | None = None,
+    tokenizer: str | None = None,
     name: str | None = None,
 ) -> Encoder:
     """Build the open_clip model, its evaluation preprocessing and tokenizer.
@@ -117,7 +123,9 @@ def build_encoder(
     model's own interpolates the vision positional embedding to the new patch grid after the
     weights are loaded, and images are then resized to it without cropping (2:1 street-view
     panoramas). ``quick_gelu`` chooses the activation (see :func:`resolve_quick_gelu`).
-    ``name`` is the config's short label of the backbone and plays no part here.
+    ``tokenizer``: for models with a Hugging Face tokenizer (SigLIP), a folder holding a copy of
+    it instead of the model hub's (see :func:`open_clip_tokenizer`). ``name`` is the config's
+    short label of the backbone and plays no part here.
     """
     from cvgtext.model.positional import set_context_length, set_image_size
 
@@ -142,6 +150,7 @@ def build_encoder(
     native_size = (native, native) if isinstance(native, int) else tuple(native)
     size = input_size(native_size, image_size, image_aspect)
     if size != native_size:
+        _check_resizable(model, model_name, size)
         try:
             # Before a checkpoint is loaded, which is then interpolated to this grid if it is square.
             set_image_size(model, size)
@@ -158,11 +167,61 @@ def build_encoder(
         load_weights(model, checkpoint, context_length=length, context_resize=context_resize)
     elif length != native_length:
         set_context_length(model, length, mode=context_resize)
-    tokenizer = open_clip.get_tokenizer(model_name, context_length=length)
     return Encoder(
-        model=model, preprocess=preprocess, tokenizer=tokenizer, context_length=length,
-        quick_gelu=quick, image_size=size,
+        model=model, preprocess=preprocess, tokenizer=open_clip_tokenizer(model_name, length, tokenizer),
+        context_length=length, image_size=size, resolved={"quick_gelu": quick},
     )
+
+
+def _check_resizable(model: nn.Module, model_name: str, size: tuple[int, int]) -> None:
+    """Refuse another input size than the model's own for towers without a grid to resize."""
+    from open_clip.transformer import VisionTransformer
+
+    if not isinstance(model.visual, VisionTransformer):
+        raise ConfigError(
+            f"backbone.image_size / img: {model_name} (a {type(model.visual).__name__} image tower) takes "
+            f"only its own image size, not {size[0]}x{size[1]}; street-view panoramas (img=stv) and other "
+            f"sizes are supported by the CLIP and Long-CLIP backbones (open_clip ViT towers)"
+        )
+
+
+def open_clip_tokenizer(model_name: str, context_length: int, folder: str | None = None) -> Callable:
+    """open_clip's tokenizer of ``model_name``; for models with a Hugging Face tokenizer (SigLIP),
+    ``folder`` is a local copy of it (``tokenizer.json``, or ``spiece.model`` with its
+    ``tokenizer_config.json``) used instead of the model hub's."""
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
+    hub_name = text_cfg.get("hf_tokenizer_name")
+    if folder is None:
+        try:
+            return open_clip.get_tokenizer(model_name, context_length=context_length)
+        except (OSError, ValueError) as error:
+            raise ConfigError(
+                f"backbone.tokenizer: the tokenizer of {model_name} ({hub_name}) could not be loaded "
+                f"({str(error).splitlines()[0]}); without the model hub, set backbone.tokenizer to a folder "
+                f"holding a copy of it"
+            ) from None
+    if not hub_name:
+        raise ConfigError(
+            f"backbone.tokenizer={folder!r}: {model_name} uses open_clip's own CLIP tokenizer; leave "
+            f"backbone.tokenizer null"
+        )
+    if not Path(folder).is_dir():
+        raise ConfigError(f"backbone.tokenizer={folder!r}: no such folder (expected a copy of {hub_name})")
+    from open_clip.tokenizer import HFTokenizer
+
+    try:
+        tokenizer = HFTokenizer(folder, context_length=context_length, **text_cfg.get("tokenizer_kwargs", {}))
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"backbone.tokenizer={folder!r} holds no tokenizer transformers can load ({error})"
+        ) from None
+    vocabulary = len(tokenizer.tokenizer)
+    if vocabulary > text_cfg.get("vocab_size", vocabulary):
+        raise ConfigError(
+            f"backbone.tokenizer={folder!r} has {vocabulary} tokens; {model_name} embeds "
+            f"{text_cfg['vocab_size']}"
+        )
+    return tokenizer
 
 
 def model_context_length(model: nn.Module) -> int:

@@ -186,8 +186,10 @@ class SigmoidLoss(nn.Module):
 
 
 def build_loss(kind: str = "contrastive", negatives: Negatives = "global", label_smoothing: float = 0.0,
-               init_logit_bias: float = -10.0) -> nn.Module:
-    """The training loss ``model.loss`` names: ``contrastive`` (InfoNCE) or ``sigmoid`` (SigLIP)."""
+               init_logit_bias: float = -10.0, itm_weight: float = 0.0) -> nn.Module:
+    """The training loss ``model.loss`` names: ``contrastive`` (InfoNCE) or ``sigmoid`` (SigLIP).
+    ``init_logit_bias`` and ``itm_weight`` are the module's (the sigmoid loss's bias, BLIP's
+    matching loss)."""
     if kind not in LOSS_KINDS:
         raise ConfigError(f"model.loss.kind={kind!r} is not one of {', '.join(LOSS_KINDS)}")
     if negatives not in NEGATIVES:

@@ -42,7 +42,7 @@ def load_state(
     context_resize: str = "interpolate",
     source: str = "checkpoint",
 ) -> None:
-    """Load open_clip weights into ``model``, whose text context becomes ``context_length``.
+    """Load weights into ``model``; an open_clip model's text context becomes ``context_length``.
 
     A state whose text positional embedding has another number of rows (e.g. 300 for the
     official CrossText2Loc weights) is resized with ``context_resize``; one whose image patch grid
@@ -50,15 +50,16 @@ def load_state(
     interpolated to the model's grid (:func:`~cvgtext.model.positional.set_image_size`). Keys present on one side
     only are reported; weights of another architecture (shape mismatches) are refused.
     """
-    length = context_length or int(model.context_length)
-    if length != int(model.context_length):
-        set_context_length(model, length, mode=context_resize)
-    state = merge_long_clip_positions(state, source)
-    try:
-        state = resize_state_dict_context_length(state, length, mode=context_resize)
-    except ValueError as error:
-        raise CheckpointError(f"checkpoint {source} has no usable text positional embedding ({error})") from None
-    state = fit_vision_grid(model, state, source)
+    if _open_clip_text(model):
+        length = context_length or int(model.context_length)
+        if length != int(model.context_length):
+            set_context_length(model, length, mode=context_resize)
+        state = merge_long_clip_positions(state, source)
+        try:
+            state = resize_state_dict_context_length(state, length, mode=context_resize)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint {source} has no usable text positional embedding ({error})") from None
+        state = fit_vision_grid(model, state, source)
     expected = model.state_dict()
     mismatched = [
         f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
@@ -84,6 +85,12 @@ def load_state(
             "checkpoint %s has %d weights this model does not use: %s",
             source, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]),
         )
+
+
+def _open_clip_text(model: nn.Module) -> bool:
+    """Whether ``model`` has an open_clip text tower (CLIP's, or CustomTextCLIP's ``text``), whose
+    positions and image grid are fitted; other families' weights load as they are."""
+    return getattr(model, "positional_embedding", None) is not None or hasattr(model, "text")
 
 
 # Long-CLIP adds to the positions of the first LONG_CLIP_KEPT text tokens from ``positional_embedding``

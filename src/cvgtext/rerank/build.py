@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from cvgtext.rerank import Reranker
 
@@ -29,6 +29,8 @@ def build_reranker(cfg: Any, module: Any) -> Reranker | None:
     settings = cfg.get("reranker")
     if not settings or settings.get("name", "none") == "none":
         return None
+    if getattr(get_class(settings._target_), "uses_model", False):  # scored by the run's own model
+        return instantiate(settings, module=module, _convert_="all")
     evidence = None
     if settings.get("overlay"):
         from cvgtext.model.explain import refusal

@@ -1,0 +1,47 @@
+"""What every backbone family gives a run: :class:`Encoder`, whose ``model`` is a :class:`DualEncoder`.
+
+Training, evaluation, the query tool and the re-rankers use a backbone only through these, so
+``train.py`` and ``eval.py`` are the same for every family (``model/encoder.py`` builds them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+FAMILIES = ("open_clip", "blip")
+
+
+class DualEncoder(Protocol):
+    """What every family's model offers (open_clip's CLIP and CustomTextCLIP already do)."""
+
+    logit_scale: nn.Parameter  # log of the learnt temperature
+
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+
+@dataclass
+class Encoder:
+    """What a run needs from a backbone: the model, how to prepare images, how to tokenize text.
+
+    ``image_size`` (``(height, width)``) is what the model was built with; ``resolved`` the
+    backbone settings the configuration left to the weights (the activation, the model's
+    configuration, the tokenizer), which checkpoints record so that they rebuild the same model
+    without the pretrained weights. ``image_tower``: the parameter-name prefixes of the image
+    tower (``model.lock_image``).
+    """
+
+    model: nn.Module
+    preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: Callable[..., torch.Tensor]
+    context_length: int
+    image_size: tuple[int, int] | None = None
+    resolved: dict[str, Any] | None = None
+    image_tower: tuple[str, ...] = ("visual.",)
