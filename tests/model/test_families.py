@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import CITY, compose_config
+from conftest import CITY, CONF_DIR, compose_config
 from hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sentencepiece_like
 
 from cvgtext.errors import ConfigError
@@ -271,3 +271,25 @@ def test_blip_base_at_real_shapes_from_a_saved_folder_equals_transformers(tmp_pa
         itm = theirs(input_ids=tokens, pixel_values=pixels, attention_mask=mask, use_itm_head=True).itm_score
         torch.testing.assert_close(ours.match_logits(pixels, tokens), itm)
     assert encoder.resolved["tokenizer"] == str(folder)
+
+
+@pytest.mark.parametrize("option", sorted(path.stem for path in (CONF_DIR / "backbone").glob("*.yaml")))
+def test_every_backbone_option_names_a_model_of_its_family(option, tmp_path):
+    import open_clip
+
+    from cvgtext.model.blip import ARCHITECTURES
+
+    cfg = compose_config("train", [f"backbone={option}"], tmp_path)
+    backbone = cfg.backbone
+    assert backbone.name == option and cfg.model.loss.kind == backbone.loss
+    if backbone.family == "blip":
+        assert backbone.model_name in ARCHITECTURES and backbone.pretrained.startswith("Salesforce/blip-itm-")
+        return
+    assert backbone.family == "open_clip" and backbone.model_name in open_clip.list_models()
+    text_cfg = open_clip.get_model_config(backbone.model_name)["text_cfg"]
+    if "SigLIP" in backbone.model_name:  # the official baseline's 64 tokens, the model's own
+        assert (backbone.loss, backbone.context_length, backbone.pretrained) == ("sigmoid", 64, "webli")
+        assert text_cfg["context_length"] == 64
+        assert "webli" in open_clip.list_pretrained_tags_by_model(backbone.model_name)
+    else:
+        assert backbone.loss == "contrastive"
