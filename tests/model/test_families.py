@@ -36,13 +36,13 @@ def common(release_dir) -> list[str]:
             "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8"]
 
 
-def train_one_epoch(tmp_path, overrides: list[str]):
+def train_one_epoch(tmp_path, overrides: list[str], epochs: int = 1):
     from cvgtext.train import train
 
     run = tmp_path / "train"
     train(compose_config("train", [
-        *overrides, "optim=fast", f"paths.output_dir={run}", "trainer.max_epochs=1", "logger=csv", "test=false",
-        "~callbacks.rich_progress_bar", "~callbacks.model_summary", "++trainer.enable_progress_bar=false",
+        *overrides, "optim=fast", f"paths.output_dir={run}", f"trainer.max_epochs={epochs}", "logger=csv",
+        "test=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary", "++trainer.enable_progress_bar=false",
     ], tmp_path))
     return run / "checkpoints" / "last.ckpt"
 
@@ -77,6 +77,9 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
     assert saved["hyper_parameters"]["backbone"]["config"]["vision_config"]["hidden_size"] == 32
     logged = list((tmp_path / "train").rglob("metrics.csv"))
     assert logged and any("train/itm_loss" in path.read_text() for path in logged)
+    # A second epoch resumed from the first: the configuration the checkpoint recorded rebuilds it.
+    resumed = train_one_epoch(tmp_path, [*overrides, "model.loss.itm_weight=1.0", f"ckpt_path={checkpoint}"], epochs=2)
+    assert torch.load(resumed, weights_only=True, map_location="cpu")["global_step"] == 2 * saved["global_step"]
 
     # eval.py rebuilds the model from what the checkpoint recorded, without the training config's
     # architecture overrides, and reports the metrics with and without ITM re-ranking.
