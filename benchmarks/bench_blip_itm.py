@@ -8,7 +8,7 @@ which trains the head that re-ranks. The re-ranking weight is chosen on the vali
 (``reranker.weight`` among WEIGHTS, best R@1) and then applied once to the test split (paper
 protocol, 100 nearest tiles; chance R@1 is 1 %), so the test figures are not tuned on.
 
-    python benchmarks/bench_blip_itm.py            # about 15 minutes on 2 CPU cores
+    python benchmarks/bench_blip_itm.py            # 15 epochs each: about 25 minutes on 2 CPU cores
     python benchmarks/bench_blip_itm.py --quick    # 2 epochs: checks that it runs
 """
 
@@ -48,7 +48,7 @@ def rerank_once(common: list[str], checkpoint: Path, run_dir: Path, split: str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="2 epochs")
     args = parser.parse_args()
     epochs = 2 if args.quick else args.epochs
