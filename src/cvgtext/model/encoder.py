@@ -90,17 +90,18 @@ def input_size(native: tuple[int, int], image_size: int | list[int] | None, imag
 
 
 def build_encoder(
-    model_name: str = "cvg-tiny", family: str = "open_clip", loss: str | None = None, **settings: Any
+    model_name: str = "cvg-tiny", pretrained: str | None = None, *, family: str = "open_clip",
+    loss: str | None = None, **settings: Any
 ) -> Encoder:
     """The encoder of ``backbone.family`` built from the rest of the backbone's settings
     (``loss``, the loss the backbone was trained with, is ``model.loss.kind``'s default)."""
     if family == "blip":
         from cvgtext.model.blip import build_blip_encoder
 
-        return build_blip_encoder(model_name, **settings)
+        return build_blip_encoder(model_name, pretrained, **settings)
     if family != "open_clip":
         raise ConfigError(f"backbone.family={family!r} is not a backbone family; choose one of {', '.join(FAMILIES)}")
-    return build_open_clip_encoder(model_name, **settings)
+    return build_open_clip_encoder(model_name, pretrained, **settings)
 
 
 def build_open_clip_encoder(
