@@ -115,7 +115,12 @@ class CrossViewRetrieval(L.LightningModule):
         return image_features, text_features
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        image_features, text_features = self.embed(batch)
+        if self.itm_weight:  # the matching loss reads the image tower's tokens: one pass for both losses
+            image_tokens = self.model.image_tokens(batch["image"])
+            image_features = self.model.image_features(image_tokens, normalize=True)
+            text_features = self.model.encode_text(batch["tokens"], normalize=True)
+        else:
+            image_features, text_features = self.embed(batch)
         if isinstance(self.criterion, SigmoidLoss):
             bias = self.logit_bias if self.logit_bias is not None else self.model.logit_bias
             loss = self.criterion(image_features, text_features, self.model.logit_scale.exp(), bias)
@@ -125,7 +130,7 @@ class CrossViewRetrieval(L.LightningModule):
         batch_size = len(batch["index"])
         if self.itm_weight:
             matching = self.model.matching_loss(
-                batch["image"], batch["tokens"], image_features.detach(), text_features.detach(), _same_tile(batch)
+                image_tokens, batch["tokens"], image_features.detach(), text_features.detach(), _same_tile(batch)
             )
             self.log("train/itm_loss", matching, batch_size=batch_size)
             loss = loss + self.itm_weight * matching

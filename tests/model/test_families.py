@@ -130,13 +130,13 @@ def test_matching_loss_draws_negatives_off_the_positives_and_trains_the_head(tmp
     tokens = encoder.tokenizer(TEXTS[:2] * 2)
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     features = model.encode_image(images, True).detach(), model.encode_text(tokens, True).detach()
-    loss = model.matching_loss(images, tokens, *features)
+    loss = model.matching_loss(model.image_tokens(images), tokens, *features)
     loss.backward()
     assert loss.item() > 0 and model.blip.itm_head.weight.grad.abs().sum() > 0
     # With every other pair also a positive, the only negatives left are drawn.
     every = torch.ones(4, 4, dtype=torch.bool)
     every.fill_diagonal_(True)
-    assert torch.isfinite(model.matching_loss(images, tokens, *features, positives=every))
+    assert torch.isfinite(model.matching_loss(model.image_tokens(images), tokens, *features, positives=every))
 
 
 def test_blip_preprocessing_is_blips_image_processor():

@@ -75,8 +75,14 @@ class BlipDualEncoder(nn.Module):
         self.context_length = int(context_length)
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE))
 
-    def _image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """The ViT's output tokens ``[B, 1 + patches, width]``, class token first."""
         return self.blip.vision_model(pixel_values=image).last_hidden_state
+
+    def image_features(self, image_tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """The ITC embedding of :meth:`image_tokens`' output (so that the matching loss reuses them)."""
+        features = self.blip.vision_proj(image_tokens[:, 0])
+        return F.normalize(features, dim=-1) if normalize else features
 
     def _text_tokens(self, text: torch.Tensor, image_tokens: torch.Tensor | None = None) -> torch.Tensor:
         cross = {}
@@ -90,8 +96,7 @@ class BlipDualEncoder(nn.Module):
         return self.blip.text_encoder(input_ids=text, attention_mask=mask, **cross).last_hidden_state
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        features = self.blip.vision_proj(self._image_tokens(image)[:, 0])
-        return F.normalize(features, dim=-1) if normalize else features
+        return self.image_features(self.image_tokens(image), normalize)
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         features = self.blip.text_proj(self._text_tokens(text)[:, 0])
@@ -100,7 +105,7 @@ class BlipDualEncoder(nn.Module):
     def match_logits(self, image: torch.Tensor, text: torch.Tensor, image_tokens: torch.Tensor | None = None):
         """The ITM head's ``[no match, match]`` logits of each (image, text) row, ``[B, 2]``."""
         if image_tokens is None:
-            image_tokens = self._image_tokens(image)
+            image_tokens = self.image_tokens(image)
         return self.blip.itm_head(self._text_tokens(text, image_tokens)[:, 0])
 
     def match(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -108,22 +113,22 @@ class BlipDualEncoder(nn.Module):
         return self.match_logits(image, text).float().softmax(dim=-1)[:, 1]
 
     def matching_loss(
-        self, image: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor, text_features: torch.Tensor,
-        positives: torch.Tensor | None = None,
+        self, image_tokens: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor,
+        text_features: torch.Tensor, positives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """BLIP's ITM loss over a batch: each pair, each image with a hard negative text and
         each text with a hard negative image, negatives drawn in proportion to the softmax of
-        their ITC similarity (detached). ``positives`` ``[B, B]`` marks pairs that also match
-        (the same tile), which are never drawn as negatives; default: the diagonal."""
-        batch = image.shape[0]
+        their ITC similarity (detached). ``image_tokens`` are :meth:`image_tokens`' output, the
+        same pass the contrastive loss used. ``positives`` ``[B, B]`` marks pairs that also
+        match (the same tile), which are never drawn as negatives; default: the diagonal."""
+        batch = image_tokens.shape[0]
         with torch.no_grad():
             similarity = self.logit_scale.exp() * image_features.float() @ text_features.float().T
-            same = positives if positives is not None else torch.eye(batch, dtype=torch.bool, device=image.device)
+            same = positives if positives is not None else torch.eye(batch, dtype=torch.bool, device=text.device)
             # A row whose every pair matches has no negative to draw, and is left out of the negatives.
             image_rows, text_rows = (~same).any(dim=1), (~same).any(dim=0)
             negative_text = _draw(similarity, same)
             negative_image = _draw(similarity.T, same.T)
-        image_tokens = self._image_tokens(image)
         logits = self.match_logits(
             None,
             torch.cat([text, text[negative_text][image_rows], text[text_rows]]),
