@@ -2,26 +2,30 @@
 
 The protocol ranks, for each query, the ``m`` gallery tiles nearest to its true place by
 haversine distance (R = 6371 km), tiles at equal distances in gallery order. The search is
-exact by construction: every distance that decides the set is a float64 haversine distance,
-and a query's search box is proven to hold its nearest set before the set is taken.
+exact by construction: every comparison that decides the set is between float64 haversines of
+central angles (``sin^2(d / 2R)``, which order places as their distances do), and a query's
+search box is proven to hold its nearest set before the set is taken.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy
 import torch
 
-from cvgtext.geo import EARTH_RADIUS_KM, haversine_radians_km
+from cvgtext.geo import EARTH_RADIUS_KM
 
-# Elements of one block of distances when finding the nearest entries.
+# Elements of one block of distances when finding the nearest entries (a block stays in cache).
 _DISTANCE_BLOCK = 1 << 17
-# A query's first search box holds about this many entries per nearest entry wanted.
+# A query's search box holds about this many entries per nearest entry wanted.
 _BOX_FILL = 1.8
 # Height of a latitude strip, as a share of the first search radius.
 _STRIP_HEIGHT = 0.5
-# Relative slack covering the float64 rounding of a haversine distance (a few ulps in practice).
+# Slack covering the float64 rounding of a distance: relative (a few ulps in practice), and
+# absolute in km (the rounding of the half-angle sines, about 1e-16 each, times 2R).
 _DISTANCE_SLACK = 1e-9
+_DISTANCE_SLACK_KM = 1e-9
 # Degrees added to each side of a longitude range: more than the rounding of the strip keys.
 _LONGITUDE_SLACK_DEG = 1e-6
 _MAX_STRIPS = 1 << 16
@@ -65,17 +69,18 @@ class _Strips:
 def nearest_entries(
     query_places: torch.Tensor, gallery_places: torch.Tensor, m: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``m`` gallery entries nearest to each query place, and their haversine distances.
+    """The ``m`` gallery entries nearest to each query place, and how near they are.
 
-    Returns ``[queries, m]`` entry indices (in no particular order) and distances in km, float64,
-    on the CPU. The set is the first ``m`` of a stable sort by distance: of entries at the
-    ``m``-th distance, those earliest in the gallery.
+    Returns ``[queries, m]`` entry indices (in no particular order) and their haversines of the
+    central angle, ``sin^2(d / 2R)`` (float64, ordered as the distances ``d`` are), on the CPU.
+    The set is the first ``m`` of a stable sort by distance: of entries at the ``m``-th
+    distance, those earliest in the gallery.
 
     Each query searches a box of latitude strips and a longitude range around its place, sized
-    to hold about ``1.8 m`` entries, and takes exact haversine distances to everything in it.
-    The box holds every entry within its radius, so when the ``m``-th distance found is below
-    the radius, the nearest set is complete. Otherwise that distance bounds the true one, and
-    a second box of that radius (a little more) holds the nearest set for certain.
+    to hold about ``1.8 m`` entries, and takes exact distances to everything in it. The box holds
+    every entry within its radius, so when the ``m``-th distance found is below the radius, the
+    nearest set is complete. Otherwise that distance bounds the true one, and a second box of
+    that radius (a little more) holds the nearest set for certain.
     """
     lat, lon = gallery_places[:, 0], gallery_places[:, 1]
     gallery = lat.shape[0]
@@ -87,66 +92,82 @@ def nearest_entries(
     radius_km = max(math.sqrt(max(area, 0.0) * _BOX_FILL * m / (4 * gallery)), 1e-6)
     strips = _Strips(lat, lon, math.degrees(radius_km / EARTH_RADIUS_KM) * _STRIP_HEIGHT)
     query_lat, query_lon = query_places[:, 0], query_places[:, 1]
-    radius = torch.full_like(query_lat, radius_km)
-    # Size each box by counting its entries (cheap): boxes far fuller than needed, in the dense
-    # quarters of a city, shrink once; boxes short of entries grow until they hold enough.
-    target = _BOX_FILL * m
-    count = strips.box(query_lat, query_lon, radius)[1].sum(1)
-    full = count > 3 * target
-    radius[full] *= (target / count[full]).sqrt() * 1.05
-    small = ((count < target) | full).nonzero().squeeze(1)
-    while small.numel():
-        count = strips.box(query_lat[small], query_lon[small], radius[small])[1].sum(1)
-        grow = (count < target) & (radius[small] < _HALF_CIRCUMFERENCE_KM)
-        small = small[grow]
-        # The count grows about as the radius squared.
-        radius[small] *= (target / count[grow].clamp(min=1)).sqrt().clamp(1.1, 4.0) * 1.05
+    # Each box is sized by counting its entries at the first radius (cheap): the count grows
+    # about as the radius squared.
+    count = strips.box(query_lat, query_lon, torch.full_like(query_lat, radius_km))[1].sum(1)
+    radius = radius_km * (_BOX_FILL * m / count.clamp(min=1).double()).sqrt().clamp(max=4.0) * 1.05
 
-    # Latitudes and longitudes in radians and the latitudes' cosines, in the strips' order.
-    points = (torch.deg2rad(lat[strips.order]), torch.deg2rad(lon[strips.order]))
-    points += (points[0].cos(),)
+    points = _half_angles(gallery_places[strips.order]).unbind(1)  # in the strips' order
+    query_points = _half_angles(query_places)
     entries = torch.empty(query_lat.shape[0], m, dtype=torch.long)
-    distance_km = torch.empty(query_lat.shape[0], m, dtype=torch.float64)
+    nearness = torch.empty(query_lat.shape[0], m, dtype=torch.float64)
     pending = torch.arange(query_lat.shape[0])
+    workspace = torch.empty(6, _DISTANCE_BLOCK, dtype=torch.float64)
     while pending.numel():
         start, length = strips.box(query_lat[pending], query_lon[pending], radius[pending])
-        # Rows in order of their box sizes, so that a block pads little.
+        # Rows in order of their box sizes, in blocks of similar widths.
         size, by_size = length.sum(1).sort()
         pending, start, length = pending[by_size], start[by_size], length[by_size]
-        rows = max(1, _DISTANCE_BLOCK // max(m, int(size[-1])))
-        unproven = []
-        for first in range(0, len(size), rows):
-            which = pending[first:first + rows]
-            runs = slice(first, first + rows)
-            found, found_km = _nearest_in_box(
-                torch.deg2rad(query_places[which]), points, strips.order, start[runs], length[runs], m
+        size = size.clamp(min=m).tolist()
+        unproven, first = [], 0
+        while first < len(size):
+            # As many rows as fit one block at the width of the widest of them (the last).
+            guess = min(len(size), first + _DISTANCE_BLOCK // size[first]) - 1
+            stop = min(len(size), first + max(1, _DISTANCE_BLOCK // size[guess]))
+            which, runs, first = pending[first:stop], slice(first, stop), stop
+            found, found_term, kth_term = _nearest_in_box(
+                query_points[which], points, strips.order, start[runs], length[runs], m, workspace
             )
-            kth_km, box_km = found_km.amax(1), radius[which]
-            done = (kth_km < box_km * (1 - _DISTANCE_SLACK)) | (box_km >= _HALF_CIRCUMFERENCE_KM)
+            kth_km, box_km = _term_to_km(kth_term), radius[which]
+            done = kth_km < box_km * (1 - _DISTANCE_SLACK) - _DISTANCE_SLACK_KM
+            done |= box_km >= _HALF_CIRCUMFERENCE_KM
             if not done.all():
-                # m entries lie within the m-th distance found: a box of that radius holds the nearest ones.
+                # m entries lie within the m-th distance found: a box of that radius holds the
+                # nearest ones. A box holding fewer than m entries (no m-th distance) doubles.
                 again = ~done
-                radius[which[again]] = torch.maximum(kth_km[again] * (1 + 4 * _DISTANCE_SLACK), box_km[again] * 1.01)
+                radius[which[again]] = torch.where(
+                    kth_term[again].isinf(),
+                    box_km[again] * 2,
+                    torch.maximum(
+                        kth_km[again] * (1 + 4 * _DISTANCE_SLACK) + 2 * _DISTANCE_SLACK_KM, box_km[again] * 1.01
+                    ),
+                )
                 unproven.append(which[again])
-                which, found, found_km = which[done], found[done], found_km[done]
+                which, found, found_term = which[done], found[done], found_term[done]
             entries.index_copy_(0, which, found)
-            distance_km.index_copy_(0, which, found_km)
+            nearness.index_copy_(0, which, found_term)
         pending = torch.cat(unproven) if unproven else pending[:0]
-    return entries, distance_km
+    return entries, nearness
+
+
+def _half_angles(places: torch.Tensor) -> torch.Tensor:
+    """``[n, 5]`` float64 of ``[n, 2]`` places in degrees: the sine and cosine of half the latitude
+    and of half the longitude, and the cosine of the latitude."""
+    lat, lon = torch.deg2rad(places[:, 0]), torch.deg2rad(places[:, 1])
+    return torch.stack([(lat / 2).sin(), (lat / 2).cos(), (lon / 2).sin(), (lon / 2).cos(), lat.cos()], 1)
+
+
+def _term_to_km(term: torch.Tensor) -> torch.Tensor:
+    """Distances in km of haversines of central angles."""
+    return term.clamp(0.0, 1.0).sqrt().asin().mul(2 * EARTH_RADIUS_KM)
 
 
 def _nearest_in_box(
     query: torch.Tensor,
-    points: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    points: tuple[torch.Tensor, ...],
     order: torch.Tensor,
     start: torch.Tensor,
     length: torch.Tensor,
     m: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    workspace: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``m`` nearest entries among the runs ``order[start : start + length]`` of each query, stably.
 
-    ``query  # [queries, 2]`` in radians; ``points`` are the gallery's latitudes and longitudes
-    in radians and the latitudes' cosines, in the order of ``order``.
+    ``query  # [queries, 5]`` and ``points`` (five ``[gallery]`` columns, in the order of ``order``)
+    are :func:`_half_angles`. ``workspace`` holds six float64 buffers reused from block to block:
+    fresh large buffers cost page faults, about a fifth of the search. Returns the entries,
+    their haversines and each row's ``m``-th smallest haversine (infinite where the runs hold
+    fewer than ``m`` entries).
     """
     gallery = order.shape[0]
     through = length.cumsum(1)  # [queries, runs] entries up to the end of each run
@@ -156,31 +177,56 @@ def _nearest_in_box(
     step = torch.ones(through.shape[0], width + 1, dtype=torch.long)
     step.scatter_add_(1, through[:, :-1], start[:, 1:] - start[:, :-1] - length[:, :-1])
     position = (step[:, :width].cumsum(1) + (start[:, :1] - 1)).clamp_(0, gallery - 1)
-    valid = torch.arange(width) < through[:, -1:]
-    lat, lon, cos_lat = (_take(values, position) for values in points)
-    query_lat, query_lon = query[:, :1], query[:, 1:]
-    distance_km = haversine_radians_km(query_lat, query_lon, query_lat.cos(), lat, lon, cos_lat)
-    distance_km = distance_km.masked_fill(~valid, math.inf)  # padding is infinitely far
-    kth_km, nearest = distance_km.topk(m, dim=1, largest=False, sorted=False)
-    kth_km = kth_km.amax(1, keepdim=True)
-    ties = ((distance_km <= kth_km).sum(1) > m).nonzero().squeeze(1)
-    if ties.numel():  # more entries at the m-th distance than places left: the earliest entries first
-        nearest[ties] = _earliest_at_boundary(distance_km[ties], _take(order, position[ties]), kth_km[ties], m)
-    return _take(order, position.gather(1, nearest)), distance_km.gather(1, nearest)
+    # hav(d / R) = sin^2(dlat / 2) + cos(lat1) cos(lat2) sin^2(dlon / 2), with the sines of the
+    # half differences from the half angles' sines and cosines: no sine per pair, in place.
+    sin_lat, cos_lat, sin_lon, cos_lon, cos_full = (
+        _take(values, position, out) for values, out in zip(points, workspace)
+    )
+    q_sin_lat, q_cos_lat, q_sin_lon, q_cos_lon, q_cos_full = query[:, :, None].unbind(1)
+    term = sin_lat.mul_(q_cos_lat).sub_(cos_lat.mul_(q_sin_lat)).square_()
+    across = sin_lon.mul_(q_cos_lon).sub_(cos_lon.mul_(q_sin_lon)).square_()
+    term.add_(across.mul_(cos_full).mul_(q_cos_full))
+    term.masked_fill_(torch.arange(width) >= through[:, -1:], math.inf)  # padding is infinitely far
+    # The m-th smallest of each row (numpy's partition is several times faster than topk here).
+    partitioned = _buffer(workspace[5], term.shape).copy_(term).numpy()
+    partitioned.partition(m - 1, axis=1)
+    kth = torch.from_numpy(partitioned[:, m - 1:m].copy())
+    chosen = term <= kth  # at least m in each row
+    nearest = _flat_nonzero(chosen)
+    if nearest.numel() > chosen.shape[0] * m:  # more entries at the m-th distance than places left
+        ties = (chosen.sum(1) > m).nonzero().squeeze(1)
+        chosen[ties] = _earliest_at_boundary(term[ties], _take(order, position[ties]), kth[ties], m)
+        nearest = _flat_nonzero(chosen)
+    entries = _take(order, _take(position.view(-1), nearest))
+    return entries.view(-1, m), _take(term.view(-1), nearest).view(-1, m), kth.squeeze(1)
 
 
-def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``values[index]`` for a 1-D ``values`` (``index_select`` is much faster than indexing on the CPU)."""
-    return values.index_select(0, index.reshape(-1)).view(index.shape)
+def _flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Positions of the true elements of a CPU ``mask`` as flattened, in order (numpy's is about
+    ten times faster than torch's ``nonzero`` here)."""
+    return torch.from_numpy(numpy.flatnonzero(mask.numpy()))
 
 
-def _earliest_at_boundary(distance_km: torch.Tensor, entry: torch.Tensor, kth_km: torch.Tensor, m: int) -> torch.Tensor:
-    """``[rows, m]`` columns of the entries nearer than ``kth_km`` and the earliest entries at it."""
-    closer, tied = distance_km < kth_km, distance_km == kth_km
+def _take(values: torch.Tensor, index: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """``values[index]`` for a 1-D ``values`` (``index_select`` is much faster than indexing on the
+    CPU), written into ``buffer`` (see :func:`_buffer`) when one is given."""
+    out = values.new_empty(index.shape) if buffer is None else _buffer(buffer, index.shape)
+    return torch.index_select(values, 0, index.reshape(-1), out=out.view(-1)).view(index.shape)
+
+
+def _buffer(buffer: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """A tensor of ``shape`` on the start of the 1-D ``buffer``, or a new one where it is too small."""
+    size = math.prod(shape)
+    return buffer[:size].view(shape) if size <= buffer.numel() else buffer.new_empty(shape)
+
+
+def _earliest_at_boundary(term: torch.Tensor, entry: torch.Tensor, kth: torch.Tensor, m: int) -> torch.Tensor:
+    """``[rows, columns]`` mask of the ``m`` entries of each row: those nearer than ``kth`` and the
+    earliest in the gallery at it."""
+    closer, tied = term < kth, term == kth
     wanted = m - closer.sum(1, keepdim=True)
     # Padding (infinitely far) gets distinct indices past the gallery's, so that exactly m are chosen.
     padding = torch.iinfo(torch.int32).max + torch.arange(entry.shape[1])
-    entry = torch.where(distance_km == math.inf, padding, entry)
+    entry = torch.where(term == math.inf, padding, entry)
     by_index = entry.masked_fill(~tied, torch.iinfo(torch.long).max).sort(dim=1).values
-    chosen = closer | (tied & (entry <= by_index.gather(1, wanted - 1)))
-    return chosen.nonzero()[:, 1].view(-1, m)
+    return closer | (tied & (entry <= by_index.gather(1, wanted - 1)))
