@@ -150,6 +150,28 @@ def test_nearest_set_is_exact_when_every_first_box_is_too_small(monkeypatch):
     assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
 
 
+def test_nearest_set_is_exact_when_a_box_is_wider_than_a_block(monkeypatch):
+    # Boxes of about 120 entries against blocks of 64 distances: every row is a block of its
+    # own, computed outside the reused buffers.
+    monkeypatch.setattr(nearest_tiles, "_BOX_FILL", 20.0)
+    monkeypatch.setattr(nearest_tiles, "_DISTANCE_BLOCK", 64)
+    queries, gallery = city_names(seed=21, tiles=150, duplicates=5, strangers=1)
+    sim = embeddings(len(queries), 8, seed=22) @ embeddings(len(gallery), 8, seed=23).T
+    assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
+
+
+@pytest.mark.parametrize("tiles, nearest", [(40, 9), (300, None)])
+@pytest.mark.parametrize("k", [1, 3])
+def test_scores_tied_at_the_kth_place_keep_the_protocol_order(tiles, nearest, k):
+    # Scores on three levels, so that the k-th and (k+1)-th best tie in most rows: both ways of
+    # taking the best columns (numpy's partition on narrow rows, topk on wide ones) widen to every tie.
+    queries, gallery = city_names(seed=24, tiles=tiles, duplicates=3, strangers=1)
+    generator = torch.Generator().manual_seed(25)
+    sim = torch.tensor([0.1, 0.2, 0.3])[torch.randint(0, 3, (len(queries), len(gallery)), generator=generator)]
+    ranking = rank_similarity(sim, queries, gallery, nearest=nearest, k=k)
+    assert_matches_plain_protocol(ranking, sim, queries, gallery, nearest, k=k)
+
+
 def test_equal_scores_rank_the_true_tile_last_among_them():
     queries, gallery = city_names(seed=16, tiles=20, duplicates=0, strangers=1)
     ranking = rank_similarity(torch.zeros(len(queries), len(gallery)), queries, gallery, nearest=None, k=25)
@@ -199,10 +221,13 @@ def test_top1_error_is_the_distance_to_the_top1_tile():
     assert ranking.top1_error_km.item() == pytest.approx(6371.0 * math.pi / 180, rel=1e-12)
 
 
-def test_nan_scores_are_refused():
-    queries, gallery = ["0.0,0.0_a.jpg"], ["0.0,0.0_a.jpg", "0.0,1.0_b.jpg"]
+@pytest.mark.parametrize("tiles", [20, 300])  # narrow rows (numpy's partition), then wide (topk)
+def test_nan_scores_are_refused(tiles):
+    queries, gallery = ["0.0,0.0_a.jpg"], ["0.0,0.0_a.jpg"] + [f"0.0,{i / 1000}_b{i}.jpg" for i in range(1, tiles)]
+    sim = torch.linspace(0.1, 0.9, tiles)[None]  # distinct scores: no ties to widen the best
+    sim[0, tiles // 2] = math.nan
     with pytest.raises(ValueError, match="NaN"):
-        rank_similarity(torch.tensor([[0.5, math.nan]]), queries, gallery, nearest=None)
+        rank_similarity(sim, queries, gallery, nearest=None, k=1)
 
 
 def test_mismatched_names_are_refused():
