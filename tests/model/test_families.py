@@ -199,6 +199,43 @@ def test_matching_loss_and_reranker_refuse_backbones_without_a_matching_head():
         ITMReranker(module)
 
 
+def test_matching_reranker_reads_each_tile_once_per_batch_and_scores_as_the_head(tmp_path):
+    from PIL import Image
+
+    from cvgtext.module import CrossViewRetrieval
+    from cvgtext.rerank import Query
+    from cvgtext.rerank.itm import ITMReranker
+
+    backbone = {"model_name": "blip-base", "family": "blip", "tokenizer": str(write_bert_like(tmp_path, TEXTS)),
+                "config": TINY_BLIP}
+    module = CrossViewRetrieval(backbone=backbone, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True})
+    generator = torch.Generator().manual_seed(2)
+    tiles = []
+    for i in range(3):
+        pixels = torch.randint(0, 256, (40, 40, 3), generator=generator, dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"t{i}.png")
+        tiles.append(tmp_path / f"t{i}.png")
+    (tmp_path / "zz_bad.png").write_bytes(b"not an image")
+    t0, t1, t2 = tiles
+    scores = [0.3, 0.2, 0.1]
+    queries = [Query(TEXTS[0], [t0, t1, t2], scores), Query(TEXTS[1], [t1, t2, t0], scores),
+               Query(TEXTS[2], [t2, t0, tmp_path / "zz_bad.png"], scores)]
+    encoded = []
+    image_tokens = module.model.image_tokens
+    module.model.image_tokens = lambda images: encoded.append(len(images)) or image_tokens(images)
+    judged = ITMReranker(module, batch_size=16).judge(queries)
+    assert encoded == [3]  # nine pairs, three readable tiles, one pass of the image tower
+    assert judged[2][2].value is None and judged[2][2].failures == {"unreadable tile": 1}
+    with torch.no_grad():
+        for query, values in zip(queries, judged):
+            for tile, value in zip(query.tiles, values):
+                if tile.name == "zz_bad.png":
+                    continue
+                image = module.preprocess(Image.open(tile).convert("RGB"))[None]
+                expected = module.model.match(image, module.tokenizer([query.description]))
+                assert value.value == pytest.approx(expected.item(), abs=1e-6)
+
+
 def test_locking_blips_image_tower(tmp_path):
     from cvgtext.module import CrossViewRetrieval
 

@@ -102,15 +102,16 @@ class BlipDualEncoder(nn.Module):
         features = self.blip.text_proj(self._text_tokens(text)[:, 0])
         return F.normalize(features, dim=-1) if normalize else features
 
-    def match_logits(self, image: torch.Tensor, text: torch.Tensor, image_tokens: torch.Tensor | None = None):
+    def match_logits(self, image: torch.Tensor | None, text: torch.Tensor, image_tokens: torch.Tensor | None = None):
         """The ITM head's ``[no match, match]`` logits of each (image, text) row, ``[B, 2]``."""
         if image_tokens is None:
             image_tokens = self.image_tokens(image)
         return self.blip.itm_head(self._text_tokens(text, image_tokens)[:, 0])
 
-    def match(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """The probability that each image matches its text, ``[B]``."""
-        return self.match_logits(image, text).float().softmax(dim=-1)[:, 1]
+    def match(self, image: torch.Tensor | None, text: torch.Tensor, image_tokens: torch.Tensor | None = None):
+        """The probability that each image matches its text, ``[B]``; ``image_tokens`` (of
+        :meth:`image_tokens`) stand for the images where they were computed already."""
+        return self.match_logits(image, text, image_tokens).float().softmax(dim=-1)[:, 1]
 
     def matching_loss(
         self, image_tokens: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor,

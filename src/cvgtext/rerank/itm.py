@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 class ITMReranker:
     """Scores each query's top ``top_k`` tiles by the model's ITM head, ``batch_size`` pairs at a time.
 
-    ``module`` is the loaded LightningModule; its model must have a matching head (BLIP).
+    ``module`` is the loaded LightningModule; its model must have a matching head (BLIP). Pairs
+    go in order of their tiles, and a batch runs the image tower once per distinct tile.
     """
 
     uses_model = True  # built with the run's module rather than an endpoint
@@ -52,7 +54,10 @@ class ITMReranker:
 
     @torch.no_grad()
     def judge(self, queries: Sequence[Query]) -> list[list[Judged]]:
-        pairs = [(q, c) for q, query in enumerate(queries) for c in range(len(query.tiles))]
+        # Pairs in order of their tiles, so that descriptions sharing a candidate (neighbours
+        # share many) meet in one batch and the image tower reads that tile once.
+        pairs = sorted(((q, c) for q, query in enumerate(queries) for c in range(len(query.tiles))),
+                       key=lambda pair: str(queries[pair[0]].tiles[pair[1]]))
         values: dict[tuple[int, int], Judged] = {}
         model = self.module.model
         device = next(model.parameters()).device
@@ -61,23 +66,30 @@ class ITMReranker:
         try:
             for start in range(0, len(pairs), self.batch_size):
                 chunk = pairs[start: start + self.batch_size]
-                images, texts, kept = [], [], []
+                tiles: dict[Path, int] = {}  # each readable tile of the batch and its row
+                images, kept = [], []
                 for q, c in chunk:
-                    try:
-                        images.append(self.module.preprocess(load_image(queries[q].tiles[c])))
-                    except DataError as error:
-                        log.warning("The matching head skips a candidate: %s", error)
+                    tile = Path(queries[q].tiles[c])
+                    if tile not in tiles:
+                        try:
+                            images.append(self.module.preprocess(load_image(tile)))
+                        except DataError as error:
+                            log.warning("The matching head skips a candidate: %s", error)
+                            tiles[tile] = -1
+                        else:
+                            tiles[tile] = len(images) - 1
+                    if tiles[tile] < 0:
                         values[q, c] = Judged(None, "", Counter({"unreadable tile": 1}))
-                        continue
-                    texts.append(queries[q].description)
-                    kept.append((q, c))
+                    else:
+                        kept.append((q, c, tiles[tile]))
                 if not kept:
                     continue
-                tokens = self.module.tokenizer(texts).to(device)
-                probability = model.match(torch.stack(images).to(device), tokens).tolist()
-                for key, p in zip(kept, probability):
-                    values[key] = Judged(float(p), f"image-text matching: {p:.3f}")
+                image_tokens = model.image_tokens(torch.stack(images).to(device))
+                rows = torch.tensor([row for _, _, row in kept], device=device)
+                tokens = self.module.tokenizer([queries[q].description for q, _, _ in kept]).to(device)
+                probability = model.match(None, tokens, image_tokens=image_tokens[rows]).tolist()
+                for (q, c, _), p in zip(kept, probability):
+                    values[q, c] = Judged(float(p), f"image-text matching: {p:.3f}")
         finally:
             model.train(was_training)
         return [[values[q, c] for c in range(len(query.tiles))] for q, query in enumerate(queries)]
-
