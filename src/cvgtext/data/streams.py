@@ -36,6 +36,7 @@ import math
 import os
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -334,6 +335,9 @@ class ShardLoader(DataLoader):
     def __init__(self, dataset: ShardStream, epoch_now: Callable[[], int] | None = None, **kwargs: Any):
         super().__init__(dataset, **kwargs)
         dataset.workers = max(1, self.num_workers)
+        # Lightning warns that an IterableDataset's length may be wrong under several workers;
+        # each worker here reads its own run of batches (worker_positions), so the length is exact.
+        warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
         self.epoch_now = epoch_now
         self.taken = 0
         self._iterating = 0
