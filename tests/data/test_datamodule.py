@@ -124,3 +124,16 @@ def test_skip_leaves_out_a_missing_training_image_but_not_a_missing_test_image(r
     (folder / next(iter(names["test"]))).unlink()
     with pytest.raises(DataError, match="does not exist"):
         tiny_datamodule(release_dir, on_bad_image="skip").setup()
+
+
+def test_overfitting_a_few_batches_turns_shuffling_off(release_dir):
+    from types import SimpleNamespace
+
+    datamodule = tiny_datamodule(release_dir)
+    assert datamodule.shuffles_training  # no trainer yet: as data.shuffle says
+    datamodule.trainer = SimpleNamespace(overfit_batches=2)
+    assert not datamodule.shuffles_training  # the same batches every epoch
+    datamodule.trainer = SimpleNamespace(overfit_batches=0.0)
+    assert datamodule.shuffles_training
+    datamodule.shuffle = False
+    assert not datamodule.shuffles_training

@@ -234,7 +234,7 @@ class CVGTextDataModule(L.LightningDataModule):
         training = split == "train"
         stream = ShardStream(
             self.store, split, self.pairs[split], self.preprocess, self.tokenizer, batch_size, rank, world_size,
-            seed=self.seed, shuffle=self.shuffle and not (self.trainer and self.trainer.overfit_batches),
+            seed=self.seed, shuffle=self.shuffles_training,
             window=self.shuffle_window, training=training, images=split not in self.captions_only,
             on_bad_image=self.on_bad_image,
         )
@@ -339,6 +339,12 @@ class CVGTextDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    @property
+    def shuffles_training(self) -> bool:
+        """Whether training batches are shuffled: as ``shuffle`` says, except when overfitting a few
+        batches (``trainer.overfit_batches``), which means the same batches every epoch."""
+        return bool(self.shuffle and not (self.trainer and self.trainer.overfit_batches))
+
     def train_dataloader(self) -> DataLoader:
         """Training batches, the same for a given seed and epoch; each rank loads its share.
 
@@ -360,10 +366,8 @@ class CVGTextDataModule(L.LightningDataModule):
                 epoch_now=epoch_now,
             )
         else:
-            # Overfitting a few batches means the same batches every epoch: no shuffling.
-            shuffle = self.shuffle and not (self.trainer and self.trainer.overfit_batches)
             batch_sampler = SeededBatchSampler(
-                ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=shuffle,
+                ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=self.shuffles_training,
                 epoch_now=epoch_now,
             )
         return ResumableLoader(
