@@ -160,6 +160,15 @@ def test_nearest_set_is_exact_when_a_box_is_wider_than_a_block(monkeypatch):
     assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
 
 
+def test_blocks_of_rows_hold_the_block_size_or_one_row(monkeypatch):
+    monkeypatch.setattr(nearest_tiles, "_DISTANCE_BLOCK", 100)
+    widths = [5] * 30 + [20] * 7 + [150, 300]  # ascending, the last two wider than a block
+    blocks = list(nearest_tiles._blocks(widths))
+    assert [row for first, stop in blocks for row in range(first, stop)] == list(range(len(widths)))
+    assert all(stop - first == 1 or (stop - first) * widths[stop - 1] <= 100 for first, stop in blocks)
+    assert blocks[-2:] == [(37, 38), (38, 39)]
+
+
 @pytest.mark.parametrize("tiles, nearest", [(40, 9), (300, None)])
 @pytest.mark.parametrize("k", [1, 3])
 def test_scores_tied_at_the_kth_place_keep_the_protocol_order(tiles, nearest, k):

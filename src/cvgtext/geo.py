@@ -23,5 +23,9 @@ def haversine_radians_km(
     in the same order, in place on fresh buffers, so the distances are bitwise equal.
     """
     across = (lon2 - lon1).div_(2).sin_().square_()
-    a = (lat2 - lat1).div_(2).sin_().square_().add_((cos_lat1 * cos_lat2).mul_(across))
-    return a.clamp_(0.0, 1.0).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM)
+    return km_of_haversine((lat2 - lat1).div_(2).sin_().square_().add_((cos_lat1 * cos_lat2).mul_(across)))
+
+
+def km_of_haversine(haversine: torch.Tensor) -> torch.Tensor:
+    """Distances in km of haversines of central angles, ``sin^2(d / 2R)``."""
+    return haversine.clamp(0.0, 1.0).sqrt_().asin_().mul_(2 * EARTH_RADIUS_KM)

@@ -10,11 +10,12 @@ search box is proven to hold its nearest set before the set is taken.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy
 import torch
 
-from cvgtext.geo import EARTH_RADIUS_KM
+from cvgtext.geo import EARTH_RADIUS_KM, km_of_haversine
 
 # Elements of one block of distances when finding the nearest entries (a block stays in cache).
 _DISTANCE_BLOCK = 1 << 17
@@ -108,17 +109,13 @@ def nearest_entries(
         # Rows in order of their box sizes, in blocks of similar widths.
         size, by_size = length.sum(1).sort()
         pending, start, length = pending[by_size], start[by_size], length[by_size]
-        size = size.clamp(min=m).tolist()
-        unproven, first = [], 0
-        while first < len(size):
-            # As many rows as fit one block at the width of the widest of them (the last).
-            guess = min(len(size), first + _DISTANCE_BLOCK // size[first]) - 1
-            stop = min(len(size), first + max(1, _DISTANCE_BLOCK // size[guess]))
-            which, runs, first = pending[first:stop], slice(first, stop), stop
+        unproven = []
+        for first, stop in _blocks(size.clamp(min=m).tolist()):
+            which, runs = pending[first:stop], slice(first, stop)
             found, found_term, kth_term = _nearest_in_box(
                 query_points[which], points, strips.order, start[runs], length[runs], m, workspace
             )
-            kth_km, box_km = _term_to_km(kth_term), radius[which]
+            kth_km, box_km = km_of_haversine(kth_term), radius[which]
             done = kth_km < box_km * (1 - _DISTANCE_SLACK) - _DISTANCE_SLACK_KM
             done |= box_km >= _HALF_CIRCUMFERENCE_KM
             if not done.all():
@@ -140,16 +137,23 @@ def nearest_entries(
     return entries, nearness
 
 
+def _blocks(widths: list[int]) -> Iterator[tuple[int, int]]:
+    """``(first, stop)`` runs of rows of ascending ``widths``, each as many rows as fit
+    ``_DISTANCE_BLOCK`` elements at the width of its widest (last) row, and at least one."""
+    first = 0
+    while first < len(widths):
+        # The rows that would fit at the first row's width; then as many as fit at the widest of those.
+        guess = min(len(widths), first + max(1, _DISTANCE_BLOCK // widths[first])) - 1
+        stop = min(len(widths), first + max(1, _DISTANCE_BLOCK // widths[guess]))
+        yield first, stop
+        first = stop
+
+
 def _half_angles(places: torch.Tensor) -> torch.Tensor:
     """``[n, 5]`` float64 of ``[n, 2]`` places in degrees: the sine and cosine of half the latitude
     and of half the longitude, and the cosine of the latitude."""
     lat, lon = torch.deg2rad(places[:, 0]), torch.deg2rad(places[:, 1])
     return torch.stack([(lat / 2).sin(), (lat / 2).cos(), (lon / 2).sin(), (lon / 2).cos(), lat.cos()], 1)
-
-
-def _term_to_km(term: torch.Tensor) -> torch.Tensor:
-    """Distances in km of haversines of central angles."""
-    return term.clamp(0.0, 1.0).sqrt().asin().mul(2 * EARTH_RADIUS_KM)
 
 
 def _nearest_in_box(
