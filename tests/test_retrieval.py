@@ -142,21 +142,18 @@ def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(
     assert_matches_plain_protocol(ranking, sim, [here], gallery, nearest=5, k=5)
 
 
-def test_nearest_set_is_exact_when_every_first_box_is_too_small(monkeypatch):
-    # Boxes sized for a fifth of the nearest entries: every query searches a second, larger box.
-    monkeypatch.setattr(nearest_tiles, "_BOX_FILL", 0.2)
-    queries, gallery = city_names(seed=15, tiles=80, duplicates=8, strangers=1)
+@pytest.mark.parametrize("settings", [
+    # boxes sized for a fifth of the nearest entries: every query searches a second, larger box
+    {"_BOX_FILL": 0.2},
+    # boxes of about 120 entries against blocks of 64: every row is a block of its own, computed
+    # outside the reused buffers
+    {"_BOX_FILL": 20.0, "_DISTANCE_BLOCK": 64},
+], ids=["first_boxes_too_small", "boxes_wider_than_a_block"])
+def test_nearest_set_is_exact_whatever_the_boxes(monkeypatch, settings):
+    for name, value in settings.items():
+        monkeypatch.setattr(nearest_tiles, name, value)
+    queries, gallery = city_names(seed=15, tiles=150, duplicates=8, strangers=1)
     sim = embeddings(len(queries), 8, seed=9) @ embeddings(len(gallery), 8, seed=10).T
-    assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
-
-
-def test_nearest_set_is_exact_when_a_box_is_wider_than_a_block(monkeypatch):
-    # Boxes of about 120 entries against blocks of 64 distances: every row is a block of its
-    # own, computed outside the reused buffers.
-    monkeypatch.setattr(nearest_tiles, "_BOX_FILL", 20.0)
-    monkeypatch.setattr(nearest_tiles, "_DISTANCE_BLOCK", 64)
-    queries, gallery = city_names(seed=21, tiles=150, duplicates=5, strangers=1)
-    sim = embeddings(len(queries), 8, seed=22) @ embeddings(len(gallery), 8, seed=23).T
     assert_matches_plain_protocol(rank_similarity(sim, queries, gallery, nearest=6), sim, queries, gallery, 6, k=10)
 
 
