@@ -8,6 +8,7 @@ Batches become embeddings in :meth:`embed`; embeddings become a loss in :meth:`t
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 from typing import Any
@@ -21,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvgtext.errors import ConfigError
 from cvgtext.evaluation import EmbeddedSplit, evaluate_split, flatten_metrics
 from cvgtext.model.encoder import build_encoder
-from cvgtext.model.loss import SigmoidLoss, build_loss
+from cvgtext.model.loss import SigmoidLoss, build_loss, matching_pool
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,9 @@ class CrossViewRetrieval(L.LightningModule):
             loss = self.criterion(image_features, text_features, self.model.logit_scale.exp())
         batch_size = len(batch["index"])
         if self.itm_weight:
-            matching = self.model.matching_loss(
-                image_tokens, batch["tokens"], image_features.detach(), text_features.detach(), _same_tile(batch)
-            )
+            pool = matching_pool(image_tokens, batch["tokens"], image_features, text_features, _tile_ids(batch),
+                                 self.criterion.negatives)
+            matching = self.model.matching_loss(pool)
             self.log("train/itm_loss", matching, batch_size=batch_size)
             loss = loss + self.itm_weight * matching
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
@@ -224,14 +225,15 @@ class CrossViewRetrieval(L.LightningModule):
         self.best_metrics = dict(checkpoint.get("best_metrics", {}))
 
 
-def _same_tile(batch: dict[str, Any]) -> torch.Tensor | None:
-    """``[B, B]``: which pairs of the batch show the same tile (None: the batch does not say)."""
+def _tile_ids(batch: dict[str, Any]) -> torch.Tensor | None:
+    """``[B]`` int64: an id of each pair's tile, equal on every process for the same file name
+    (None: the batch does not name its tiles)."""
     names = batch.get("name")
     if names is None:
         return None
-    ids = {name: i for i, name in enumerate(dict.fromkeys(names))}
-    tile = torch.tensor([ids[name] for name in names], device=batch["tokens"].device)
-    return tile[:, None] == tile[None, :]
+    ids = [int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True)
+           for name in names]
+    return torch.tensor(ids, dtype=torch.int64, device=batch["tokens"].device)
 
 
 def _first_occurrence(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sent
 
 from cvgtext.errors import ConfigError
 from cvgtext.model.encoder import build_encoder
+from cvgtext.model.loss import matching_pool
 
 pytest.importorskip("transformers")
 
@@ -129,14 +130,20 @@ def test_matching_loss_draws_negatives_off_the_positives_and_trains_the_head(tmp
     model = encoder.model
     tokens = encoder.tokenizer(TEXTS[:2] * 2)
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    features = model.encode_image(images, True).detach(), model.encode_text(tokens, True).detach()
-    loss = model.matching_loss(model.image_tokens(images), tokens, *features)
+    features = model.encode_image(images, True), model.encode_text(tokens, True)
+    loss = model.matching_loss(matching_pool(model.image_tokens(images), tokens, *features))
     loss.backward()
     assert loss.item() > 0 and model.blip.itm_head.weight.grad.abs().sum() > 0
-    # With every other pair also a positive, the only negatives left are drawn.
-    every = torch.ones(4, 4, dtype=torch.bool)
-    every.fill_diagonal_(True)
-    assert torch.isfinite(model.matching_loss(model.image_tokens(images), tokens, *features, positives=every))
+    # Pairs of one tile are never each other's negatives: with every pair of one tile there is
+    # nothing to draw, and only the 4 positives are scored.
+    with torch.no_grad():
+        pool = matching_pool(model.image_tokens(images), tokens, *features, tiles=torch.zeros(4, dtype=torch.int64))
+        positives = model.match_logits(images, tokens)
+        expected = torch.nn.functional.cross_entropy(positives, torch.ones(4, dtype=torch.long))
+        torch.testing.assert_close(model.matching_loss(pool), expected)
+    # A device whose every image was skipped still returns a loss that backpropagates (to 0).
+    empty = model.matching_loss(matching_pool(model.image_tokens(images[:0]), tokens[:0], *(f[:0] for f in features)))
+    assert empty.item() == 0 and empty.requires_grad
 
 
 def test_blip_preprocessing_is_blips_image_processor():
@@ -333,3 +340,70 @@ def test_every_backbone_option_names_a_model_of_its_family(option, tmp_path):
         assert "webli" in open_clip.list_pretrained_tags_by_model(backbone.model_name)
     else:
         assert backbone.loss == "contrastive"
+
+
+def _matching_loss_on_rank(rank: int, folder, port: int) -> None:
+    """One of two gloo processes: BLIP's matching loss on this rank's rows of ``inputs.pt``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        inputs = torch.load(folder / "inputs.pt")
+        model = build_encoder("blip-base", family="blip", tokenizer=inputs["tokenizer"], config=TINY_BLIP).model
+        model.load_state_dict(inputs["model"])
+        rows = slice(*inputs["rows"][rank])
+        images = inputs["images"][rows].clone().requires_grad_()
+        image_tokens = model.image_tokens(images)
+        pool = matching_pool(image_tokens, inputs["tokens"][rows], model.image_features(image_tokens, True),
+                             model.encode_text(inputs["tokens"][rows], True), inputs["tiles"][rows])
+        torch.manual_seed(100 + rank)
+        loss = model.matching_loss(pool)
+        loss.backward()
+        torch.save({"loss": loss.detach(), "grad": images.grad, "pool": len(pool.tiles)}, folder / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.heavy  # starts 2 processes: make test-slow
+def test_matching_negatives_come_from_every_devices_batch_and_send_gradients_back(tmp_path):
+    from conftest import free_port
+
+    from cvgtext.model.loss import MatchingPool
+
+    encoder = build_encoder("blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)),
+                            config=TINY_BLIP)
+    model = encoder.model
+    # Rank 0 holds two captions of tile A, rank 1 one of tile B (unequal batches): rank 0's only
+    # possible negatives are on rank 1, which local negatives would never see.
+    rows = [slice(0, 2), slice(2, 3)]
+    inputs = {"model": model.state_dict(), "tokenizer": str(tmp_path), "rows": [(0, 2), (2, 3)],
+              "images": torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
+              "tokens": encoder.tokenizer(TEXTS), "tiles": torch.tensor([7, 7, -3])}
+    torch.save(inputs, tmp_path / "inputs.pt")
+    torch.multiprocessing.spawn(_matching_loss_on_rank, args=(tmp_path, free_port()), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    assert [rank["pool"] for rank in ranks] == [3, 3]
+
+    # The same draws on one process over the whole batch; each rank's images receive the
+    # gradient of both ranks' losses, as DDP's sum over ranks of the gathered rows gives.
+    images = inputs["images"].clone().requires_grad_()
+    tokens = model.image_tokens(images)
+    image_features = model.image_features(tokens, True).detach()
+    text_features = model.encode_text(inputs["tokens"], True).detach()
+    losses = []
+    for rank, part in enumerate(rows):
+        torch.manual_seed(100 + rank)
+        pool = MatchingPool(tokens, inputs["tokens"], image_features, text_features, inputs["tiles"],
+                            part.start, part.stop - part.start)
+        losses.append(model.matching_loss(pool))
+    (from_rank_0,) = torch.autograd.grad(losses[0], images, retain_graph=True)
+    assert from_rank_0[2].abs().max() > 0  # rank 0's loss reaches rank 1's image
+    sum(losses).backward()
+    for rank, part in enumerate(rows):
+        torch.testing.assert_close(ranks[rank]["loss"], losses[rank].detach(), rtol=1e-4, atol=1e-5)
+        expected = images.grad[part]
+        torch.testing.assert_close(ranks[rank]["grad"], expected, rtol=1e-3, atol=1e-3 * expected.abs().max().item())
+    # Rank 0's two pairs each met rank 1's caption and image: 6 rows scored, not its 2 positives.
+    with torch.no_grad():
+        alone = model.match_logits(images[:2], inputs["tokens"][:2])
+        assert not torch.isclose(ranks[0]["loss"], torch.nn.functional.cross_entropy(alone, torch.ones(2).long()))

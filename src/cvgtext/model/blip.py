@@ -11,8 +11,9 @@ Training uses the symmetric InfoNCE loss of every backbone (``model.loss``) on t
 embeddings, with a learnt temperature held here: ``transformers``'s retrieval model has no
 temperature and no training loss of its own (BLIP's original code computes ITC and ITM losses
 in its forward; stock ``transformers`` does not). ``model.loss.itm_weight`` adds BLIP's ITM
-loss on in-batch hard negatives (:meth:`BlipDualEncoder.matching_loss`), which the matching
-head needs to be of use when the weights did not bring it trained.
+loss on hard negatives of the batch (:meth:`BlipDualEncoder.matching_loss`; with
+``model.loss.negatives=global`` and several devices, of the global batch, as BLIP draws them),
+which the matching head needs to be of use when the weights did not bring it trained.
 
 Architectures (``backbone.model_name``): ``blip-base`` (ViT-B/16, the published BLIP
 baseline) and ``blip-large`` (ViT-L/16), both at 384 px and BERT-base text;
@@ -35,6 +36,7 @@ from torchvision import transforms
 
 from cvgtext.errors import ConfigError
 from cvgtext.model.family import Encoder
+from cvgtext.model.loss import MatchingPool
 
 log = logging.getLogger(__name__)
 
@@ -113,30 +115,29 @@ class BlipDualEncoder(nn.Module):
         :meth:`image_tokens`) stand for the images where they were computed already."""
         return self.match_logits(image, text, image_tokens).float().softmax(dim=-1)[:, 1]
 
-    def matching_loss(
-        self, image_tokens: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor,
-        text_features: torch.Tensor, positives: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """BLIP's ITM loss over a batch: each pair, each image with a hard negative text and
-        each text with a hard negative image, negatives drawn in proportion to the softmax of
-        their ITC similarity (detached). ``image_tokens`` are :meth:`image_tokens`' output, the
-        same pass the contrastive loss used. ``positives`` ``[B, B]`` marks pairs that also
-        match (the same tile), which are never drawn as negatives; default: the diagonal."""
-        batch = image_tokens.shape[0]
+    def matching_loss(self, pool: MatchingPool) -> torch.Tensor:
+        """BLIP's ITM loss on this rank's pairs of ``pool`` (:func:`cvgtext.model.loss.matching_pool`):
+        each pair, each image with a hard negative caption and each caption with a hard negative
+        image, drawn from the whole pool in proportion to the softmax of their ITC similarity.
+        Pairs of the same tile are never drawn; a pair with nothing else to draw has no negatives.
+        The pool's image tokens are those the contrastive loss's image pass computed."""
+        local = pool.local
+        if pool.batch == 0:  # still a function of the gathered tokens: this rank joins the backward collective
+            return pool.image_tokens.sum() * 0.0
         with torch.no_grad():
-            similarity = self.logit_scale.exp() * image_features.float() @ text_features.float().T
-            same = positives if positives is not None else torch.eye(batch, dtype=torch.bool, device=text.device)
-            # A row whose every pair matches has no negative to draw, and is left out of the negatives.
-            image_rows, text_rows = (~same).any(dim=1), (~same).any(dim=0)
-            negative_text = _draw(similarity, same)
-            negative_image = _draw(similarity.T, same.T)
+            scale = self.logit_scale.exp()
+            same = pool.tiles[local, None] == pool.tiles[None, :]  # [batch, N]
+            rows = (~same).any(dim=1)
+            negative_text = _draw(scale * pool.image_features[local].float() @ pool.text_features.float().T, same)
+            negative_image = _draw(scale * pool.text_features[local].float() @ pool.image_features.float().T, same)
+        text, image_tokens = pool.text[local], pool.image_tokens[local]
         logits = self.match_logits(
             None,
-            torch.cat([text, text[negative_text][image_rows], text[text_rows]]),
-            torch.cat([image_tokens, image_tokens[image_rows], image_tokens[negative_image][text_rows]]),
+            torch.cat([text, pool.text[negative_text][rows], text[rows]]),
+            torch.cat([image_tokens, image_tokens[rows], pool.image_tokens[negative_image][rows]]),
         )
         labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
-        labels[:batch] = 1
+        labels[:pool.batch] = 1
         return F.cross_entropy(logits.float(), labels)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

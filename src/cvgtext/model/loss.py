@@ -129,13 +129,67 @@ def _batch_sizes(batch: int, device: torch.device) -> list[int]:
 
 
 def _gather_with_grad(features: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Concatenate every rank's rows [sum(sizes), dim]; gradients return to each rank's own rows.
+    """Concatenate every rank's rows [sum(sizes), ...]; gradients return to each rank's own rows.
 
     Collectives need equal shapes, so rows are padded to the largest batch and trimmed after.
     """
-    padded = F.pad(features, (0, 0, 0, max(sizes) - features.shape[0]))
-    gathered = dist_nn.all_gather(padded)
+    gathered = dist_nn.all_gather(_padded(features, max(sizes)))
     return torch.cat([rows[:size] for rows, size in zip(gathered, sizes)])
+
+
+def _gather(rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Like :func:`_gather_with_grad`, for rows no gradient flows through (token ids, tile ids)."""
+    padded = _padded(rows, max(sizes))
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:size] for part, size in zip(gathered, sizes)])
+
+
+def _padded(rows: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.cat([rows, rows.new_zeros((length - rows.shape[0], *rows.shape[1:]))])
+
+
+class MatchingPool(NamedTuple):
+    """The pairs an image-text matching loss draws its hard negatives from, this rank's among them.
+
+    Row ``i`` of every field is one (image, caption) pair; this rank's own pairs are rows
+    ``offset`` to ``offset + batch``. Features are detached (they only weigh the draw); the image
+    tokens keep their gradient, which returns to the rank that computed them.
+    """
+
+    image_tokens: torch.Tensor  # [N, tokens, width]
+    text: torch.Tensor  # [N, context] token ids
+    image_features: torch.Tensor  # [N, dim], L2-normalised
+    text_features: torch.Tensor  # [N, dim], L2-normalised
+    tiles: torch.Tensor  # [N]: pairs with equal values show the same tile (never each other's negative)
+    offset: int
+    batch: int
+
+    @property
+    def local(self) -> slice:
+        return slice(self.offset, self.offset + self.batch)
+
+
+def matching_pool(
+    image_tokens: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor, text_features: torch.Tensor,
+    tiles: torch.Tensor | None = None, negatives: Negatives = "global",
+) -> MatchingPool:
+    """This rank's pairs, with every rank's when ``negatives="global"`` and several processes
+    train (BLIP draws its matching negatives from the whole global batch so). ``tiles``: an id
+    of each pair's tile (default: every pair its own)."""
+    batch = image_tokens.shape[0]
+    if negatives != "global" or _world_size() == 1:
+        if tiles is None:
+            tiles = torch.arange(batch, device=text.device)
+        return MatchingPool(image_tokens, text, image_features.detach(), text_features.detach(), tiles, 0, batch)
+    sizes = _batch_sizes(batch, text.device)
+    offset = sum(sizes[:dist.get_rank()])
+    if tiles is None:
+        tiles = torch.arange(offset, offset + batch, device=text.device)
+    return MatchingPool(
+        _gather_with_grad(image_tokens, sizes), _gather(text, sizes), _gather(image_features.detach(), sizes),
+        _gather(text_features.detach(), sizes), _gather(tiles, sizes), offset, batch,
+    )
 
 
 LOSS_KINDS = ("contrastive", "sigmoid")
