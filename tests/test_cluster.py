@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CITY, ROOT, repaint_tiles, run_cli
+from conftest import CITY, ROOT, free_port, repaint_tiles, run_cli
 from cvgtext.cli import launcher_problem
 
 
@@ -59,12 +58,6 @@ def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_folder(release_
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert f"seed: {seed}" in (sweep / job / "config.yaml").read_text()
     assert list((sweep / ".submitit").iterdir())  # the jobs went through submitit
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run_ranks(commands: list[list[str]], environments: list[dict]) -> list[str]:

@@ -203,6 +203,22 @@ def test_evaluation_splits_are_read_whole(release_dir, tmp_path):
     assert first["image"].shape == (4, 3, 8, 8) and first["caption"][0] == datamodule.pairs["test"][0].caption
 
 
+def test_an_image_that_cannot_be_decoded_is_skipped_in_training_and_named_in_evaluation(release_dir, tmp_path):
+    from conftest import tiny_datamodule
+
+    folders = tiny_datamodule(release_dir)
+    folders.setup()
+    for split in ("train", "test"):
+        folders.pairs[split][1].image_path.write_bytes(b"")  # packed as it is: the reader finds it
+    datamodule, loader = stream_of(release_dir, tmp_path, on_bad_image="skip")
+    skipped = [message for batch in loader for message in batch["skipped"]]
+    assert len(skipped) == 1 and skipped[0].endswith(
+        f"train sample 1 ({folders.pairs['train'][1].name}) cannot be decoded (an empty file; expected an image "
+        "such as a JPEG)")
+    with pytest.raises(DataError, match=r"test sample 1 \(.*\) cannot be decoded \(an empty file"):
+        batches(datamodule.shard_loader("test", 4))
+
+
 def test_https_shards_read_as_local_ones(release_dir, tmp_path):
     import functools
     import threading

@@ -9,6 +9,7 @@ either way, since a gallery without the tile would change their metrics.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -30,15 +31,22 @@ def load_image(path, header_only: bool = False) -> Image.Image | None:
     ``LOAD_TRUNCATED_IMAGES`` is left off) rather than training on a half-grey tile. With
     ``header_only`` the file is only opened and its format and size read; nothing is returned.
     """
+    return decode_image(path, f"image {path}", header_only)
+
+
+def decode_image(source: Any, name: str, header_only: bool = False) -> Image.Image | None:
+    """:func:`load_image` of a path or of an in-memory file (``io.BytesIO``), whose errors name
+    it ``name``."""
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             return None if header_only else image.convert("RGB")
     except UnidentifiedImageError:
         # PIL's own message repeats the path and does not say what it found.
-        found = "an empty file" if os.path.getsize(path) == 0 else "no image format PIL reads"
-        raise DataError(f"image {path} cannot be decoded ({found}; expected an image such as a JPEG)") from None
+        empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else os.path.getsize(source) == 0
+        found = "an empty file" if empty else "no image format PIL reads"
+        raise DataError(f"{name} cannot be decoded ({found}; expected an image such as a JPEG)") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"image {path} cannot be decoded ({error})") from None
+        raise DataError(f"{name} cannot be decoded ({error})") from None
 
 
 @dataclass(frozen=True)

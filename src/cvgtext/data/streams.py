@@ -42,12 +42,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvgtext.atomic import atomic_write
 from cvgtext.data.annotations import Pair
-from cvgtext.data.dataset import SkippedImage, pair_fields
+from cvgtext.data.dataset import SkippedImage, decode_image, pair_fields
 from cvgtext.data.shards import EXTENSIONS, FORMAT, MANIFEST
 from cvgtext.errors import ConfigError, DataError
 from cvgtext.web import url_opener
@@ -166,15 +165,6 @@ def image_bytes(members: dict[str, bytes], where: str) -> bytes:
         if extension in members:
             return members[extension]
     raise DataError(f"{where}: the sample holds no image (members: {', '.join(members)})")
-
-
-def decode(data: bytes, where: str) -> Image.Image:
-    """An image from its file's bytes, as ``load_image`` reads the file."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{where}: cannot be decoded ({error})") from None
 
 
 def split_runs(count: int, parts: int) -> list[tuple[int, int]]:
@@ -318,7 +308,7 @@ class ShardStream(IterableDataset):
             return item
         where = f"{self.store.location} {self.split} sample {position} ({pair.name})"
         try:
-            image = decode(image_bytes(members, where), where)
+            image = decode_image(io.BytesIO(image_bytes(members, where)), where)
         except DataError as error:
             if self.on_bad_image == "skip" and self.training:
                 return SkippedImage(str(error))
