@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
 from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs
+from cvgtext.data.device_decode import DevicePreprocess, check_decode, decode_on_device
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.data.verify import VERIFY_LEVELS, unreadable_images
 from cvgtext.errors import ConfigError, DataError
@@ -70,6 +71,7 @@ class CVGTextDataModule(L.LightningDataModule):
         shards: str | Path | None = None,
         shuffle: bool = True,
         shuffle_window: int = 1000,
+        decode: str = "cpu",
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
     ):
@@ -126,6 +128,9 @@ class CVGTextDataModule(L.LightningDataModule):
             if cache:
                 log.info("data.cache does not apply to data.format=shards: the stream decodes each tile")
                 cache = False
+        if check_decode(decode) == "device" and cache:
+            log.info("data.cache does not apply with data.decode=device: the device decodes each tile")
+            cache = False
         if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
             raise ConfigError(f"data.shuffle_window={shuffle_window!r} must be a positive number of samples")
         if cache and not cache_dir:
@@ -140,6 +145,8 @@ class CVGTextDataModule(L.LightningDataModule):
         self.store = None  # the ShardStore, with data.format=shards
         self.preprocess = preprocess
         self.tokenizer = tokenizer
+        # data.decode=device: loaders carry the image files' bytes, decoded once the batch is on the device
+        self.device_preprocess = DevicePreprocess(preprocess) if decode == "device" and preprocess else None
         self.pairs: dict[str, list[Pair]] = {}
         # Splits evaluated against a gallery whose embeddings are known: their loaders read no image.
         self.captions_only: set[str] = set()
@@ -236,7 +243,7 @@ class CVGTextDataModule(L.LightningDataModule):
             self.store, split, self.pairs[split], self.preprocess, self.tokenizer, batch_size, rank, world_size,
             seed=self.seed, shuffle=self.shuffles_training,
             window=self.shuffle_window, training=training, images=split not in self.captions_only,
-            on_bad_image=self.on_bad_image,
+            on_bad_image=self.on_bad_image, encoded=self.device_preprocess is not None,
         )
         return ShardLoader(
             stream, epoch_now=self._training_epoch if training and self.trainer is not None else None,
@@ -311,8 +318,9 @@ class CVGTextDataModule(L.LightningDataModule):
             )
         return batch_size // world_size
 
-    def dataset(self, split: str) -> PairDataset:
-        """The dataset of one split (``train``, ``val`` or ``test``)."""
+    def dataset(self, split: str, encoded: bool = False) -> PairDataset:
+        """The dataset of one split (``train``, ``val`` or ``test``); with ``encoded``, of the
+        image files' bytes for :meth:`on_after_batch_transfer` to decode (``data.decode=device``)."""
         if split not in SPLITS:
             raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
         if not self.pairs:
@@ -324,14 +332,14 @@ class CVGTextDataModule(L.LightningDataModule):
             return self.shard_loader(split, batch).dataset
         return PairDataset(
             self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image,
-            images=split not in self.captions_only, tiles=self.tiles,
+            images=split not in self.captions_only, tiles=self.tiles, encoded=encoded,
         )
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         if self.format == "shards":
             return self.shard_loader(split, batch_size)
         return DataLoader(
-            self.dataset(split),
+            self.dataset(split, encoded=self.device_preprocess is not None),
             batch_size=batch_size,
             shuffle=False,
             num_workers=self.num_workers,
@@ -355,7 +363,7 @@ class CVGTextDataModule(L.LightningDataModule):
         """
         if self.format == "shards":
             return self.shard_loader("train", self.per_device_batch_size)
-        dataset = self.dataset("train")
+        dataset = self.dataset("train", encoded=self.device_preprocess is not None)
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         ranks = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
         coordinates = [(pair.lat, pair.lon) for pair in self.pairs["train"]]
@@ -393,8 +401,49 @@ class CVGTextDataModule(L.LightningDataModule):
                 loader.taken += 1
         return batch
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``data.decode=device``: decode the batch's image files and preprocess them where the
+        model runs. A file that cannot be decoded stops the run, or with ``data.on_bad_image=skip``
+        leaves its training pair out of the batch (and is counted as skipped)."""
+        if "image_bytes" not in batch:
+            return batch
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        images, kept, failed = decode_on_device(batch.pop("image_bytes"), batch.pop("image_file"),
+                                                self.device_preprocess, device)
+        if failed:
+            training = self.trainer is not None and self.trainer.training
+            if self.on_bad_image == "raise":
+                raise DataError(failed[0])
+            if not training:
+                raise DataError(
+                    f"{failed[0]}; data.on_bad_image=skip leaves bad images out of training only: the evaluation "
+                    "splits need every image, as a smaller gallery changes its metrics"
+                )
+            if images is None:
+                raise DataError(f"none of the {len(failed)} images of a training batch can be decoded, e.g. "
+                                f"{failed[0]}; check the image folder")
+            batch = _rows(batch, kept)
+            batch["skipped"] = [*batch.get("skipped", []), *failed]
+        batch["image"] = images
+        return batch
+
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.per_device_eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.per_device_eval_batch_size)
+
+
+def _rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:
+    """The batch's fields at ``rows`` (tensors and lists of one entry per pair; others as they are)."""
+    size = len(batch["tokens"])
+    index = torch.tensor(rows, dtype=torch.long)
+    kept = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim and len(value) == size:
+            kept[key] = value[index.to(value.device)]
+        elif isinstance(value, list) and len(value) == size and key != "skipped":
+            kept[key] = [value[i] for i in rows]
+        else:
+            kept[key] = value
+    return kept

@@ -34,6 +34,14 @@ def load_image(path, header_only: bool = False) -> Image.Image | None:
     return decode_image(path, f"image {path}", header_only)
 
 
+def read_image_bytes(path) -> bytes:
+    """An image file's bytes, for the device to decode (``data.decode=device``)."""
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise DataError(f"image {path} cannot be read ({error.strerror or error})") from None
+
+
 def decode_image(source: Any, name: str, header_only: bool = False) -> Image.Image | None:
     """:func:`load_image` of a path or of an in-memory file (``io.BytesIO``), whose errors name
     it ``name``."""
@@ -65,6 +73,8 @@ class PairDataset(Dataset):
     ``images=False`` items have no ``image`` and no image is read: evaluation against a
     gallery whose embeddings are already known needs only the captions. With ``tiles`` (a
     ``TileCache``) images come preprocessed from the decoded-tile cache instead of their files.
+    With ``encoded`` items carry ``image_bytes`` (the file's bytes) and ``image_file`` (how
+    messages name it) instead of ``image``: the device decodes them (``data.decode=device``).
     """
 
     def __init__(
@@ -76,9 +86,12 @@ class PairDataset(Dataset):
         on_bad_image: str = "raise",
         images: bool = True,
         tiles: Any = None,
+        encoded: bool = False,
     ):
         self.pairs = list(pairs)
         self.images = images
+        # data.decode=device: items carry the file's bytes (image_bytes), decoded on the device
+        self.encoded = encoded
         # A data.tile_cache.TileCache holding these pairs' images preprocessed, or None: decode each file.
         self.tiles = tiles
         # With the cache, the captions are tokenized once too.
@@ -104,6 +117,9 @@ class PairDataset(Dataset):
         try:
             if self.tiles is not None:
                 return {"image": self.tiles.image(pair.image_path), **item}
+            if self.encoded:
+                return {"image_bytes": read_image_bytes(pair.image_path), "image_file": f"image {pair.image_path}",
+                        **item}
             image = load_image(pair.image_path)
         except DataError as error:
             if self.on_bad_image == "raise":

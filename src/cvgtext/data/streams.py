@@ -237,6 +237,7 @@ class ShardStream(IterableDataset):
         self, store: ShardStore, split: str, pairs: Sequence[Pair], preprocess: Callable, tokenizer: Callable,
         batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
         window: int = 1000, training: bool = True, images: bool = True, on_bad_image: str = "raise",
+        encoded: bool = False,
     ):
         self.store, self.split, self.pairs = store, split, list(pairs)
         self.counts = store.counts(split)
@@ -246,7 +247,7 @@ class ShardStream(IterableDataset):
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.window, self.training = seed, shuffle, window, training
-        self.images, self.on_bad_image = images, on_bad_image
+        self.images, self.on_bad_image, self.encoded = images, on_bad_image, encoded
         self.workers = 1
         self.epoch, self.start_batch = 0, 0
 
@@ -308,6 +309,8 @@ class ShardStream(IterableDataset):
             return item
         where = f"{self.store.location} {self.split} sample {position} ({pair.name})"
         try:
+            if self.encoded:  # data.decode=device
+                return {"image_bytes": image_bytes(members, where), "image_file": where, **item}
             image = decode_image(io.BytesIO(image_bytes(members, where)), where)
         except DataError as error:
             if self.on_bad_image == "skip" and self.training:
