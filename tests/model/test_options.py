@@ -1,4 +1,4 @@
-"""Memory and fine-tuning options of the module: gradient checkpointing, locked towers."""
+"""Memory, speed and fine-tuning options of the module: gradient checkpointing, channels-last,\ncompiled encoders, locked towers."""
 
 from __future__ import annotations
 
@@ -47,6 +47,27 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     assert gradients.keys() == checkpointed_gradients.keys() and len(gradients) > 10
     for name, gradient in gradients.items():
         torch.testing.assert_close(checkpointed_gradients[name], gradient, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_channels_last_and_compiled_encoders_give_the_same_loss_and_gradients():
+    plain = tiny_module()
+    loss, gradients = loss_and_gradients(plain)
+    # The eager backend traces the encoders as inductor would, without generating code: seconds, not minutes.
+    for options in ({"channels_last": True}, {"compile": {"backend": "eager"}}):
+        other = tiny_module(**options)
+        other.setup("fit")
+        other_loss, other_gradients = loss_and_gradients(other)
+        assert other_loss == pytest.approx(loss.item(), abs=1e-5), options
+        for name, gradient in gradients.items():
+            torch.testing.assert_close(other_gradients[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
+        assert other.state_dict().keys() == plain.state_dict().keys()  # checkpoints read as before
+    assert tiny_module(channels_last=True).model.visual.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    compiled = tiny_module(compile=True)
+    compiled.setup("fit")
+    assert type(compiled.model.encode_image).__name__ != "method"  # a compiled wrapper, made once
+    wrapper = compiled.model.encode_image
+    compiled.setup("test")
+    assert compiled.model.encode_image is wrapper
 
 
 @pytest.mark.parametrize("lock_image, lock_text", [(True, False), (False, True), (True, True)])
