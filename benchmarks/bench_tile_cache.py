@@ -1,14 +1,18 @@
-"""The decoded-tile cache (``data.cache=true``) on 512 px JPEG tiles; prints markdown tables.
+"""The decoded-tile cache and decoding on the device, on 512 px JPEG tiles; prints markdown tables.
 
-1. ``train.py`` end to end, the same command with ``data.cache=false`` and ``data.cache=true``
-   (the cache built from nothing in the run: its build is part of the cached run's time), one
-   after the other, in subprocesses; wall time of each and the ratio.
+1. ``train.py`` end to end, the same command with the images decoded by the loader's workers
+   every epoch (``data.cache=false``), decoded once into the cache (``data.cache=true``, built
+   from nothing in the run: its build is part of the run's time) and, with ``--device-decode``,
+   decoded where the model runs (``data.decode=device``), one after the other, in subprocesses;
+   wall time of each and the ratio to the first.
 2. Training samples/s of a Lightning ``Trainer`` reading batches from the datamodule's own loader
    (cache on, loader workers) against a plain PyTorch loop over the same model, batch and
    batches decoded beforehand and kept in memory: whether the data path keeps up with the model.
 
-    python benchmarks/bench_tile_cache.py                         # 2,000 places, 2 epochs
+    python benchmarks/bench_tile_cache.py                         # 2,000 places, 2 epochs, CPU
     python benchmarks/bench_tile_cache.py --places 400 --epochs 3 --steps 5 --workers 0
+    python benchmarks/bench_tile_cache.py --trainer gpu --device-decode --workers 8 \
+        --batch-size 128 --override backbone=vit_b16 --override backbone.pretrained=null --skip-samples
 """
 
 from __future__ import annotations
@@ -43,12 +47,19 @@ def city_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def train_seconds(args: argparse.Namespace, cache: bool, folder: Path) -> float:
+VARIANTS = {  # name -> overrides
+    "workers decode every epoch (data.cache=false)": ["data.cache=false"],
+    "decoded once (data.cache=true)": ["data.cache=true"],
+    "decoded on the device (data.decode=device)": ["data.decode=device"],
+}
+
+
+def train_seconds(args: argparse.Namespace, overrides: list[str], folder: Path) -> float:
     """Wall time of one ``train.py`` run (start-up included), with a cache folder of its own."""
     command = [
-        sys.executable, str(ROOT / "train.py"), *city_overrides(args), "trainer=cpu", "logger=csv", "test=false",
-        f"trainer.max_epochs={args.epochs}", f"data.cache={str(cache).lower()}", f"paths.cache_dir={folder}/cache",
-        f"hydra.run.dir={folder}/run", "~callbacks.rich_progress_bar", "~callbacks.model_summary",
+        sys.executable, str(ROOT / "train.py"), *city_overrides(args), f"trainer={args.trainer}", "logger=csv",
+        "test=false", f"trainer.max_epochs={args.epochs}", *overrides, f"paths.cache_dir={folder}/cache",
+        f"hydra.run.dir={folder}/run", "~callbacks.rich_progress_bar", "~callbacks.model_summary", *args.override,
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     start = time.perf_counter()
@@ -70,23 +81,32 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "cvgtext-bench-512")
+    parser.add_argument("--trainer", default="cpu", help="the trainer config of the train.py runs: cpu or gpu")
+    parser.add_argument("--device-decode", action="store_true", help="also time data.decode=device")
+    parser.add_argument("--override", action="append", default=[], help="a further train.py override (repeatable)")
+    parser.add_argument("--skip-samples", action="store_true", help="only the train.py wall times")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     ensure_city(args.data_dir, name="Synthetic", places=args.places, tile_size=args.tile_size)
 
     with tempfile.TemporaryDirectory() as scratch:
-        wall = {cache: train_seconds(args, cache, Path(scratch) / str(cache)) for cache in (False, True)}
+        names = list(VARIANTS)[:3 if args.device_decode else 2]
+        wall = {name: train_seconds(args, VARIANTS[name], Path(scratch) / str(i)) for i, name in enumerate(names)}
+        first = wall[names[0]]
         print_table(
             f"train.py, {args.places}-place synthetic city, {args.tile_size} px JPEG tiles, {args.epochs} epochs, "
-            f"batch {args.batch_size}, {args.workers} loader workers, tiny backbone (64 px), CPU",
-            ["data.cache", "train.py wall time", "speed-up"],
-            [[str(cache).lower(), f"{wall[cache]:.1f} s", f"{wall[False] / wall[cache]:.2f}x"] for cache in (False, True)],
+            f"batch {args.batch_size}, {args.workers} loader workers, trainer={args.trainer} "
+            f"{' '.join(args.override) or '(tiny backbone, 64 px)'}",
+            ["images", "train.py wall time", "speed-up"],
+            [[name, f"{wall[name]:.1f} s", f"{first / wall[name]:.2f}x"] for name in names],
         )
+        if args.skip_samples:
+            return
 
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
             cfg = compose("train", overrides=[*city_overrides(args), f"paths.root_dir={ROOT}",
                                               f"paths.output_dir={scratch}/bench", "data.cache=true",
-                                              f"paths.cache_dir={scratch}/True/cache", "seed=0"])
+                                              f"paths.cache_dir={scratch}/1/cache", "seed=0"])
         L.seed_everything(0, verbose=False)
         model = instantiate(cfg.model)
         datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
