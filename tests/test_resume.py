@@ -138,6 +138,32 @@ def test_what_cannot_be_resumed_is_refused_with_one_message(tmp_path, overrides,
         find_resume(cfg)
 
 
+def test_a_changed_schedule_or_optimizer_is_refused_with_the_way_to_train_longer(tmp_path):
+    from omegaconf import OmegaConf
+
+    def checkpoint_of(*overrides):
+        cfg = compose_config("train", list(overrides), tmp_path)
+        path = training_checkpoint(tmp_path / "last.ckpt")
+        saved = torch.load(path, weights_only=True)
+        saved["hyper_parameters"].update(
+            {key: OmegaConf.to_container(cfg.model[key], resolve=True) for key in ("optimizer", "scheduler")})
+        saved["config"] = {"trainer": {"max_epochs": cfg.trainer.max_epochs}}
+        torch.save(saved, path)
+        return path
+
+    path = checkpoint_of("trainer.max_epochs=2")
+    assert find_resume(compose_config("train", [f"ckpt_path={path}", "trainer.max_epochs=2"], tmp_path)) is not None
+    with pytest.raises(CheckpointError) as refused:
+        find_resume(compose_config("train", [f"ckpt_path={path}", "trainer.max_epochs=3"], tmp_path))
+    assert str(refused.value) == (
+        f"checkpoint {path} was trained with optim.scheduler.T_max=2 (this run: 3): resume with the settings it "
+        "was trained with; trainer.max_epochs=2 set the length of its learning-rate schedule: to train on under a "
+        f"new schedule, start a new run from its weights with backbone.pretrained={path}")
+    with pytest.raises(CheckpointError, match=r"with optim.optimizer.lr=0.00025 \(this run: 0.001\): resume with"):
+        find_resume(compose_config("train", [f"ckpt_path={path}", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3"],
+                                   tmp_path))
+
+
 def test_a_checkpoint_that_does_not_record_its_activation_was_built_with_gelu(tmp_path):
     path = training_checkpoint(tmp_path / "old.ckpt", name="vit_b16", model_name="ViT-B-16")
     cfg = compose_config("train", ["backbone=vit_b16", f"ckpt_path={path}"], tmp_path)

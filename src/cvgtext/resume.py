@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cvgtext.checkpoints import check_backbone, read_checkpoint
 from cvgtext.errors import CheckpointError, ConfigError
@@ -100,10 +100,36 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, path: Path) -> 
         saved_quick = saved.get("quick_gelu", resolve_quick_gelu(backbone.model_name, None, None))
         if bool(saved_quick) != quick:
             changed.append(f"backbone.quick_gelu={str(bool(saved_quick)).lower()} (this run: {str(quick).lower()})")
+    changed += recipe_changes(checkpoint.get("hyper_parameters", {}), cfg)
     if changed:
+        longer = ""
+        saved_epochs = (checkpoint.get("config") or {}).get("trainer", {}).get("max_epochs")
+        if saved_epochs is not None and saved_epochs != cfg.trainer.get("max_epochs"):
+            longer = (f"; trainer.max_epochs={saved_epochs} set the length of its learning-rate schedule: to train "
+                      f"on under a new schedule, start a new run from its weights with backbone.pretrained={path}")
         raise CheckpointError(
-            f"checkpoint {path} was trained with {', '.join(changed)}: resume with the settings it was trained with"
+            f"checkpoint {path} was trained with {', '.join(changed)}: resume with the settings it was trained "
+            f"with{longer}"
         )
+
+
+RECIPE = {"optimizer": "optim.optimizer", "scheduler": "optim.scheduler"}
+
+
+def recipe_changes(hyper_parameters: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """The optimizer and scheduler settings of this run that differ from the checkpoint's. A
+    resumed run restores their state, which would silently win over the new values (a longer
+    ``trainer.max_epochs`` would train its extra epochs at the end of the old cosine schedule,
+    at a learning rate of about 0)."""
+    changes = []
+    for key, name in RECIPE.items():
+        saved, now = hyper_parameters.get(key), (cfg.get("model") or {}).get(key)
+        if not isinstance(saved, dict) or now is None:
+            continue
+        now = OmegaConf.to_container(now, resolve=True) if OmegaConf.is_config(now) else dict(now)
+        changes += [f"{name}.{field}={saved.get(field)} (this run: {now.get(field)})"
+                    for field in sorted(set(saved) | set(now)) if saved.get(field) != now.get(field)]
+    return changes
 
 
 def continue_run(cfg: DictConfig, resume: Resume) -> None:

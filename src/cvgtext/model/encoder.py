@@ -166,6 +166,7 @@ def build_open_clip_encoder(
         )
     if checkpoint:
         load_weights(model, checkpoint, context_length=length, context_resize=context_resize)
+        log.info("backbone.pretrained=%s: weights loaded into %s", checkpoint, model_name)
     elif length != native_length:
         set_context_length(model, length, mode=context_resize)
     return Encoder(
