@@ -73,6 +73,24 @@ def test_a_killed_build_leaves_no_cache(release_dir, encoder, tmp_path, monkeypa
     assert datamodule(release_dir, encoder, tmp_path / "cache").tiles is not None
 
 
+def test_a_build_removes_what_killed_builds_left_and_nothing_else(release_dir, encoder, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    first = datamodule(release_dir, encoder, tmp_path / "cache")
+    data_file = first.tiles.data_file
+    data_file.unlink()  # the cache must be built again
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    left = {who: data_file.with_name(f".{data_file.name}.{who}.tmp")
+            for who in (f"{host}-{dead.stdout.strip()}", f"{host}-{os.getppid()}", f"elsewhere-{dead.stdout.strip()}")}
+    for leftover in left.values():
+        leftover.write_bytes(b"\0" * 1000)  # a SIGKILL skips the build's own clean-up
+    assert datamodule(release_dir, encoder, tmp_path / "cache").tiles is not None
+    assert sorted(path for path in left.values() if path.exists()) == sorted(list(left.values())[1:])
+
+
 def test_workers_get_the_path_not_the_pixels(release_dir, encoder, tmp_path):
     tiles = datamodule(release_dir, encoder, tmp_path / "cache").tiles
     path = next(iter(tiles.row))

@@ -13,9 +13,12 @@ themselves (a pickled cache carries its path, not its bytes).
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -114,13 +117,38 @@ def _read_meta(meta_file: Path) -> dict | None:
         return None
 
 
+def remove_dead_builds(data_file: Path) -> None:
+    """Delete the temporary files that killed builds of ``data_file`` left (a kill skips the
+    clean-up; each is as large as the cache). A build of another process still running on
+    this machine, or of another machine sharing the folder, is left alone."""
+    host = socket.gethostname()
+    for leftover in data_file.parent.glob(f".{glob.escape(data_file.name)}.*.tmp"):
+        builder = leftover.name[len(data_file.name) + 2:-len(".tmp")]
+        builder_host, _, pid = builder.rpartition("-")
+        if builder_host == host and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                log.info("Removed %s, left by a killed build of the tile cache", leftover)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _build(data_file: Path, paths: Sequence[str], geometric: Callable) -> tuple[tuple[int, int, int], dict[str, str]]:
     """Decode every image once into ``data_file`` (through a temporary file); returns the
     shape of one image and the messages of the images that could not be decoded."""
     from tqdm import tqdm
 
     data_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = data_file.with_name(f".{data_file.name}.{os.getpid()}.tmp")
+    remove_dead_builds(data_file)
+    temporary = data_file.with_name(f".{data_file.name}.{socket.gethostname()}-{os.getpid()}.tmp")
     bad: dict[str, str] = {}
     pixels = None
     shape: tuple[int, int, int] | None = None
