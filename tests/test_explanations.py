@@ -23,6 +23,20 @@ def test_word_relevance_joins_the_pieces_of_a_word():
     assert word_relevance(explanation) == [("a", 0.5), ("skyscraper", 1.25), ("park", 2.0)]
 
 
+def test_words_outside_ascii_read_as_typed_from_clips_tokenizer():
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer("ViT-B-16")
+    caption = "Café beside 東京の交差点, naïve—sign 🚦"
+    ids = [int(token) for token in tokenizer([caption])[0] if int(token)][1:-1]  # no start and end tokens
+    explanation = Explanation(image=torch.zeros(1, 1), text=torch.ones(len(ids)), token_ids=torch.tensor(ids),
+                              words=[tokenizer.decoder[token] for token in ids])
+    words = [word for word, _ in word_relevance(explanation)]
+    # CLIP's tokenizer lower-cases and splits punctuation off; every character comes back whole.
+    assert words == ["café", "beside", "東京の交差点", ",", "naïve", "—", "sign", "🚦"]
+    assert sum(score for _, score in word_relevance(explanation)) == len(ids)
+
+
 @pytest.mark.slow
 def test_eval_writes_the_maps_of_the_first_queries_on_a_2_to_1_gallery(tmp_path, test_backbone):
     data_dir = write_release(tmp_path / "data", panoramas=8, photos=4)

@@ -6,6 +6,7 @@ come from :mod:`cvgtext.model.explain`; this module only draws them.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,17 +19,34 @@ WORD_GAP = 4  # pixels between shaded words in examples.png
 
 
 def word_relevance(explanation: Explanation) -> list[tuple[str, float]]:
-    """The caption's words with their relevance: BPE pieces joined up to the one ending in ``</w>``."""
+    """The caption's words with their relevance: BPE pieces joined up to the one ending in ``</w>``,
+    then read back from CLIP's byte-level alphabet (``é`` is two pieces' bytes, ``東`` three)."""
     words: list[tuple[str, float]] = []
     piece, score = "", 0.0
     for token, relevance in zip(explanation.words, explanation.text.tolist()):
         piece, score = piece + token.replace("</w>", ""), score + relevance
         if token.endswith("</w>"):
-            words.append((piece, score))
+            words.append((_text(piece), score))
             piece, score = "", 0.0
     if piece:
-        words.append((piece, score))
+        words.append((_text(piece), score))
     return words
+
+
+@functools.cache
+def _byte_of() -> dict[str, int]:
+    from open_clip.tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}
+
+
+def _text(piece: str) -> str:
+    """A word of byte-level BPE pieces as text (printable ASCII stands for itself, so other
+    tokenizers' words come through unchanged)."""
+    byte_of = _byte_of()
+    if not all(char in byte_of for char in piece):
+        return piece
+    return bytes(byte_of[char] for char in piece).decode("utf-8", errors="replace")
 
 
 def _colormap(name: str):
