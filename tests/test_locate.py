@@ -147,3 +147,23 @@ def test_an_empty_gallery_folder_is_named(release_dir, tmp_path):
     datamodule = instantiate(compose_config("locate", locate_overrides(empty), tmp_path).data)
     with pytest.raises(DataError, match="no image named 'lat,lon_...'"):
         gallery_tiles(datamodule, "all")
+
+
+def test_the_map_of_a_city_across_the_antimeridian_shows_it_whole():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cvgtext.location_reports import Candidate, Location, draw_map
+
+    # Three tiles a few hundred metres apart, on both sides of longitude 180.
+    places = [(-16.5, 179.999), (-16.501, -179.998), (-16.499, 179.996)]
+    location = Location("a pier", [Candidate(rank, f"{rank}.jpg", lat, lon, 1.0 / rank, 0.0)
+                                   for rank, (lat, lon) in enumerate(places, 1)])
+    figure, axes = plt.subplots()
+    draw_map(axes, location, city=([lat for lat, _ in places], [lon for _, lon in places]))
+    left, right = axes.get_xlim()
+    assert right - left < 0.05 and left < 179.999 < right  # degrees: the tiles, not the whole world
+    assert axes.texts[-1].get_text() in {"100 m", "200 m", "500 m", "1 km"}  # the scale bar
+    plt.close(figure)
