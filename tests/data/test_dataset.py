@@ -66,3 +66,17 @@ def test_a_training_batch_without_any_readable_image_stops(tmp_path):
     skipped = dataset(tmp_path, "train", "skip")[1]
     with pytest.raises(DataError, match="none of the 2 images of a training batch can be decoded"):
         collate_pairs([skipped, skipped])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_a_16_bit_grey_image_is_scaled_to_8_bits_not_clipped(tmp_path, mode):
+    import numpy as np
+
+    ramp = np.tile(np.linspace(0, 65535, 256), (4, 1)).round().astype(np.uint16 if mode == "I;16" else np.int32)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(ramp, mode).save(path)
+    pixels = np.asarray(load_image(path))
+    assert pixels.shape == (4, 256, 3) and pixels.dtype == np.uint8
+    # 0 .. 65535 becomes 0 .. 255 in even steps (PIL's own conversion makes nearly all of it 255).
+    assert pixels[0, 0, 0] == 0 and pixels[0, -1, 0] == 255 and abs(int(pixels[0, 128, 0]) - 128) <= 2
+    assert (pixels == 255).mean() < 0.01

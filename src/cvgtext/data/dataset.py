@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
@@ -34,6 +35,15 @@ def load_image(path, header_only: bool = False) -> Image.Image | None:
     return decode_image(path, f"image {path}", header_only)
 
 
+def _rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit grey images (PNG, TIFF) are scaled to 8 bits: PIL's own conversion
+    clips them, turning nearly every pixel white."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        levels = np.asarray(image, dtype=np.float64) / 257
+        image = Image.fromarray(np.clip(np.round(levels), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
 def read_image_bytes(path) -> bytes:
     """An image file's bytes, for the device to decode (``data.decode=device``)."""
     try:
@@ -47,7 +57,7 @@ def decode_image(source: Any, name: str, header_only: bool = False) -> Image.Ima
     it ``name``."""
     try:
         with Image.open(source) as image:
-            return None if header_only else image.convert("RGB")
+            return None if header_only else _rgb(image)
     except UnidentifiedImageError:
         # PIL's own message repeats the path and does not say what it found.
         empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else os.path.getsize(source) == 0
