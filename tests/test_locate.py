@@ -86,6 +86,17 @@ def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path
         )
 
 
+def test_a_byte_order_mark_does_not_become_part_of_a_description(tmp_path):
+    import io
+
+    from cvgtext.queries import read_queries
+
+    path = tmp_path / "queries.txt"
+    path.write_bytes("a green square\r\nthe river bend\r\n".encode("utf-8-sig"))
+    assert read_queries(None, str(path)) == ["a green square", "the river bend"]
+    assert read_queries(None, "-", stdin=io.StringIO("\ufeffa green square\n")) == ["a green square"]
+
+
 def test_read_queries_refuses_what_is_not_a_description(tmp_path):
     from cvgtext.queries import read_queries
 

@@ -32,14 +32,14 @@ def read_queries(query: str | None, queries: str | None, stdin: IO[str] | None =
         )
     source = str(queries)
     if source == "-":
-        lines = (stdin or sys.stdin).read().splitlines()
+        lines = (stdin or sys.stdin).read().removeprefix("\ufeff").splitlines()
         where = "stdin (queries=-)"
     else:
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"queries={source}: no such file (expected one description a line)")
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()  # without a byte-order mark
         except UnicodeDecodeError as error:
             raise ConfigError(f"queries file {path} is not UTF-8 text ({error})") from None
         where = f"queries file {path}"

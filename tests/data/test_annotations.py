@@ -48,6 +48,12 @@ def test_malformed_annotation_files_are_named(tmp_path, content, problem):
     assert str(path) in str(error.value)
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_bytes('{"1.0,2.0_a.jpg": "café"}'.encode("utf-8-sig"))  # as Windows editors save
+    assert read_annotation(path) == {"1.0,2.0_a.jpg": "café"}
+
+
 def test_a_key_given_twice_is_refused_rather_than_losing_a_caption(tmp_path):
     path = tmp_path / "train.json"
     path.write_text('{"1.0,2.0_a.jpg": "first", "1.0,3.0_b.jpg": "other", "1.0,2.0_a.jpg": "second"}')

@@ -61,6 +61,13 @@ def test_an_empty_split_is_refused(release_dir):
         tiny_datamodule(release_dir).setup()
 
 
+def test_an_empty_validation_split_says_how_it_is_carved(release_dir):
+    with pytest.raises(DataError, match=r"the val split of .* is empty: validation is carved out of train by a hash "
+                                        r"of each file name \(data.val_fraction=0.001 of \d+ training pairs took "
+                                        r"none\); raise data.val_fraction$"):
+        tiny_datamodule(release_dir, val_fraction=0.001).setup()
+
+
 def test_an_unreadable_image_is_named_when_decoded(release_dir):
     datamodule = tiny_datamodule(release_dir)
     datamodule.setup()

@@ -50,7 +50,7 @@ def read_annotation(path: Path) -> dict[str, str]:
         return content
 
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark (Windows editors) is read past
             content = json.load(handle, object_pairs_hook=refuse_repeated_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"annotation file {path} is not valid JSON: {error}") from None

@@ -198,8 +198,13 @@ class CVGTextDataModule(L.LightningDataModule):
         check_test_names_unseen(annotated_in["train"], annotated_in["test"])
         for split, pairs in splits.items():
             if not pairs:
+                carved = ""
+                if split == "val":
+                    carved = (f": validation is carved out of train by a hash of each file name "
+                              f"(data.val_fraction={self.val_fraction} of {len(splits['train'])} training pairs "
+                              "took none); raise data.val_fraction")
                 raise DataError(
-                    f"the {split} split of {self.city} ({', '.join(self.versions)}) in {self.data_dir} is empty"
+                    f"the {split} split of {self.city} ({', '.join(self.versions)}) in {self.data_dir} is empty{carved}"
                 )
         log.info(
             "%s %s: %s",
