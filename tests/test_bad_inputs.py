@@ -265,14 +265,15 @@ def test_a_full_disk_leaves_the_previous_report_whole(release_dir, tmp_path):
 
 def test_a_full_disk_while_a_checkpoint_is_written_stops_training_and_keeps_the_previous_one(release_dir, tmp_path):
     run_dir = tmp_path / "run"
-    first = run_cli("train.py", *tiny_overrides(release_dir, run_dir, "test=false"))
+    # A run planned for 2 epochs (the schedule's length), stopped after its first.
+    first = run_cli("train.py", *tiny_overrides(release_dir, run_dir, "test=false", "optim.scheduler.T_max=2"))
     assert first.returncode == 0, first.stderr[-3000:]
     last = run_dir / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     # A checkpoint of the tiny model is about 90 MB: a 10 MB limit stops its write half-way.
     result = run_cli(
         "train.py",
-        *tiny_overrides(release_dir, run_dir, "ckpt_path=last", "trainer.max_epochs=2",
+        *tiny_overrides(release_dir, run_dir, "ckpt_path=last", "trainer.max_epochs=2", "optim.scheduler.T_max=2",
                         "hydra.job_logging.handlers.file.filename=/dev/null"),
         preexec_fn=limit_file_size(10 * 2**20),
     )

@@ -73,6 +73,8 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
 
     tokenizer = write_bert_like(tmp_path / "tokenizer", captions_of(release_dir))
     overrides = [*common(release_dir), *blip_overrides(TINY_BLIP, tokenizer)]
+    # A run planned for 2 epochs (the schedule's length), stopped after its first, then resumed.
+    overrides.append("optim.scheduler.T_max=2")
     checkpoint = train_one_epoch(tmp_path, [*overrides, "model.loss.itm_weight=1.0", "++trainer.log_every_n_steps=1"])
     saved = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert saved["hyper_parameters"]["backbone"]["config"]["vision_config"]["hidden_size"] == 32
@@ -80,7 +82,10 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
     assert logged and any("train/itm_loss" in path.read_text() for path in logged)
     # A second epoch resumed from the first: the configuration the checkpoint recorded rebuilds it.
     resumed = train_one_epoch(tmp_path, [*overrides, "model.loss.itm_weight=1.0", f"ckpt_path={checkpoint}"], epochs=2)
-    assert torch.load(resumed, weights_only=True, map_location="cpu")["global_step"] == 2 * saved["global_step"]
+    saved_first, saved = saved, torch.load(resumed, weights_only=True, map_location="cpu")
+    assert saved["global_step"] == 2 * saved_first["global_step"] and resumed == checkpoint
+    # the second epoch learnt (the schedule's second half, not a learning rate of 0)
+    assert not torch.equal(saved["state_dict"]["model.logit_scale"], saved_first["state_dict"]["model.logit_scale"])
 
     # eval.py rebuilds the model from what the checkpoint recorded, without the training config's
     # architecture overrides, and reports the metrics with and without ITM re-ranking.
