@@ -51,6 +51,19 @@ def test_tiny_backbone_maps_cover_the_patch_grid_and_the_caption_tokens(tiny):
     assert explanation.similarity == pytest.approx(unhooked_similarity(tiny, image, tokens), abs=1e-5)
 
 
+def test_a_compiled_model_is_explained_as_the_plain_one(tiny):
+    # aot_eager traces forward and backward as inductor does (the case that failed), without generating code.
+    compiled = CrossViewRetrieval(backbone={"model_name": "cvg-tiny"}, optimizer=OPTIMIZER,
+                                  compile={"backend": "aot_eager"})
+    compiled.load_state_dict(tiny.state_dict())
+    compiled.setup("fit")
+    image, tokens = torch.randn(3, 64, 64), tiny.tokenizer([CAPTION])[0]
+    compiled.embed({"image": image[None], "tokens": tokens[None]})  # compiled once, as training does
+    ours, plain = explain_pair(compiled, image, tokens), explain_pair(tiny, image, tokens)
+    torch.testing.assert_close(ours.image, plain.image)
+    torch.testing.assert_close(ours.text, plain.text)
+
+
 def test_explaining_leaves_the_model_as_it_was(tiny):
     image = torch.randn(3, 64, 64)
     tokens = tiny.tokenizer([CAPTION])[0]

@@ -223,8 +223,9 @@ def explain_pairs(
     was_training = model.training
     model.eval()
     try:
-        with torch.enable_grad(), _recording(visual.transformer, image_records), \
-                _recording(text_model.transformer, text_records):
+        # Compiled encoders (model.compile) run eagerly here: the hooks must see each block's tensors.
+        with torch.enable_grad(), torch.compiler.set_stance("force_eager"), \
+                _recording(visual.transformer, image_records), _recording(text_model.transformer, text_records):
             image_features = model.encode_image(images, normalize=True)
             text_features = model.encode_text(tokens, normalize=True)
             similarity = (image_features * text_features).sum(dim=-1).float()  # [B]
