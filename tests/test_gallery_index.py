@@ -118,3 +118,11 @@ def test_eval_stores_the_index_reuses_it_and_shares_it_with_locate(release_dir, 
 
     run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "split=test", "query=a roof", "draw=false")
     assert gallery_messages(caplog)[0].startswith("reusing the gallery index")
+
+    # Decoded on the device, the tiles are close to, not bitwise, the CPU's: another index.
+    evaluate(compose_config("eval", [*settings, "data.decode=device"], tmp_path / "device"))
+    assert "none stored" in gallery_messages(caplog)[0]
+    evaluate(compose_config("eval", [*settings, "data.decode=device"], tmp_path / "device-again"))
+    assert gallery_messages(caplog)[0].startswith("reusing the gallery index")
+    run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "split=test", "query=a roof", "draw=false")
+    assert gallery_messages(caplog)[0].startswith("reusing the gallery index")  # the CPU's is still there

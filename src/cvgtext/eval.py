@@ -79,7 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         stored = None
         if cache_dir is not None:
             tiles = gallery_tiles(datamodule, split)
-            index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles)
+            index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles, datamodule.decode)
             stored = find_index(cache_dir, index_key, tiles)
             if stored is not None:
                 # The gallery's embeddings are known: only the captions are read and embedded.

@@ -167,10 +167,12 @@ class GalleryIndex:
 
 
 def index_key(
-    weights: dict[str, Any], city: str, img: str, text: str, split: str, preprocess: Callable, tiles: Sequence[Tile]
+    weights: dict[str, Any], city: str, img: str, text: str, split: str, preprocess: Callable, tiles: Sequence[Tile],
+    decode: str = "cpu",
 ) -> dict[str, Any]:
-    """The description a stored index must match to be reused."""
-    return {
+    """The description a stored index must match to be reused. ``decode``: where the tiles were
+    decoded (``data.decode``; the device's tensors are close to, not bitwise, the CPU's)."""
+    key = {
         "format": INDEX_FORMAT,
         "weights": weights,
         "city": city,
@@ -181,20 +183,24 @@ def index_key(
         "tiles": files_signature(tile.path for tile in tiles),
         "count": len(tiles),
     }
+    if decode != "cpu":  # indexes stored before the option existed were decoded on the CPU
+        key["decode"] = decode
+    return key
 
 
 def config_index_key(
-    cfg: Any, backbone: dict[str, Any], preprocess: Callable, split: str, tiles: Sequence[Tile]
+    cfg: Any, backbone: dict[str, Any], preprocess: Callable, split: str, tiles: Sequence[Tile], decode: str = "cpu",
 ) -> dict[str, Any]:
     """:func:`index_key` for a run's configuration (``eval.py``, ``locate.py``)."""
     weights = weights_identity(cfg.get("ckpt_path"), backbone, cfg.get("seed"))
-    return index_key(weights, cfg.city.name, cfg.img.name, cfg.text.name, split, preprocess, tiles)
+    return index_key(weights, cfg.city.name, cfg.img.name, cfg.text.name, split, preprocess, tiles, decode)
 
 
 def index_path(cache_dir: str | Path, key: dict[str, Any]) -> Path:
-    """One file per city, image type, texts, split, weights and preprocessing; the tiles only
-    decide whether it is current, so a changed folder replaces its index instead of adding one."""
-    name = digest({part: key[part] for part in ("format", "weights", "preprocess")})[:16]
+    """One file per city, image type, texts, split, weights, preprocessing and decoding; the
+    tiles only decide whether it is current, so a changed folder replaces its index instead of
+    adding one."""
+    name = digest({part: key[part] for part in ("format", "weights", "preprocess", "decode") if part in key})[:16]
     return Path(cache_dir) / "gallery" / f"{key['city']}-{key['img']}-{key['text']}-{key['split']}-{name}.pt"
 
 

@@ -146,6 +146,7 @@ class CVGTextDataModule(L.LightningDataModule):
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         # data.decode=device: loaders carry the image files' bytes, decoded once the batch is on the device
+        self.decode = decode
         self.device_preprocess = DevicePreprocess(preprocess) if decode == "device" and preprocess else None
         self.pairs: dict[str, list[Pair]] = {}
         # Splits evaluated against a gallery whose embeddings are known: their loaders read no image.
