@@ -29,9 +29,25 @@ def test_missing_file_and_non_checkpoint_are_named(tmp_path):
         read_checkpoint(tmp_path / "nothing.ckpt")
     junk = tmp_path / "notes.ckpt"
     junk.write_text("these are not weights")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as error:
+    with pytest.raises(CheckpointError) as error:
         read_checkpoint(junk)
-    assert "notes.ckpt" in str(error.value)
+    assert str(error.value) == (f"checkpoint {junk} is not a PyTorch checkpoint (neither the zip archive torch.save "
+                                "writes nor a pickle)")
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*empty.ckpt is an empty file$"):
+        read_checkpoint(empty)
+    with pytest.raises(CheckpointError, match=r"^checkpoint .* is a folder; expected a checkpoint file"):
+        read_checkpoint(tmp_path)
+    # A zip archive that is not torch's: one line, not torch's advice on weights_only.
+    import zipfile
+
+    archive = tmp_path / "other.ckpt"
+    with zipfile.ZipFile(archive, "w") as stream:
+        stream.writestr("readme.txt", "hello")
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*other.ckpt is not a readable PyTorch checkpoint \(") as error:
+        read_checkpoint(archive)
+    assert "\n" not in str(error.value)
 
 
 class Payload:

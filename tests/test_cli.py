@@ -63,7 +63,8 @@ def test_eval_zero_shot_on_the_whole_gallery(release_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "write, problem",
-    [(None, "does not exist"), (b"not a checkpoint", "not a readable PyTorch checkpoint")],
+    [(None, "does not exist"), (b"not a checkpoint", "is not a PyTorch checkpoint"),
+     (b"\xff\xd8\xff\xe0 a JPEG", "is not a PyTorch checkpoint")],
 )
 def test_eval_refuses_bad_checkpoints_with_one_message(release_dir, tmp_path, write, problem):
     path = tmp_path / "model.ckpt"

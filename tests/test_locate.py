@@ -108,6 +108,8 @@ def test_read_queries_refuses_what_is_not_a_description(tmp_path):
         read_queries(None, str(empty))
     with pytest.raises(ConfigError, match=r"queries=.*missing.txt: no such file"):
         read_queries(None, str(tmp_path / "missing.txt"))
+    with pytest.raises(ConfigError, match=r"queries=.* is a folder; expected a file with one description a line"):
+        read_queries(None, str(tmp_path))
     with pytest.raises(ConfigError, match=r"stdin \(queries=-\) holds no description"):
         read_queries(None, "-", io.StringIO(""))
     with pytest.raises(ConfigError, match="either query=... or queries=FILE"):

@@ -30,8 +30,14 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     ``mmap=True`` maps the tensors instead of reading them: cheap when only the metadata is needed.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; expected a checkpoint file (.ckpt, .pt, .safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as stream:
+        start = stream.read(8)
+    if not start:
+        raise CheckpointError(f"checkpoint {path} is an empty file")
     if is_torchscript(path):
         raise CheckpointError(
             f"checkpoint {path} is a TorchScript archive (as OpenAI's released CLIP files are), which "
@@ -51,7 +57,13 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
                 f"checkpoint {path} was refused: it holds objects other than tensors and plain "
                 "containers, which could run code when loaded"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint ({error})") from None
+        if path.suffix != ".safetensors" and not start.startswith((b"PK\x03\x04", b"\x80")):
+            raise CheckpointError(
+                f"checkpoint {path} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a "
+                "pickle)"
+            ) from None
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(content, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(content).__name__}, not a dict of weights")
     return content

@@ -36,6 +36,8 @@ def read_queries(query: str | None, queries: str | None, stdin: IO[str] | None =
         where = "stdin (queries=-)"
     else:
         path = Path(source)
+        if path.is_dir():
+            raise ConfigError(f"queries={source} is a folder; expected a file with one description a line")
         if not path.is_file():
             raise ConfigError(f"queries={source}: no such file (expected one description a line)")
         try:
