@@ -173,7 +173,7 @@ def draw_map(axes, location: Location, city: tuple[Sequence[float], Sequence[flo
         return reference + (longitude - reference + 180) % 360 - 180
 
     lat = [c.lat for c in location.candidates]
-    lon = [near(c.lon) for c in location.candidates]
+    lon = candidate_lon = [near(c.lon) for c in location.candidates]
     middle = math.radians(sum(lat) / len(lat))
     metres_per_degree = math.radians(1) * EARTH_RADIUS_KM * 1000
     # Equal distances look equal: a degree of longitude is cos(lat) of a degree of latitude.
@@ -182,11 +182,10 @@ def draw_map(axes, location: Location, city: tuple[Sequence[float], Sequence[flo
         city_lon = [near(value) for value in city[1]]
         axes.scatter(city_lon, city[0], s=3, c="lightgrey", linewidths=0)
         lat, lon = [*lat, *city[0]], [*lon, *city_lon]
-    axes.scatter([near(c.lon) for c in location.candidates[1:]], [c.lat for c in location.candidates[1:]], s=14,
-                 c="tab:blue")
-    axes.scatter([reference], [location.candidates[0].lat], s=30, c="tab:red", marker="*")
-    for c in location.candidates:
-        axes.annotate(str(c.rank), (near(c.lon), c.lat), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    axes.scatter(candidate_lon[1:], [c.lat for c in location.candidates[1:]], s=14, c="tab:blue")
+    axes.scatter(candidate_lon[:1], [location.candidates[0].lat], s=30, c="tab:red", marker="*")
+    for c, x in zip(location.candidates, candidate_lon):
+        axes.annotate(str(c.rank), (x, c.lat), fontsize=6, xytext=(2, 2), textcoords="offset points")
     pad = max(max(lat) - min(lat), (max(lon) - min(lon)) * math.cos(middle), 100 / metres_per_degree) * 0.25
     axes.set_ylim(min(lat) - pad, max(lat) + pad)
     lon_pad = pad / max(math.cos(middle), 1e-6)

@@ -20,7 +20,7 @@ WORD_GAP = 4  # pixels between shaded words in examples.png
 
 def word_relevance(explanation: Explanation) -> list[tuple[str, float]]:
     """The caption's words with their relevance: BPE pieces joined up to the one ending in ``</w>``,
-    then read back from CLIP's byte-level alphabet (``é`` is two pieces' bytes, ``東`` three)."""
+    then read back from CLIP's byte-level alphabet (``é`` is two bytes, ``東`` three, which pieces may split)."""
     words: list[tuple[str, float]] = []
     piece, score = "", 0.0
     for token, relevance in zip(explanation.words, explanation.text.tolist()):

@@ -147,3 +147,17 @@ def test_shard_streams_carry_the_bytes_and_decode_as_the_cpu_path(release_dir, t
     assert decoded["index"].tolist() == expected["index"].tolist() and "image_bytes" not in decoded
     std = torch.tensor(preprocess.transforms[-1].std).view(1, 3, 1, 1)
     assert ((decoded["image"] - expected["image"]) * std * 255).abs().max() <= 1.001
+
+
+def test_outside_training_a_bad_image_stops_evaluation_even_with_skip():
+    import open_clip
+
+    from cvgtext.data.datamodule import CVGTextDataModule
+
+    datamodule = CVGTextDataModule(data_dir=".", city="x", decode="device", on_bad_image="skip",
+                                   preprocess=open_clip.image_transform((32, 32), is_train=False))
+    batch = {"image_bytes": [b"", FILES["512 px JPEG"]], "image_file": ["image a.jpg", "image b.jpg"],
+             "tokens": torch.zeros(2, 3)}
+    with pytest.raises(DataError, match=r"^image a.jpg cannot be decoded \(an empty file; .*training only: the val "
+                                        r"split needs every image"):
+        datamodule.on_after_batch_transfer(batch, 0)

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
-from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs
+from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs, needs_every_image, no_image_decoded
 from cvgtext.data.device_decode import DevicePreprocess, check_decode, decode_on_device
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.data.verify import VERIFY_LEVELS, unreadable_images
@@ -421,13 +421,9 @@ class CVGTextDataModule(L.LightningDataModule):
             if self.on_bad_image == "raise":
                 raise DataError(failed[0])
             if not training:
-                raise DataError(
-                    f"{failed[0]}; data.on_bad_image=skip leaves bad images out of training only: the evaluation "
-                    "splits need every image, as a smaller gallery changes its metrics"
-                )
+                raise needs_every_image(failed[0], "test" if getattr(self.trainer, "testing", False) else "val")
             if images is None:
-                raise DataError(f"none of the {len(failed)} images of a training batch can be decoded, e.g. "
-                                f"{failed[0]}; check the image folder")
+                raise no_image_decoded(len(failed), failed[0])
             batch = _rows(batch, kept)
             batch["skipped"] = [*batch.get("skipped", []), *failed]
         batch["image"] = images

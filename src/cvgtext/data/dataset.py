@@ -136,11 +136,22 @@ class PairDataset(Dataset):
                 raise
             if self.split == "train":
                 return SkippedImage(str(error))
-            raise DataError(
-                f"{error}; data.on_bad_image=skip leaves bad images out of training only: "
-                f"the {self.split} split needs every image, as a smaller gallery changes its metrics"
-            ) from None
+            raise needs_every_image(str(error), self.split) from None
         return {"image": self.preprocess(image), **item}
+
+
+def needs_every_image(message: str, split: str) -> DataError:
+    """The error for an image of an evaluation split that cannot be decoded, under ``data.on_bad_image=skip``."""
+    return DataError(
+        f"{message}; data.on_bad_image=skip leaves bad images out of training only: "
+        f"the {split} split needs every image, as a smaller gallery changes its metrics"
+    )
+
+
+def no_image_decoded(count: int, example: str) -> DataError:
+    """The error for a training batch none of whose ``count`` images can be decoded (``example``: one's message)."""
+    return DataError(f"none of the {count} images of a training batch can be decoded, e.g. {example}; "
+                     "check the image folder")
 
 
 def pair_fields(pair: Pair, index: int, tokens: torch.Tensor) -> dict[str, Any]:
@@ -160,10 +171,7 @@ def collate_pairs(items: list[dict[str, Any] | SkippedImage]) -> dict[str, Any]:
     kept = [item for item in items if not isinstance(item, SkippedImage)]
     skipped = [item.message for item in items if isinstance(item, SkippedImage)]
     if not kept:
-        raise DataError(
-            f"none of the {len(items)} images of a training batch can be decoded, e.g. {skipped[0]}; "
-            "check the image folder"
-        )
+        raise no_image_decoded(len(items), skipped[0])
     batch = default_collate(kept)
     batch["skipped"] = skipped
     return batch

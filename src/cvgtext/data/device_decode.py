@@ -42,8 +42,7 @@ class DevicePreprocess:
 
     def __init__(self, preprocess: Callable):
         steps = preprocess.transforms if isinstance(preprocess, transforms.Compose) else [preprocess]
-        self.steps = [_tensor_step(step) for step in steps]
-        self.steps = [step for step in self.steps if step is not None]
+        self.steps = [tensor_step for tensor_step in map(_tensor_step, steps) if tensor_step is not None]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` uint8 -> the model's input ``[N, 3, h, w]`` float32."""
