@@ -3,14 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from cvgtext.cli import reports_user_errors
+from cvgtext.commands.cli import reports_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="app")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
-    from cvgtext.app import check_page_options, serve
-    from cvgtext.queries import check_options
+    from cvgtext.commands.app import check_page_options, serve
+    from cvgtext.commands.queries import check_options
 
     # A bad option is reported before the model and the gallery are loaded.
     check_options(cfg.split, cfg.top_k, cfg.index)

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from cvgtext.cli import reports_user_errors
+from cvgtext.commands.cli import reports_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -11,7 +11,7 @@ from cvgtext.cli import reports_user_errors
 def main(cfg: DictConfig) -> float | None:
     # Imported here: Hydra's own errors (an unknown option, an unwritable run folder) then come
     # before the seconds it takes to load torch and Lightning.
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     metrics = evaluate(cfg)
     return metrics.get(f"{cfg.split}/R@1")

@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from cvgtext.cli import reports_user_errors
+from cvgtext.commands.cli import reports_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="pack")
 @reports_user_errors
 def main(cfg: DictConfig) -> None:
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     pack(cfg)
 

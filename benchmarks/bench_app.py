@@ -54,8 +54,8 @@ def main() -> None:
 
     import torch
 
-    from cvgtext.app import Page, answer
-    from cvgtext.locate import Locator
+    from cvgtext.commands.app import Page, answer
+    from cvgtext.commands.locator import Locator
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as scratch:

@@ -38,7 +38,7 @@ def compose(config: str, overrides: list[str]):
 
 
 def rerank_once(common: list[str], checkpoint: Path, run_dir: Path, split: str, weight: float) -> dict:
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     evaluate(compose("eval", [*common, f"ckpt_path={checkpoint}", f"split={split}", "reranker=blip_itm",
                               f"reranker.weight={weight}", f"paths.output_dir={run_dir}", "explain.overlays=false"]))
@@ -55,8 +55,8 @@ def main() -> None:
 
     from hf_stand_ins import blip_overrides, small_blip, write_bert_like
 
-    from cvgtext.data.synthetic import ensure_city
-    from cvgtext.train import train
+    from cvgtext.data.synthetic.city import ensure_city
+    from cvgtext.commands.train import train
 
     data_dir = Path(args.data_dir)
     ensure_city(data_dir, name="Synthetic")

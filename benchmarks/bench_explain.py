@@ -26,8 +26,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from cvgtext.eval import build_module
-from cvgtext.model.explain import explain_pairs
+from cvgtext.model.build import build_module
+from cvgtext.model.relevance import explain_pairs
 from cvgtext.model.faithfulness import Curves, image_curves, text_curves
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

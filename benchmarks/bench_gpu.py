@@ -31,7 +31,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from cvgtext.module import MAX_LOGIT_SCALE, CrossViewRetrieval
+from cvgtext.model.module import MAX_LOGIT_SCALE, CrossViewRetrieval
 from tables import print_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cvgtext.search import SearchIndex, exact_search  # noqa: E402
+from cvgtext.search.backends import SearchIndex, exact_search  # noqa: E402
 from tables import print_table  # noqa: E402
 
 ENCODERS = {  # name: (open_clip model, context length)
@@ -74,9 +74,9 @@ def city_embeddings(data_dir: Path, places: int, ckpt: str | None) -> tuple[torc
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from cvgtext.eval import build_module
-    from cvgtext.gallery import embed_captions
-    from cvgtext.locate import build_gallery_index
+    from cvgtext.model.build import build_module
+    from cvgtext.search.gallery import embed_captions
+    from cvgtext.commands.locator import build_gallery_index
 
     overrides = [f"paths.root_dir={ROOT}", f"paths.data_dir={data_dir}", f"paths.output_dir={data_dir}/run",
                  f"city.synthetic.places={places}", "data.num_workers=0"]

@@ -79,7 +79,7 @@ def main() -> None:
     from chat_server import ChatServer
     from hydra import compose, initialize_config_dir
 
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     truth = truth_of(Path(args.data_dir), "Synthetic")
     rows = []

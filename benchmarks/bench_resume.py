@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from cvgtext.data.synthetic import ensure_city
+from cvgtext.data.synthetic.city import ensure_city
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACES, TILE_SIZE = 200, 64

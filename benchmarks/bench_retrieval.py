@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from reference_protocol import reference_metrics, synthetic_names  # noqa: E402
 
 from cvgtext.data.names import parse_places  # noqa: E402
-from cvgtext.metrics import geo_retrieval_metrics  # noqa: E402
-from cvgtext.retrieval import default_chunk_size, rank_gallery  # noqa: E402
+from cvgtext.retrieval.metrics import geo_retrieval_metrics  # noqa: E402
+from cvgtext.retrieval.ranking import default_chunk_size, rank_gallery  # noqa: E402
 from tables import print_table  # noqa: E402
 
 CITY_TILES = 1200

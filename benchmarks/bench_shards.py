@@ -61,7 +61,7 @@ def main() -> None:
 
     from hydra.utils import instantiate
 
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(args.data_dir or f"{scratch}/data")

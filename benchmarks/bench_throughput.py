@@ -1,6 +1,6 @@
 """Training throughput of the LightningModule against a plain PyTorch loop; prints a markdown table.
 
-Both train the same model (``cvgtext.module.CrossViewRetrieval``, the tiny backbone, same
+Both train the same model (``cvgtext.model.module.CrossViewRetrieval``, the tiny backbone, same
 initial weights) with the same optimizer on the same batches, taken once from the
 datamodule's training loader and kept in memory, so the difference is the framework's
 overhead, not data loading. Lightning runs a CPU ``Trainer`` without logger, checkpoints,
@@ -30,7 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from cvgtext.module import MAX_LOGIT_SCALE, CrossViewRetrieval
+from cvgtext.model.module import MAX_LOGIT_SCALE, CrossViewRetrieval
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from bench_throughput import fresh_model, lightning_seconds, plain_seconds
-from cvgtext.data.synthetic import ensure_city
+from cvgtext.data.synthetic.city import ensure_city
 from tables import print_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -257,7 +257,7 @@ def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = 
     """``locate(cfg)`` in this process, its cache and outputs under ``tmp_path``."""
     import io
 
-    from cvgtext.locate import locate
+    from cvgtext.commands.locate import locate
 
     cfg = compose_config("locate", [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(data_dir, *extra)], tmp_path)
     return locate(cfg, stdin=io.StringIO(stdin) if stdin is not None else None)
@@ -310,7 +310,7 @@ def small_split(tmp_path):
 
     from cvgtext.data.annotations import Pair
     from cvgtext.data.dataset import PairDataset
-    from cvgtext.evaluation import EmbeddedSplit
+    from cvgtext.retrieval.split import EmbeddedSplit
 
     folder = tmp_path / "tiles"
     folder.mkdir()

@@ -15,12 +15,12 @@ from conftest import (
     CITY, HTML_TEXT, compose_config, free_port, locate_overrides, repaint_tiles, run_cli, tiny_checkpoint,
 )
 
-from cvgtext.app import Page, answer, check_page_options, read_description, results_html, words_html
-from cvgtext.errors import ConfigError
+from cvgtext.commands.app import Page, answer, check_page_options, read_description, results_html, words_html
+from cvgtext.utils.errors import ConfigError
 
 @pytest.fixture
 def locator(release_dir, tmp_path):
-    from cvgtext.locate import Locator
+    from cvgtext.commands.locator import Locator
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=3)
@@ -43,7 +43,7 @@ def test_a_long_paste_is_cut_with_a_note():
 
 
 def test_the_candidates_table_escapes_what_was_typed_and_the_words():
-    from cvgtext.location_reports import Candidate, Location
+    from cvgtext.reports.locations import Candidate, Location
 
     location = Location(HTML_TEXT, [Candidate(1, "-27.1,153.2_<b>.jpg", -27.1, 153.2, 0.5, 0.0)])
     table = results_html(location)
@@ -58,7 +58,7 @@ def test_the_candidates_table_escapes_what_was_typed_and_the_words():
 def test_large_tiles_are_shown_at_most_320_pixels_a_side(tmp_path):
     from PIL import Image
 
-    from cvgtext.app import display_tile
+    from cvgtext.commands.app import display_tile
 
     Image.new("RGB", (512, 384), "red").save(tmp_path / "tile.jpg")
     assert display_tile(tmp_path / "tile.jpg").size == (320, 240)
@@ -128,7 +128,7 @@ def test_the_shown_tiles_get_their_overlays_in_a_second_step(locator):
     assert [caption for _, caption in tiles] == [caption for _, caption in plain]
     assert tiles[0][0].size == plain[0][0].size == (32, 32)  # the tiles as they are (at most 320 px)
     # the explained pairs are the candidates', in rank order: the fourth map is tile 4's own
-    from cvgtext.overlays import heat_overlay
+    from cvgtext.reports.overlays import heat_overlay
 
     found = locator.explain(location, 4)
     assert np.array_equal(np.asarray(tiles[3][0]), np.asarray(heat_overlay(plain[3][0], found[3][0].image)))
@@ -140,7 +140,7 @@ def test_the_shown_tiles_get_their_overlays_in_a_second_step(locator):
 
 @pytest.mark.slow
 def test_the_page_is_served_on_127_0_0_1(locator, release_dir, tmp_path):
-    from cvgtext.app import serve
+    from cvgtext.commands.app import serve
 
     port = free_port()
     checkpoint = tiny_checkpoint(tmp_path / "served.ckpt", seed=4)

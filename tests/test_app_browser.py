@@ -55,7 +55,7 @@ def wait_until_served(process: subprocess.Popen, url: str, log: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     """``(data_dir, checkpoint)``: a tiny model trained for 30 epochs on an 80-place synthetic city."""
-    from cvgtext.train import train
+    from cvgtext.commands.train import train
 
     root = tmp_path_factory.mktemp("app-city")
     data_dir, run_dir = root / "data", root / "logs" / "train" / "runs" / "r"

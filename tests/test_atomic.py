@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvgtext.atomic import atomic_write
-from cvgtext.checkpoints import AtomicCheckpointIO
-from cvgtext.errors import OutputError
+from cvgtext.utils.atomic import atomic_write
+from cvgtext.utils.checkpoints import AtomicCheckpointIO
+from cvgtext.utils.errors import OutputError
 
 from conftest import ROOT
 
@@ -55,7 +55,7 @@ def test_a_kill_during_the_write_keeps_the_previous_file_and_the_next_write_clea
     target.write_text("old")
     result = run_python(f"""
         import os, signal
-        from cvgtext.atomic import atomic_write
+        from cvgtext.utils.atomic import atomic_write
         with atomic_write({str(target)!r}) as stream:
             stream.write("half of the new")
             stream.flush()
@@ -77,8 +77,8 @@ def test_a_full_disk_is_one_message_naming_the_file_and_keeps_the_previous_one(t
     target.write_text("old")
     result = run_python(f"""
         import resource
-        from cvgtext.atomic import atomic_write
-        from cvgtext.errors import OutputError
+        from cvgtext.utils.atomic import atomic_write
+        from cvgtext.utils.errors import OutputError
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
         try:
             with atomic_write({str(target)!r}) as stream:
@@ -118,7 +118,7 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_checkpoint_loa
     AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1000)}, "global_step": 1}, path)
     result = run_python(f"""
         import os, signal, torch
-        from cvgtext.checkpoints import AtomicCheckpointIO
+        from cvgtext.utils.checkpoints import AtomicCheckpointIO
 
         os.fsync = lambda descriptor: os.kill(os.getpid(), signal.SIGKILL)  # die mid-save
         checkpoint = {{"state_dict": {{"w": torch.ones(1000)}}, "global_step": 2}}

@@ -7,18 +7,18 @@ from types import SimpleNamespace
 
 from omegaconf import OmegaConf
 
-from cvgtext.callbacks import RunInCheckpoint, SkippedImages
+from cvgtext.training.callbacks import RunInCheckpoint, SkippedImages
 
 
 def test_each_skipped_image_is_warned_about_once(caplog):
     callback = SkippedImages()
-    with caplog.at_level(logging.WARNING, logger="cvgtext.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="cvgtext.training.callbacks"):
         callback.on_train_batch_start(None, None, {"skipped": ["image a.jpg cannot be decoded"]}, 0)
         callback.on_train_batch_start(
             None, None, {"skipped": ["image a.jpg cannot be decoded", "image b.jpg cannot be decoded"]}, 1
         )
         callback.on_train_batch_start(None, None, {"skipped": []}, 2)
-    warned = [record.getMessage().split(";")[0] for record in caplog.records if record.name == "cvgtext.callbacks"]
+    warned = [record.getMessage().split(";")[0] for record in caplog.records if record.name == "cvgtext.training.callbacks"]
     assert warned == ["image a.jpg cannot be decoded", "image b.jpg cannot be decoded"]
     assert callback.messages == {"image a.jpg cannot be decoded", "image b.jpg cannot be decoded"}
 

@@ -49,7 +49,7 @@ def test_the_stored_config_names_the_classes_by_their_old_paths():
 
 @pytest.mark.slow
 def test_an_old_checkpoint_evaluates_to_the_same_metrics_and_predictions(tmp_path, city):
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     cfg = compose_config("eval", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}"], tmp_path)
     evaluate(cfg)
@@ -64,7 +64,7 @@ def test_an_old_checkpoint_evaluates_to_the_same_metrics_and_predictions(tmp_pat
 
 @pytest.mark.slow
 def test_an_old_checkpoint_resumes_training_to_the_same_end(tmp_path, city):
-    from cvgtext.train import train
+    from cvgtext.commands.train import train
 
     checkpoint = tmp_path / "old.ckpt"
     shutil.copy(FIXTURE / "last.ckpt", checkpoint)
@@ -76,8 +76,8 @@ def test_an_old_checkpoint_resumes_training_to_the_same_end(tmp_path, city):
 
 @pytest.mark.slow
 def test_an_old_checkpoint_answers_the_page_with_the_same_tiles(tmp_path, city):
-    from cvgtext.app import answer
-    from cvgtext.locate import Locator
+    from cvgtext.commands.app import answer
+    from cvgtext.commands.locator import Locator
 
     cfg = compose_config("app", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}", "explain.overlays=false"],
                          tmp_path)

@@ -5,9 +5,9 @@ import open_clip
 import pytest
 import torch
 
-from cvgtext.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
 from cvgtext.model.weights import load_weights
-from cvgtext.errors import CheckpointError
+from cvgtext.utils.errors import CheckpointError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
 from conftest import WritesMarker, compose_config
@@ -107,7 +107,7 @@ def test_keys_present_on_one_side_are_reported(tmp_path, tiny, caplog):
 
 
 def test_unknown_model_name_and_missing_pretrained_file_are_config_errors(tmp_path):
-    from cvgtext.errors import ConfigError
+    from cvgtext.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not an open_clip model"):
         build_encoder("ViT-Z-99")
@@ -116,25 +116,25 @@ def test_unknown_model_name_and_missing_pretrained_file_are_config_errors(tmp_pa
 
 
 def _read_by_eval(path, tmp_path):
-    from cvgtext.eval import build_module
+    from cvgtext.model.build import build_module
 
     return build_module(compose_config("eval", [f"ckpt_path={path}"], tmp_path))
 
 
 def _read_by_resume(path, tmp_path):
-    from cvgtext.resume import find_resume
+    from cvgtext.training.resume import find_resume
 
     return find_resume(compose_config("train", [f"ckpt_path={path}"], tmp_path))
 
 
 def _read_as_gallery_index(path, tmp_path):
-    from cvgtext.gallery import read_index
+    from cvgtext.search.gallery import read_index
 
     assert read_index(path) is None  # a file that cannot be read safely is rebuilt, never trusted
 
 
 def _read_by_the_trainer(path, tmp_path):
-    from cvgtext.checkpoints import AtomicCheckpointIO
+    from cvgtext.utils.checkpoints import AtomicCheckpointIO
 
     # as the Trainer reads ckpt_path: train.py passes weights_only=True to fit, validate and test
     AtomicCheckpointIO().load_checkpoint(path, weights_only=True)

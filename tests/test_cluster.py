@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import CITY, ROOT, free_port, repaint_tiles, run_cli
-from cvgtext.cli import launcher_problem
+from cvgtext.commands.cli import launcher_problem
 
 
 def sweep_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import compose_config
-from cvgtext.checkpoints import read_checkpoint
-from cvgtext.convert_weights import convert, main
-from cvgtext.errors import CheckpointError, ConfigError
-from cvgtext.eval import build_module
+from cvgtext.utils.checkpoints import read_checkpoint
+from cvgtext.model.convert_weights import convert, main
+from cvgtext.utils.errors import CheckpointError, ConfigError
+from cvgtext.model.build import build_module
 from cvgtext.model.encoder import build_encoder
 
 CAPTION = ["a red roof beside a narrow street"]
@@ -39,7 +39,7 @@ def embed_text(model: torch.nn.Module) -> torch.Tensor:
 
 def test_a_torchscript_archive_is_refused_with_the_command_that_converts_it(archive):
     path, _ = archive
-    with pytest.raises(CheckpointError, match=r"TorchScript archive .*python -m cvgtext.convert_weights"):
+    with pytest.raises(CheckpointError, match=r"TorchScript archive .*python -m cvgtext.model.convert_weights"):
         read_checkpoint(path)
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import SMALL_LAT, SMALL_LON
-from cvgtext.evaluation import evaluate_split, flatten_metrics
-from cvgtext.geo import haversine_km
+from cvgtext.retrieval.split import evaluate_split, flatten_metrics
+from cvgtext.retrieval.geo import haversine_km
 
 
 def distance_km(a: str, b: str) -> float:
@@ -51,7 +51,7 @@ def test_the_nearest_protocol_ranks_only_the_tiles_around_each_true_place(small_
 
 def test_a_gallery_smaller_than_the_protocol_ranks_every_tile_and_says_so(small_split, caplog):
     embedded, dataset = small_split
-    with caplog.at_level(logging.INFO, logger="cvgtext.evaluation"):
+    with caplog.at_level(logging.INFO, logger="cvgtext.retrieval.split"):
         evaluation = evaluate_split(embedded, dataset, nearest=100)
     assert "has 3 tiles, fewer than the protocol's 100 nearest" in caplog.text
     assert evaluation.metrics == evaluation.full_city_metrics

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from conftest import CITY, compose_config, write_release
-from cvgtext.eval import evaluate
-from cvgtext.overlays import word_relevance
-from cvgtext.model.explain import Explanation
+from cvgtext.commands.evaluate import evaluate
+from cvgtext.reports.overlays import word_relevance
+from cvgtext.model.relevance import Explanation
 
 
 def test_word_relevance_joins_the_pieces_of_a_word():

@@ -12,7 +12,7 @@ import torch
 
 from conftest import compose_config, locate_overrides, run_locate, tiny_checkpoint
 
-from cvgtext.fingerprint import changed_parts, digest, files_signature, stable_repr
+from cvgtext.utils.fingerprint import changed_parts, digest, files_signature, stable_repr
 
 
 def test_fingerprints_change_with_what_they_describe(tmp_path):
@@ -32,15 +32,15 @@ def test_fingerprints_change_with_what_they_describe(tmp_path):
 
 
 def gallery_messages(caplog) -> list[str]:
-    messages = [r.getMessage() for r in caplog.records if r.name == "cvgtext.gallery"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cvgtext.search.gallery"]
     caplog.clear()
     return messages
 
 
 @pytest.mark.slow
 def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(release_dir, tmp_path, caplog):
-    from cvgtext.eval import build_module
-    from cvgtext.locate import build_gallery_index
+    from cvgtext.model.build import build_module
+    from cvgtext.commands.locator import build_gallery_index
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     first = tiny_checkpoint(tmp_path / "first.ckpt", seed=1)
@@ -102,7 +102,7 @@ def test_a_damaged_index_is_rebuilt(release_dir, tmp_path, caplog):
 
 @pytest.mark.slow
 def test_eval_stores_the_index_reuses_it_and_shares_it_with_locate(release_dir, tmp_path, caplog):
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from cvgtext.instantiate import instantiate_group
+from cvgtext.utils.instantiate import instantiate_group
 
 
 def test_every_target_of_a_group_is_built_and_the_rest_left_out():

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import CITY, compose_config, locate_overrides, repaint_tiles, run_cli, run_locate, tiny_checkpoint
 
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 
 @pytest.mark.slow
@@ -46,7 +46,7 @@ def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir,
     from hydra.utils import instantiate
     from PIL import Image
 
-    from cvgtext.gallery import gallery_tiles
+    from cvgtext.search.gallery import gallery_tiles
 
     folder = release_dir / "reference" / f"{CITY}-satellite"
     Image.new("RGB", (32, 32), "white").save(folder / "-27.49,153.29_unannotated.jpg")
@@ -64,7 +64,7 @@ def test_split_all_is_every_coordinate_named_image_annotated_or_not(release_dir,
 @pytest.mark.slow
 def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path):
     """locate split=test and eval.py protocol=full split=test give each test caption the same top 5."""
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=2)
@@ -89,7 +89,7 @@ def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path
 def test_a_byte_order_mark_does_not_become_part_of_a_description(tmp_path):
     import io
 
-    from cvgtext.queries import read_queries
+    from cvgtext.commands.queries import read_queries
 
     path = tmp_path / "queries.txt"
     path.write_bytes("a green square\r\nthe river bend\r\n".encode("utf-8-sig"))
@@ -98,7 +98,7 @@ def test_a_byte_order_mark_does_not_become_part_of_a_description(tmp_path):
 
 
 def test_read_queries_refuses_what_is_not_a_description(tmp_path):
-    from cvgtext.queries import read_queries
+    from cvgtext.commands.queries import read_queries
 
     with pytest.raises(ConfigError, match=r"nothing to locate: give query="):
         read_queries(None, None)
@@ -130,7 +130,7 @@ def test_read_queries_refuses_what_is_not_a_description(tmp_path):
     ],
 )
 def test_bad_options_are_named(split, top_k, index, message):
-    from cvgtext.queries import check_options
+    from cvgtext.commands.queries import check_options
 
     with pytest.raises(ConfigError, match=message):
         check_options(split, top_k, index)
@@ -149,7 +149,7 @@ def test_the_cli_reports_a_missing_query_in_one_line(release_dir, tmp_path):
 def test_an_empty_gallery_folder_is_named(release_dir, tmp_path):
     from hydra.utils import instantiate
 
-    from cvgtext.gallery import gallery_tiles
+    from cvgtext.search.gallery import gallery_tiles
 
     datamodule = instantiate(compose_config("locate", locate_overrides(tmp_path / "nowhere"), tmp_path).data)
     with pytest.raises(DataError, match="nowhere/reference/Testville-satellite does not exist"):
@@ -168,7 +168,7 @@ def test_the_map_of_a_city_across_the_antimeridian_shows_it_whole():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cvgtext.location_reports import Candidate, Location, draw_map
+    from cvgtext.reports.locations import Candidate, Location, draw_map
 
     # Three tiles a few hundred metres apart, on both sides of longitude 180.
     places = [(-16.5, 179.999), (-16.501, -179.998), (-16.499, 179.996)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cvgtext.loggers import wandb_logged_in, wandb_logger
+from cvgtext.utils.loggers import wandb_logged_in, wandb_logger
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_the_logger_is_offline_unless_logged_in_or_asked(nobody, monkeypatch, lo
 def test_finish_wandb_closes_the_run_only_when_a_wandb_logger_is_there(monkeypatch):
     import wandb
 
-    from cvgtext.loggers import finish_wandb
+    from cvgtext.utils.loggers import finish_wandb
 
     finished = []
     monkeypatch.setattr(wandb, "finish", lambda: finished.append(True))

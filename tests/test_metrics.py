@@ -10,7 +10,7 @@ from reference_protocol import reference_metrics, synthetic_names
 
 from conftest import city_names
 
-from cvgtext.metrics import geo_retrieval_metrics
+from cvgtext.retrieval.metrics import geo_retrieval_metrics
 
 KM_PER_DEGREE_AT_EQUATOR = 6371.0 * torch.pi / 180
 

@@ -7,9 +7,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from cvgtext.explanations import report_explanations
-from cvgtext.model.explain import refusal
-from cvgtext.overlays import draw_shaded_words, heat_overlay, plot_shaded_words, word_colour
+from cvgtext.reports.explanations import report_explanations
+from cvgtext.model.relevance import refusal
+from cvgtext.reports.overlays import draw_shaded_words, heat_overlay, plot_shaded_words, word_colour
 
 
 def test_the_heat_map_is_red_where_relevance_is_high_and_leaves_the_rest():

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from conftest import SMALL_COLOURS
-from cvgtext.evaluation import evaluate_split
-from cvgtext.reports import (
+from cvgtext.retrieval.split import evaluate_split
+from cvgtext.reports.results import (
     TABLE_COLUMNS, draw_examples, example_queries, metrics_table, true_rank_label, write_metrics, write_predictions,
     write_reports,
 )
@@ -159,7 +159,7 @@ def test_write_reports_writes_three_files_prints_the_table_and_hands_them_to_wan
 def test_an_explained_query_has_its_top_tile_and_its_words_shaded(whole_gallery, tmp_path):
     import torch
 
-    from cvgtext.model.explain import Explanation
+    from cvgtext.model.relevance import Explanation
 
     evaluation, dataset = whole_gallery
     explanation = Explanation(image=torch.ones(2, 2), text=torch.tensor([0.1, 1.0, 0.4]),
@@ -183,7 +183,7 @@ def test_an_explained_query_has_its_top_tile_and_its_words_shaded(whole_gallery,
 def test_run_summary_says_what_was_evaluated():
     from omegaconf import OmegaConf
 
-    from cvgtext.reports import run_summary
+    from cvgtext.reports.results import run_summary
 
     cfg = OmegaConf.create({"city": {"name": "Tokyo"}, "img": {"name": "osm"}, "text": {"name": "mixed"},
                             "protocol": {"name": "nearest100"}, "ckpt_path": "best.ckpt"})

@@ -12,7 +12,7 @@ from conftest import (
     CITY, annotation_path, compose_config, free_port, image_path, locate_overrides, logged_metrics, repaint_tiles,
 )
 
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 from cvgtext.rerank import Judged, reorder
 from cvgtext.rerank.lmm import LMMReranker, encode_image, parse_choice, parse_confidence
 
@@ -81,8 +81,8 @@ def test_bad_settings_are_named(key, value, message):
 
 def small_reranking(small_split, url, tmp_path, **settings):
     """The small split's whole-gallery ranking re-ranked over its 3 tiles by the server at ``url``."""
-    from cvgtext.evaluation import evaluate_split
-    from cvgtext.rerank.evaluation import rerank_split
+    from cvgtext.retrieval.split import evaluate_split
+    from cvgtext.rerank.compare import rerank_split
 
     embedded, dataset = small_split
     evaluation = evaluate_split(embedded, dataset, nearest=None)
@@ -161,8 +161,8 @@ def test_replies_are_cached_and_a_rerun_asks_nothing(small_split, tmp_path):
 def test_the_bootstrap_interval_holds_the_difference():
     import torch
 
-    from cvgtext.rerank.evaluation import paired_bootstrap
-    from cvgtext.retrieval import Ranking
+    from cvgtext.rerank.compare import paired_bootstrap
+    from cvgtext.retrieval.ranking import Ranking
 
     def ranking(ranks):
         ranks = torch.tensor(ranks)
@@ -191,7 +191,7 @@ def unique_captions(release_dir):
 @pytest.mark.slow
 def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir, tmp_path, capsys, monkeypatch):
     from cvgtext.data.dataset import load_image
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     from conftest import run_cli, tiny_checkpoint
 
@@ -242,7 +242,7 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
 def test_locate_reranks_and_shows_the_reasons(release_dir, tmp_path, capsys):
     from conftest import run_locate, tiny_checkpoint
 
-    from cvgtext.app import results_html
+    from cvgtext.commands.app import results_html
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=5)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from cvgtext.callbacks import RandomStateInCheckpoint
+from cvgtext.training.callbacks import RandomStateInCheckpoint
 from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
-from cvgtext.errors import CheckpointError, ConfigError
-from cvgtext.resume import continue_run, find_resume
+from cvgtext.utils.errors import CheckpointError, ConfigError
+from cvgtext.training.resume import continue_run, find_resume
 
 from conftest import ROOT, WritesMarker, compose_config, run_cli, tiny_overrides, write_release
 
@@ -313,7 +313,7 @@ def test_last_checkpoint_every_n_steps_leaves_out_the_last_batch_of_an_epoch(mon
     """Lightning would resume such a checkpoint as a finished epoch and skip its validation."""
     from types import SimpleNamespace
 
-    from cvgtext.callbacks import LastCheckpoint
+    from cvgtext.training.callbacks import LastCheckpoint
 
     saved = []
     monkeypatch.setattr(LastCheckpoint, "_should_skip_saving_checkpoint", lambda self, trainer: False)

@@ -20,7 +20,7 @@ import lightning as L
 import pytest
 import torch
 
-from cvgtext.train import train
+from cvgtext.commands.train import train
 
 from conftest import CITY, compose_config, write_release
 
@@ -156,7 +156,7 @@ def assert_same(resumed: dict, reference: dict, label: str) -> None:
 
 @pytest.fixture(scope="module")
 def city_dir(tmp_path_factory, test_backbone) -> Path:
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     folder = tmp_path_factory.mktemp("anywhere")
     data_dir = write_release(folder / "data", panoramas=40, photos=12)
@@ -181,7 +181,7 @@ def test_a_run_stopped_at_any_moment_resumes_to_the_same_end(city_dir, tmp_path,
 
 
 def test_a_fit_that_takes_no_step_never_reports_success(city_dir, tmp_path):
-    from cvgtext.errors import TrainingError
+    from cvgtext.utils.errors import TrainingError
 
     run_dir = tmp_path / "nothing"
     with pytest.raises(TrainingError, match=r"without one optimizer step \(trainer.global_step=0\)"):

@@ -11,9 +11,10 @@ from reference_protocol import QueryOutcome, rank_query, synthetic_names
 from reference_protocol import haversine_km as reference_haversine_km
 
 from conftest import city_names
-from cvgtext import nearest_tiles, retrieval
+from cvgtext.retrieval import nearest_tiles
+from cvgtext.retrieval import ranking as retrieval
 from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
-from cvgtext.retrieval import NOT_RANKED, Ranking, summarize
+from cvgtext.retrieval.ranking import NOT_RANKED, Ranking, summarize
 
 
 def rank_similarity(sim, queries, gallery, **options) -> Ranking:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvgtext.errors import ConfigError
-from cvgtext.search import SearchIndex, exact_search
+from cvgtext.utils.errors import ConfigError
+from cvgtext.search.backends import SearchIndex, exact_search
 
 
 def unit_vectors(count: int, dim: int, seed: int) -> torch.Tensor:
@@ -15,11 +15,11 @@ def unit_vectors(count: int, dim: int, seed: int) -> torch.Tensor:
 
 
 def test_exact_search_is_the_top_k_of_the_full_product_whatever_the_chunks(monkeypatch):
-    import cvgtext.search
+    import cvgtext.search.backends
 
     gallery, queries = unit_vectors(500, 32, 0), unit_vectors(40, 32, 1)
     expected = (queries @ gallery.T).topk(7, dim=1)
-    monkeypatch.setattr(cvgtext.search, "_CHUNK_ELEMENTS", 3 * 500)  # chunks of 3 queries
+    monkeypatch.setattr(cvgtext.search.backends, "_CHUNK_ELEMENTS", 3 * 500)  # chunks of 3 queries
     scores, indices = exact_search(queries, gallery, 7)
     assert torch.equal(indices, expected.indices) and torch.allclose(scores, expected.values)
     assert exact_search(queries, gallery[:4], 10)[1].shape == (40, 4)  # k beyond the gallery

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 from conftest import CITY, compose_config, run_cli
 
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 
 def pack_overrides(release_dir, out, *extra):
@@ -17,7 +17,7 @@ def pack_overrides(release_dir, out, *extra):
 
 
 def packed(release_dir, tmp_path, *extra):
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     out = tmp_path / "shards"
     return out, pack(compose_config("pack", pack_overrides(release_dir, out, *extra), tmp_path))
@@ -52,7 +52,7 @@ def test_the_same_data_packs_to_the_same_bytes_and_the_manifest_checks_them(rele
 
     out, first = packed(release_dir, tmp_path)
     again = tmp_path / "again"
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     second = pack(compose_config("pack", pack_overrides(release_dir, again), tmp_path))
     for split, entry in first["splits"].items():
@@ -122,8 +122,8 @@ def test_shards_train_to_the_same_losses_and_metrics_as_folders(release_dir, tmp
     """Shuffling off: the same batches in the same order, so the same losses and metrics, bitwise."""
     from conftest import logged_metrics, repaint_tiles
 
-    from cvgtext.data.shards import pack
-    from cvgtext.train import train
+    from cvgtext.commands.pack import pack
+    from cvgtext.commands.train import train
 
     repaint_tiles(release_dir)
     pack(compose_config("pack", [*pack_overrides(release_dir, release_dir / "shards" / "packed"),
@@ -320,7 +320,7 @@ def test_two_devices_evaluate_shards_as_folders(release_dir, tmp_path):
     """Each rank reads its share of the test split's shards; the gathered metrics are the folders'."""
     from conftest import DDP, repaint_tiles, tiny_checkpoint
 
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     repaint_tiles(release_dir)
     pack(compose_config("pack", pack_overrides(release_dir, tmp_path / "packed", "samples_per_shard=4"), tmp_path))
@@ -343,7 +343,7 @@ def test_two_devices_train_from_shards_with_equal_batch_counts(release_dir, tmp_
     """Shuffled, two processes: the run ends (unequal batch counts would leave one rank waiting)."""
     from conftest import ddp_overrides
 
-    from cvgtext.data.shards import pack
+    from cvgtext.commands.pack import pack
 
     pack(compose_config("pack", pack_overrides(release_dir, tmp_path / "packed", "samples_per_shard=3"), tmp_path))
     result = run_cli("train.py", *ddp_overrides(release_dir, tmp_path / "logs", "data.format=shards",
@@ -355,7 +355,7 @@ def test_two_devices_train_from_shards_with_equal_batch_counts(release_dir, tmp_
 
 
 def test_the_query_tool_refuses_shards(release_dir, tmp_path):
-    from cvgtext.gallery import gallery_tiles
+    from cvgtext.search.gallery import gallery_tiles
 
     datamodule, _ = stream_of(release_dir, tmp_path)
     with pytest.raises(ConfigError, match=r"^the query tool and the web page read the city's folders"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cvgtext.data.datamodule import CVGTextDataModule
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 from conftest import CITY, tiny_datamodule
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cvgtext.data.annotations import Pair
 from cvgtext.data.dataset import PairDataset, SkippedImage, collate_pairs, load_image
-from cvgtext.errors import DataError
+from cvgtext.utils.errors import DataError
 
 
 def jpeg_bytes() -> bytes:

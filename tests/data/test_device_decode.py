@@ -14,7 +14,7 @@ from PIL import Image
 
 from cvgtext.data.dataset import decode_image
 from cvgtext.data.device_decode import DevicePreprocess, decode_on_device
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 
 def encoded(height: int, width: int, mode: str = "RGB", kind: str = "JPEG", seed: int = 0) -> bytes:
@@ -87,7 +87,7 @@ def test_what_the_device_path_cannot_run_is_refused_when_the_data_is_set_up():
 
 
 def train_run(release_dir, tmp_path, *extra):
-    from cvgtext.train import train
+    from cvgtext.commands.train import train
 
     run = tmp_path / "run"
     cfg = compose_config("train", [o for o in tiny_overrides(release_dir, run, *extra) if not o.startswith("hydra.")]

@@ -7,8 +7,8 @@ from PIL import Image
 
 from cvgtext.data import synthetic
 from cvgtext.data.names import is_panorama, parse_coordinates
-from cvgtext.data.synthetic import STAMP, ensure_city, generate_city
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.data.synthetic.city import STAMP, ensure_city, generate_city
+from cvgtext.utils.errors import ConfigError, DataError
 
 SMALL = {"places": 30, "tile_size": 32}
 VERSIONS = ("Synthetic", "Synthetic-photos")
@@ -120,7 +120,7 @@ def test_panorama_captions_are_long_and_photo_captions_short(tmp_path):
 
 
 def test_ensure_city_generates_only_when_the_stamp_is_missing_or_differs(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="cvgtext.data.synthetic"):
+    with caplog.at_level(logging.INFO, logger="cvgtext.data.synthetic.city"):
         assert ensure_city(tmp_path, **SMALL)
     assert "30 places" in caplog.text and str(tmp_path) in caplog.text
     assert not ensure_city(tmp_path, **SMALL)

@@ -15,7 +15,7 @@ from conftest import CITY, compose_config, image_path, training_names, write_rel
 from cvgtext.data import tile_cache
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.dataset import SkippedImage
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.model.encoder import build_encoder
 
 
@@ -119,7 +119,7 @@ def test_what_the_cache_cannot_do_is_said(release_dir, encoder, tmp_path):
 
 @pytest.mark.slow  # two evaluation runs
 def test_evaluation_metrics_are_the_same_with_the_cache(tmp_path):
-    from cvgtext.eval import evaluate
+    from cvgtext.commands.evaluate import evaluate
 
     data_dir = write_release(tmp_path / "data")
     results = []

@@ -7,7 +7,7 @@ from torchvision.transforms.functional import to_tensor
 
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.verify import check_image, unreadable_images
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 from conftest import CITY, image_path, photo_name, training_names
 

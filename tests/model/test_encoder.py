@@ -9,9 +9,9 @@ from open_clip.transformer import QuickGELU
 from PIL import Image
 
 from conftest import compose_config
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 from cvgtext.model.encoder import build_encoder, resolve_quick_gelu
-from cvgtext.module import CrossViewRetrieval
+from cvgtext.model.module import CrossViewRetrieval
 
 
 def backbone(tmp_path, *overrides: str) -> dict:
@@ -56,7 +56,7 @@ def test_quick_gelu_follows_or_must_agree_with_a_pretrained_tag():
 
 
 def test_checkpoints_record_the_activation_a_pretrained_tag_chose(monkeypatch):
-    monkeypatch.setattr("cvgtext.module.build_encoder", lambda **backbone: build_encoder(
+    monkeypatch.setattr("cvgtext.model.module.build_encoder", lambda **backbone: build_encoder(
         **{**backbone, "pretrained": None, "quick_gelu": resolve_quick_gelu("ViT-B-16", "openai", None)}))
     module = CrossViewRetrieval(
         backbone={"model_name": "cvg-tiny", "pretrained": "openai", "quick_gelu": None},

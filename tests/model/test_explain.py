@@ -10,10 +10,10 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 from conftest import two_layer_config
-from cvgtext.errors import ConfigError
-from cvgtext.model.explain import attention_gradient, explain_pair, explain_pairs
+from cvgtext.utils.errors import ConfigError
+from cvgtext.model.relevance import attention_gradient, explain_pair, explain_pairs
 from cvgtext.model.positional import set_context_length, set_image_size
-from cvgtext.module import CrossViewRetrieval
+from cvgtext.model.module import CrossViewRetrieval
 
 CAPTION = "A red roof beside a narrow street with two trees."
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True}

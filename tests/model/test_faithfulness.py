@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cvgtext.model.explain import explain_pairs
+from cvgtext.model.relevance import explain_pairs
 from cvgtext.model.faithfulness import area, hide_patches, hide_tokens, image_curves, text_curves
 
 COLOURS = {  # colour word -> the square's value per channel, in normalised pixel units

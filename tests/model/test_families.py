@@ -12,7 +12,7 @@ import torch
 from conftest import CITY, CONF_DIR, compose_config
 from hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sentencepiece_like
 
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.loss import matching_pool
 
@@ -38,7 +38,7 @@ def common(release_dir) -> list[str]:
 
 
 def train_one_epoch(tmp_path, overrides: list[str], epochs: int = 1):
-    from cvgtext.train import train
+    from cvgtext.commands.train import train
 
     run = tmp_path / "train"
     train(compose_config("train", [
@@ -50,7 +50,8 @@ def train_one_epoch(tmp_path, overrides: list[str], epochs: int = 1):
 
 @pytest.mark.slow
 def test_siglip_trains_with_its_sigmoid_loss_and_evaluates(release_dir, tmp_path):
-    from cvgtext.eval import build_module, evaluate
+    from cvgtext.commands.evaluate import evaluate
+    from cvgtext.model.build import build_module
 
     tokenizer = write_sentencepiece_like(tmp_path / "tokenizer", captions_of(release_dir))
     overrides = [*common(release_dir), *siglip_overrides(tokenizer)]
@@ -69,7 +70,8 @@ def test_siglip_trains_with_its_sigmoid_loss_and_evaluates(release_dir, tmp_path
 
 @pytest.mark.slow
 def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(release_dir, tmp_path):
-    from cvgtext.eval import build_module, evaluate
+    from cvgtext.commands.evaluate import evaluate
+    from cvgtext.model.build import build_module
 
     tokenizer = write_bert_like(tmp_path / "tokenizer", captions_of(release_dir))
     overrides = [*common(release_dir), *blip_overrides(TINY_BLIP, tokenizer)]
@@ -102,7 +104,7 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
         torch.testing.assert_close(value, saved["state_dict"][f"model.{name}"], msg=name)
 
     # The query tool: ranked by the contrastive embeddings, re-ranked by the matching head.
-    from cvgtext.locate import Locator
+    from cvgtext.commands.locator import Locator
 
     locate_cfg = compose_config("locate", [*common(release_dir), "backbone=blip_b", f"ckpt_path={checkpoint}",
                                            "reranker=blip_itm", "reranker.top_k=3", "top_k=3"], tmp_path / "locate")
@@ -199,7 +201,7 @@ def test_refusals_name_the_setting(tmp_path, monkeypatch):
 
 
 def test_matching_loss_and_reranker_refuse_backbones_without_a_matching_head():
-    from cvgtext.module import CrossViewRetrieval
+    from cvgtext.model.module import CrossViewRetrieval
     from cvgtext.rerank.itm import ITMReranker
 
     optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
@@ -214,7 +216,7 @@ def test_matching_loss_and_reranker_refuse_backbones_without_a_matching_head():
 def test_matching_reranker_reads_each_tile_once_per_batch_and_scores_as_the_head(tmp_path):
     from PIL import Image
 
-    from cvgtext.module import CrossViewRetrieval
+    from cvgtext.model.module import CrossViewRetrieval
     from cvgtext.rerank import Query
     from cvgtext.rerank.itm import ITMReranker
 
@@ -249,7 +251,7 @@ def test_matching_reranker_reads_each_tile_once_per_batch_and_scores_as_the_head
 
 
 def test_locking_blips_image_tower(tmp_path):
-    from cvgtext.module import CrossViewRetrieval
+    from cvgtext.model.module import CrossViewRetrieval
 
     backbone = {"model_name": "blip-base", "family": "blip", "tokenizer": str(write_bert_like(tmp_path, TEXTS)),
                 "config": TINY_BLIP}
@@ -268,7 +270,7 @@ def test_siglip_b16_at_real_shapes_embeds_as_open_clips_own_model(tmp_path):
     from PIL import Image
     from open_clip.tokenizer import HFTokenizer
 
-    from cvgtext.module import CrossViewRetrieval
+    from cvgtext.model.module import CrossViewRetrieval
 
     folder = write_sentencepiece_like(tmp_path / "tokenizer", TEXTS)
     cfg = compose_config("train", ["backbone=siglip_b16", "backbone.pretrained=null", f"backbone.tokenizer={folder}"],

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 from cvgtext.model.loss import ContrastiveLoss, SigmoidLoss, build_loss
 
 # float32 results that differ only in summation order (blocked matmuls, gathered vs whole

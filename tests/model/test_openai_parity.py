@@ -25,8 +25,9 @@ from PIL import Image
 from torchvision import transforms
 
 from conftest import CITY, compose_config, two_layer_config, write_release
-from cvgtext.checkpoints import model_state_dict, read_checkpoint
-from cvgtext.eval import backbone_for_checkpoint, build_module, evaluate
+from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.commands.evaluate import evaluate
+from cvgtext.model.build import backbone_for_checkpoint, build_module
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
 

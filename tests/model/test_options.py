@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvgtext.module import CrossViewRetrieval
+from cvgtext.model.module import CrossViewRetrieval
 
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
 
@@ -96,8 +96,9 @@ def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, tes
     """backbone=longclip_b16 end to end on random weights: train one epoch, evaluate its checkpoint."""
     from conftest import CITY, compose_config
 
-    from cvgtext.eval import build_module, evaluate
-    from cvgtext.train import train
+    from cvgtext.commands.evaluate import evaluate
+    from cvgtext.model.build import build_module
+    from cvgtext.commands.train import train
 
     common = ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
               "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",
@@ -121,8 +122,8 @@ def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, tes
 def test_the_sigmoid_loss_trains_its_bias_and_the_checkpoint_evaluates(release_dir, tmp_path, test_backbone):
     from conftest import CITY, compose_config
 
-    from cvgtext.eval import evaluate
-    from cvgtext.train import train
+    from cvgtext.commands.evaluate import evaluate
+    from cvgtext.commands.train import train
 
     common = ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
               "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",

@@ -1,7 +1,7 @@
 """Reading and checking CVG-Text annotations: ``{image_file_name: caption}`` JSON objects.
 
 Every problem is found here, when the datamodule is set up, and reported as one
-:class:`~cvgtext.errors.DataError` that names the file and what was expected, so that a broken
+:class:`~cvgtext.utils.errors.DataError` that names the file and what was expected, so that a broken
 download stops a run before any training time is spent.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cvgtext.data.names import check_plain_name, is_panorama, parse_coordinates
-from cvgtext.errors import DataError
+from cvgtext.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

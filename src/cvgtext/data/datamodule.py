@@ -23,7 +23,7 @@ from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs,
 from cvgtext.data.device_decode import DevicePreprocess, check_decode, decode_on_device
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.data.verify import VERIFY_LEVELS, unreadable_images
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class CVGTextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.synthetic is not None:
-            from cvgtext.data.synthetic import ensure_city
+            from cvgtext.data.synthetic.city import ensure_city
 
             ensure_city(self.data_dir, name=self.city, **self.synthetic)
 

@@ -1,7 +1,7 @@
 """A dataset of (caption, gallery image) pairs, as the model sees them, and the bad-image policy.
 
 An image that cannot be decoded (truncated, empty, not an image) is only found when a batch is
-loaded. ``on_bad_image="raise"`` stops the run with a :class:`~cvgtext.errors.DataError` naming
+loaded. ``on_bad_image="raise"`` stops the run with a :class:`~cvgtext.utils.errors.DataError` naming
 the file. ``"skip"`` leaves the pair out of its training batch instead (:func:`collate_pairs`
 drops it and lists it under ``skipped``, for the module to count); validation and test raise
 either way, since a gallery without the tile would change their metrics.
@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
 from cvgtext.data.annotations import Pair
-from cvgtext.errors import DataError
+from cvgtext.utils.errors import DataError
 
 BAD_IMAGE_POLICIES = ("raise", "skip")
 

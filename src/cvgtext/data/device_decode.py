@@ -25,7 +25,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.functional import pil_to_tensor
 
 from cvgtext.data.dataset import decode_image
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 DECODES = ("cpu", "device")
 JPEG_START = b"\xff\xd8\xff"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cvgtext.errors import DataError
+from cvgtext.utils.errors import DataError
 
 _COORDINATES = re.compile(r"^([-+]?[0-9]*\.?[0-9]+),([-+]?[0-9]*\.?[0-9]+)")
 _COORDINATE_LINES = re.compile(_COORDINATES.pattern, re.MULTILINE)

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from cvgtext.atomic import atomic_write
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.annotations import Pair
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -164,31 +164,4 @@ def pack_splits(
     with atomic_write(manifest_path) as stream:
         json.dump(manifest, stream, indent=2)
         stream.write("\n")
-    return manifest
-
-
-def pack(cfg: Any) -> dict[str, Any]:
-    """``pack.py``: the configured city's splits as shards under ``cfg.out``."""
-    from hydra.utils import instantiate
-
-    datamodule = instantiate(cfg.data, cache=False)
-    datamodule.prepare_data()
-    datamodule.setup()
-    splits = list(cfg.get("splits") or SPLITS)
-    unknown = [split for split in splits if split not in SPLITS]
-    if unknown or not splits:
-        raise ConfigError(f"splits={splits!r}: expected some of {', '.join(SPLITS)}")
-    description = {
-        "city": cfg.city.name, "img": cfg.img.name, "text": cfg.text.name,
-        "val_fraction": cfg.data.val_fraction, "data_dir": str(cfg.paths.data_dir),
-        # what a reader checks against its own settings
-        "versions": list(datamodule.versions), "image_folder": datamodule.image_folder,
-    }
-    manifest = pack_splits({split: datamodule.pairs[split] for split in splits}, cfg.out,
-                           cfg.samples_per_shard, description)
-    total = sum(entry["samples"] for entry in manifest["splits"].values())
-    size = sum(shard["bytes"] for entry in manifest["splits"].values() for shard in entry["shards"])
-    print(f"Packed {total:,} samples ({size / 2**20:,.1f} MiB) of {cfg.city.name} {cfg.img.name} into {cfg.out}")
-    for split, entry in manifest["splits"].items():
-        print(f"  {split}: {entry['samples']:,} samples, {len(entry['shards'])} shards  {entry['pattern'] or ''}")
     return manifest

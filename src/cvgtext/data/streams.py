@@ -44,12 +44,12 @@ from typing import IO, Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cvgtext.atomic import atomic_write
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.annotations import Pair
 from cvgtext.data.dataset import SkippedImage, decode_image, pair_fields
 from cvgtext.data.shards import EXTENSIONS, FORMAT, MANIFEST
-from cvgtext.errors import ConfigError, DataError
-from cvgtext.web import url_opener
+from cvgtext.utils.errors import ConfigError, DataError
+from cvgtext.utils.web import url_opener
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
 memory-mapped file under ``paths.cache_dir``; loading a batch then reads those bytes and applies
 the rest (``ToTensor``'s scaling, the normalisation), which gives tensors bitwise equal to the
 full preprocessing of the image file. The cache is described by the files (names, sizes,
-modification times), the geometric transform and the input size (``fingerprint.py``): a change
+modification times), the geometric transform and the input size (``utils/fingerprint.py``): a change
 rebuilds it. It is written to a temporary file and renamed, its description last, so a killed
 build leaves no cache that could be mistaken for a whole one. Loader workers open the file
 themselves (a pickled cache carries its path, not its bytes).
@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from cvgtext.atomic import atomic_write
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.dataset import load_image
-from cvgtext.errors import ConfigError, DataError
-from cvgtext.fingerprint import digest, files_signature, stable_repr
+from cvgtext.utils.errors import ConfigError, DataError
+from cvgtext.utils.fingerprint import digest, files_signature, stable_repr
 
 log = logging.getLogger(__name__)
 

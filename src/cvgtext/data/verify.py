@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cvgtext.data.dataset import load_image
-from cvgtext.errors import DataError
+from cvgtext.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 

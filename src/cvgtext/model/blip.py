@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 from cvgtext.model.family import Encoder
 from cvgtext.model.loss import MatchingPool
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import open_clip
 from torch import nn
 
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 from cvgtext.model.family import FAMILIES, Encoder
 from cvgtext.model.weights import load_weights
 

@@ -25,7 +25,7 @@ import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
 
-from cvgtext.errors import ConfigError
+from cvgtext.utils.errors import ConfigError
 
 Negatives = Literal["global", "local"]
 NEGATIVES = ("global", "local")

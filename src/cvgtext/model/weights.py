@@ -1,7 +1,7 @@
 """Weights into an open_clip model: a checkpoint's state dict fitted to the model's text
 context and image patch grid, then loaded, with what does not fit reported.
 
-Reading files safely is :mod:`cvgtext.checkpoints`'s job; this module changes only models and
+Reading files safely is :mod:`cvgtext.utils.checkpoints`'s job; this module changes only models and
 state dicts, so imports run one way: encoder -> weights -> positional, checkpoints.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvgtext.checkpoints import model_state_dict, read_checkpoint
-from cvgtext.errors import CheckpointError
+from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.utils.errors import CheckpointError
 from cvgtext.model.positional import (
     resize_state_dict_context_length,
     resize_vision_positional_embedding,

@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 def overlay_evidence(module: Any, start_block: int = 0):
     """``(description, tiles) -> overlays``: each tile shaded by its relevance to the description."""
-    from cvgtext.explanations import explain_caption
-    from cvgtext.overlays import heat_overlay
+    from cvgtext.reports.explanations import explain_caption
+    from cvgtext.reports.overlays import heat_overlay
 
     def evidence(description, tiles):
         found = explain_caption(module, description, tiles, module.preprocess, module.tokenizer, start_block)
@@ -33,7 +33,7 @@ def build_reranker(cfg: Any, module: Any) -> Reranker | None:
         return instantiate(settings, module=module, _convert_="all")
     evidence = None
     if settings.get("overlay"):
-        from cvgtext.model.explain import refusal
+        from cvgtext.model.relevance import refusal
 
         reason = refusal(module)
         if reason is None:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from cvgtext.data.dataset import load_image
-from cvgtext.errors import ConfigError, DataError
+from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.rerank import Judged, Query
 
 log = logging.getLogger(__name__)

@@ -39,10 +39,10 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from cvgtext.atomic import atomic_write
-from cvgtext.errors import ConfigError, OutputError
+from cvgtext.utils.atomic import atomic_write
+from cvgtext.utils.errors import ConfigError, OutputError
 from cvgtext.rerank import Judged, Query
-from cvgtext.web import url_opener
+from cvgtext.utils.web import url_opener
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,90 @@
+"""Evaluation: a checkpoint, or a backbone's pretrained weights, on one split of one city."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from cvgtext.utils.errors import ConfigError
+from cvgtext.retrieval.split import flatten_metrics
+from cvgtext.reports.explanations import report_explanations, write_explanations
+from cvgtext.search.gallery import config_index_key, find_index, gallery_tiles, store_index
+from cvgtext.model.build import build_module
+from cvgtext.rerank.build import build_reranker
+from cvgtext.rerank.compare import rerank_split
+from cvgtext.utils.instantiate import instantiate_group
+from cvgtext.utils.loggers import finish_wandb
+from cvgtext.reports.results import run_summary, write_reports
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
+    split = cfg.get("split", "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    module, backbone = build_module(cfg)
+    reranker = build_reranker(cfg, module)  # its settings checked before the split is embedded
+    datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
+    try:
+        # One process: several would each read (or generate) the city before Lightning syncs them.
+        # (Shards: the index's fingerprint would read every tile file; a stream embeds the gallery.)
+        cache_dir = cfg.paths.get("cache_dir") if trainer.world_size == 1 and datamodule.format == "folders" else None
+        stored = None
+        if cache_dir is not None:
+            tiles = gallery_tiles(datamodule, split)
+            index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles, datamodule.decode)
+            stored = find_index(cache_dir, index_key, tiles)
+            if stored is not None:
+                # The gallery's embeddings are known: only the captions are read and embedded.
+                module.known_gallery = ({name: row for row, name in enumerate(stored.names)}, stored.embeddings)
+                datamodule.captions_only.add(split)
+        if split == "test":
+            trainer.test(module, datamodule=datamodule)
+        else:
+            trainer.validate(module, datamodule=datamodule)
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        evaluation = module.last_evaluation[split]
+        if cache_dir is not None and stored is None and trainer.is_global_zero:
+            dataset = datamodule.dataset(split)
+            if [dataset.pairs[i].name for i in evaluation.gallery_index] == [tile.name for tile in tiles]:
+                store_index(cache_dir, index_key, tiles, evaluation.gallery)
+        if trainer.is_global_zero:
+            dataset = datamodule.dataset(split)
+            reranking = None
+            if reranker is not None:
+                reranking = rerank_split(evaluation, dataset, reranker, reranker.weight, reranker.max_queries,
+                                         cfg.get("seed") or 0)
+                reranked = flatten_metrics(reranking.metrics["with"], f"{split}/reranked")
+                metrics.update(reranked)
+                for logger in loggers:
+                    logger.log_metrics(reranked)
+                    logger.save()
+            explain = cfg.get("explain") or {}
+            start_block = explain.get("start_block", 0)
+            write_reports(
+                Path(cfg.paths.output_dir), evaluation, dataset,
+                {**run_summary(cfg, backbone, split), "search": "exact",
+                 "gallery_index": "reused" if stored is not None else "embedded"},
+                loggers,
+                explanations=report_explanations(cfg, module, evaluation, dataset),
+                reranking=reranking,
+            )
+            if explain.get("enabled"):
+                write_explanations(
+                    cfg.paths.output_dir, module, evaluation, dataset,
+                    max_queries=explain.get("max_queries", 16), start_block=start_block,
+                )
+    finally:
+        finish_wandb(loggers)
+    return metrics

@@ -1,0 +1,3 @@
+"""The embedded synthetic city: ``scene`` (the facts of one place), ``render`` (its satellite,
+map and street-view pictures), ``captions`` (its panorama and single-view texts, written from
+the same facts) and ``city`` (generating a whole city in the release layout)."""
