@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     epochs = 2 if args.quick else args.epochs
 
-    from hf_stand_ins import blip_overrides, small_blip, write_bert_like
+    from helpers.hf_stand_ins import blip_overrides, small_blip, write_bert_like
 
     from cvgtext.data.synthetic.city import ensure_city
     from cvgtext.commands.train import train

@@ -1,7 +1,7 @@
 """Re-ranking against fake OpenAI-compatible servers: what the machinery does, not what a model can.
 
 No multimodal model is reachable here, so the servers are the tests' fakes on 127.0.0.1
-(``tests/chat_server.py``): an oracle that knows each description's true tile, a random judge,
+(``tests/helpers/chat_server.py``): an oracle that knows each description's true tile, a random judge,
 one that answers prose instead of JSON, and a closed port. On the synthetic city's test split
 (paper protocol, 100 nearest tiles) with a trained checkpoint, each row is one ``eval.py
 reranker=lmm`` run in-process: R@1 without and with re-ranking on the same queries, the
@@ -76,7 +76,7 @@ def main() -> None:
         args.max_queries = min(args.max_queries, 20)
     model = Path(args.ckpt).parent.parent.name if args.ckpt else "random weights (no make train checkpoint)"
 
-    from chat_server import ChatServer
+    from helpers.chat_server import ChatServer
     from hydra import compose, initialize_config_dir
 
     from cvgtext.commands.evaluate import evaluate

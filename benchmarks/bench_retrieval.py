@@ -2,7 +2,7 @@
 
 (a) The paper's protocol on a city-sized test split (1,200 queries x 1,200 tiles) and on a
     gallery ten times larger (12,000 tiles at the same density): ``geo_retrieval_metrics``
-    against the plain per-query implementation of the protocol (``tests/reference_protocol.py``),
+    against the plain per-query implementation of the protocol (``tests/helpers/reference_protocol.py``),
     with whether both give the same numbers.
 (b) A large gallery (10,000 queries x 100,000 tiles, dim 512, float32): ``rank_gallery``
     against a bare ``torch.mm`` + ``topk(10)`` over the same query chunks, with peak extra
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from reference_protocol import reference_metrics, synthetic_names  # noqa: E402
+from helpers.reference_protocol import reference_metrics, synthetic_names  # noqa: E402
 
 from cvgtext.data.names import parse_places  # noqa: E402
 from cvgtext.retrieval.metrics import geo_retrieval_metrics  # noqa: E402

@@ -26,8 +26,8 @@ from typing import Callable
 import pytest
 
 from cvgtext.data.annotations import in_validation
-from conftest import (CITY, annotation_path, ddp_overrides, eval_overrides, image_path, panorama_name, photo_name,
-                      run_cli, tiny_overrides, training_names, write_release)
+from helpers.city import CITY, annotation_path, image_path, panorama_name, photo_name, training_names, write_release
+from helpers.runs import ddp_overrides, eval_overrides, run_cli, tiny_overrides
 
 # Every check here starts the real CLI in a subprocess: make test runs them, make test-fast does not.
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config
+from helpers.runs import compose_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_checkpoint"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

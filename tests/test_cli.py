@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from conftest import CITY, eval_overrides, logged_metrics, run_cli, tiny_overrides
+from helpers.city import CITY
+from helpers.runs import eval_overrides, logged_metrics, run_cli, tiny_overrides
 
 
 @pytest.mark.slow

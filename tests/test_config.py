@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, compose_config
+from helpers.runs import CONF_DIR, compose_config
 
 CONFIGS = ("train", "eval", "locate")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ddp_overrides, eval_overrides, run_cli
+from helpers.runs import ddp_overrides, eval_overrides, run_cli
 
 
 @pytest.mark.heavy  # about 40 s: make test-slow

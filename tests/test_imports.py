@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers.runs import ROOT
 
 
 def module_names(package_dir: Path) -> dict[str, Path]:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CITY, logged_metrics, run_cli
+from helpers.city import CITY
+from helpers.runs import logged_metrics, run_cli
 
 
 def sweep_overrides(data_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:

@@ -5,7 +5,7 @@ import pytest
 from cvgtext.data.annotations import in_validation, load_pairs, read_annotation
 from cvgtext.data.names import check_plain_name, is_panorama, parse_coordinates
 from cvgtext.utils.errors import DataError
-from conftest import panorama_name, photo_name
+from helpers.city import panorama_name, photo_name
 
 
 def test_coordinates_come_from_the_file_name():

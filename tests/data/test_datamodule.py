@@ -5,7 +5,7 @@ import torch
 
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.utils.errors import ConfigError, DataError
-from conftest import CITY, tiny_datamodule
+from helpers.city import CITY, tiny_datamodule
 
 
 def test_mixed_reads_both_versions_and_carves_validation_out_of_train(release_dir):

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, image_path, tiny_overrides, training_names
+from helpers.city import image_path, training_names
+from helpers.runs import compose_config, tiny_overrides
 from PIL import Image
 
 from cvgtext.data.dataset import decode_image
@@ -121,7 +122,7 @@ def test_training_decodes_on_the_device_skips_bad_images_and_counts_them(release
 
 def test_shard_streams_carry_the_bytes_and_decode_as_the_cpu_path(release_dir, tmp_path):
     import open_clip
-    from conftest import CITY, tiny_datamodule
+    from helpers.city import CITY, tiny_datamodule
 
     from cvgtext.data.datamodule import CVGTextDataModule
     from cvgtext.data.shards import pack_splits

@@ -11,7 +11,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
 from cvgtext.utils.errors import ConfigError
 from cvgtext.retrieval.geo import haversine_km
-from conftest import tiny_datamodule
+from helpers.city import tiny_datamodule
 
 
 def city(n=480, seed=0):

@@ -11,7 +11,8 @@ import pickle
 import pytest
 import torch
 
-from conftest import CITY, compose_config, image_path, training_names, write_release
+from helpers.city import CITY, image_path, training_names, write_release
+from helpers.runs import compose_config
 from cvgtext.data import tile_cache
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.dataset import SkippedImage

@@ -9,7 +9,7 @@ from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.verify import check_image, unreadable_images
 from cvgtext.utils.errors import ConfigError, DataError
 
-from conftest import CITY, image_path, photo_name, training_names
+from helpers.city import CITY, image_path, photo_name, training_names
 
 
 def make(release_dir, **kwargs):

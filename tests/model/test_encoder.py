@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from open_clip.transformer import QuickGELU
 from PIL import Image
 
-from conftest import compose_config
+from helpers.runs import compose_config
 from cvgtext.utils.errors import ConfigError
 from cvgtext.model.encoder import build_encoder, resolve_quick_gelu
 from cvgtext.model.module import CrossViewRetrieval

@@ -9,8 +9,9 @@ import math
 
 import pytest
 import torch
-from conftest import CITY, CONF_DIR, compose_config
-from hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sentencepiece_like
+from helpers.city import CITY
+from helpers.runs import CONF_DIR, compose_config
+from helpers.hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sentencepiece_like
 
 from cvgtext.utils.errors import ConfigError
 from cvgtext.model.encoder import build_encoder
@@ -373,7 +374,7 @@ def _matching_loss_on_rank(rank: int, folder, port: int) -> None:
 
 @pytest.mark.heavy  # starts 2 processes: make test-slow
 def test_matching_negatives_come_from_every_devices_batch_and_send_gradients_back(tmp_path):
-    from conftest import free_port
+    from helpers.web import free_port
 
     from cvgtext.model.loss import MatchingPool
 

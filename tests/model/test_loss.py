@@ -221,7 +221,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 def ranks(tmp_path_factory) -> list[dict]:
     """Results of every rank of a 2-process gloo run of ``_worker``."""
     out_dir = tmp_path_factory.mktemp("ddp")
-    from conftest import free_port
+    from helpers.web import free_port
 
     mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]

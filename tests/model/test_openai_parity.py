@@ -24,7 +24,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
 
-from conftest import CITY, compose_config, two_layer_config, write_release
+from helpers.city import CITY, write_release
+from helpers.models import two_layer_config
+from helpers.runs import compose_config
 from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
 from cvgtext.commands.evaluate import evaluate
 from cvgtext.model.build import backbone_for_checkpoint, build_module

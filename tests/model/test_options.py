@@ -94,7 +94,8 @@ def test_locking_a_tower_freezes_exactly_its_parameters(lock_image, lock_text):
 @pytest.mark.slow
 def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, test_backbone):
     """backbone=longclip_b16 end to end on random weights: train one epoch, evaluate its checkpoint."""
-    from conftest import CITY, compose_config
+    from helpers.city import CITY
+    from helpers.runs import compose_config
 
     from cvgtext.commands.evaluate import evaluate
     from cvgtext.model.build import build_module
@@ -120,7 +121,8 @@ def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, tes
 
 @pytest.mark.slow
 def test_the_sigmoid_loss_trains_its_bias_and_the_checkpoint_evaluates(release_dir, tmp_path, test_backbone):
-    from conftest import CITY, compose_config
+    from helpers.city import CITY
+    from helpers.runs import compose_config
 
     from cvgtext.commands.evaluate import evaluate
     from cvgtext.commands.train import train

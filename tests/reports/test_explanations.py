@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CITY, compose_config, write_release
+from helpers.city import CITY, write_release
+from helpers.runs import compose_config
 from cvgtext.commands.evaluate import evaluate
 from cvgtext.reports.overlays import word_relevance
 from cvgtext.model.relevance import Explanation

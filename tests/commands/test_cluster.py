@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CITY, ROOT, free_port, repaint_tiles, run_cli
+from helpers.city import CITY, repaint_tiles
+from helpers.runs import ROOT, run_cli
+from helpers.web import free_port
 from cvgtext.commands.cli import launcher_problem
 
 

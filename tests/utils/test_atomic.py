@@ -15,7 +15,7 @@ from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.checkpoints import AtomicCheckpointIO
 from cvgtext.utils.errors import OutputError
 
-from conftest import ROOT
+from helpers.runs import ROOT
 
 
 def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HTML_TEXT, ROOT, compose_config, free_port
+from helpers.runs import ROOT, compose_config
+from helpers.web import HTML_TEXT, free_port
 
 pytestmark = pytest.mark.heavy
 

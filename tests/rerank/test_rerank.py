@@ -7,10 +7,10 @@ import json
 from collections import Counter
 
 import pytest
-from chat_server import ChatServer
-from conftest import (
-    CITY, annotation_path, compose_config, free_port, image_path, locate_overrides, logged_metrics, repaint_tiles,
-)
+from helpers.chat_server import ChatServer
+from helpers.city import CITY, annotation_path, image_path, repaint_tiles
+from helpers.runs import compose_config, locate_overrides, logged_metrics
+from helpers.web import free_port
 
 from cvgtext.utils.errors import ConfigError
 from cvgtext.rerank import Judged, reorder
@@ -193,7 +193,8 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
     from cvgtext.data.dataset import load_image
     from cvgtext.commands.evaluate import evaluate
 
-    from conftest import run_cli, tiny_checkpoint
+    from helpers.models import tiny_checkpoint
+    from helpers.runs import run_cli
 
     repaint_tiles(release_dir)
     unique_captions(release_dir)
@@ -240,7 +241,8 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
 
 
 def test_locate_reranks_and_shows_the_reasons(release_dir, tmp_path, capsys):
-    from conftest import run_locate, tiny_checkpoint
+    from helpers.models import tiny_checkpoint
+    from helpers.runs import run_locate
 
     from cvgtext.commands.app import results_html
 
@@ -269,7 +271,7 @@ def test_locate_reranks_and_shows_the_reasons(release_dir, tmp_path, capsys):
 
 
 def test_the_cli_names_a_bad_reranker_setting_in_one_line(release_dir, tmp_path):
-    from conftest import run_cli
+    from helpers.runs import run_cli
 
     result = run_cli("eval.py", *locate_overrides(release_dir), f"hydra.run.dir={tmp_path}/run", "reranker=lmm",
                      "reranker.mode=listwise")
@@ -279,7 +281,8 @@ def test_the_cli_names_a_bad_reranker_setting_in_one_line(release_dir, tmp_path)
 
 
 def test_pairwise_requests_carry_each_tile_and_its_relevance_overlay(release_dir, tmp_path):
-    from conftest import run_locate, tiny_checkpoint
+    from helpers.models import tiny_checkpoint
+    from helpers.runs import run_locate
 
     repaint_tiles(release_dir)  # no two tiles alike: identical questions are asked once
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=6)

@@ -10,7 +10,8 @@ from cvgtext.model.weights import load_weights
 from cvgtext.utils.errors import CheckpointError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
-from conftest import WritesMarker, compose_config
+from helpers.models import WritesMarker
+from helpers.runs import compose_config
 
 
 @pytest.fixture(scope="module")

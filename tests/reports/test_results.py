@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SMALL_COLOURS
+from helpers.city import SMALL_COLOURS
 from cvgtext.retrieval.split import evaluate_split
 from cvgtext.reports.results import (
     TABLE_COLUMNS, draw_examples, example_queries, metrics_table, true_rank_label, write_metrics, write_predictions,

@@ -6,9 +6,9 @@ import random
 
 import pytest
 import torch
-from reference_protocol import reference_metrics, synthetic_names
+from helpers.reference_protocol import reference_metrics, synthetic_names
 
-from conftest import city_names
+from helpers.city import city_names
 
 from cvgtext.retrieval.metrics import geo_retrieval_metrics
 

@@ -57,7 +57,9 @@ def test_faiss_indexes_find_what_exact_search_finds(name, least_recall):
 @pytest.mark.slow
 def test_locate_with_a_faiss_index(release_dir, tmp_path):
     pytest.importorskip("faiss")
-    from conftest import repaint_tiles, run_locate, tiny_checkpoint
+    from helpers.city import repaint_tiles
+    from helpers.models import tiny_checkpoint
+    from helpers.runs import run_locate
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)

@@ -6,7 +6,8 @@ import json
 import tarfile
 
 import pytest
-from conftest import CITY, compose_config, run_cli
+from helpers.city import CITY
+from helpers.runs import compose_config, run_cli
 
 from cvgtext.utils.errors import ConfigError, DataError
 
@@ -120,7 +121,8 @@ def shard_overrides(release_dir, *extra):
 
 def test_shards_train_to_the_same_losses_and_metrics_as_folders(release_dir, tmp_path, test_backbone, recwarn):
     """Shuffling off: the same batches in the same order, so the same losses and metrics, bitwise."""
-    from conftest import logged_metrics, repaint_tiles
+    from helpers.city import repaint_tiles
+    from helpers.runs import logged_metrics
 
     from cvgtext.commands.pack import pack
     from cvgtext.commands.train import train
@@ -150,7 +152,7 @@ def test_shards_train_to_the_same_losses_and_metrics_as_folders(release_dir, tmp
 
 
 def stream_of(release_dir, tmp_path, split="train", batch=4, workers=0, **settings):
-    from conftest import tiny_datamodule
+    from helpers.city import tiny_datamodule
 
     from cvgtext.data.shards import pack_splits
 
@@ -204,7 +206,7 @@ def test_evaluation_splits_are_read_whole(release_dir, tmp_path):
 
 
 def test_an_image_that_cannot_be_decoded_is_skipped_in_training_and_named_in_evaluation(release_dir, tmp_path):
-    from conftest import tiny_datamodule
+    from helpers.city import tiny_datamodule
 
     folders = tiny_datamodule(release_dir)
     folders.setup()
@@ -224,7 +226,7 @@ def test_https_shards_read_as_local_ones(release_dir, tmp_path):
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from conftest import tiny_datamodule
+    from helpers.city import tiny_datamodule
 
     local, loader = stream_of(release_dir, tmp_path, split="val")
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "packed"))
@@ -256,7 +258,7 @@ def test_https_shards_read_as_local_ones(release_dir, tmp_path):
 def test_what_a_stream_cannot_do_is_refused(release_dir, settings, message):
     import re
 
-    from conftest import tiny_datamodule
+    from helpers.city import tiny_datamodule
 
     settings = {"format": "shards", "shards": "somewhere", **settings}
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
@@ -264,7 +266,7 @@ def test_what_a_stream_cannot_do_is_refused(release_dir, settings, message):
 
 
 def test_missing_or_foreign_shards_are_named(release_dir, tmp_path):
-    from conftest import tiny_datamodule
+    from helpers.city import tiny_datamodule
 
     datamodule = tiny_datamodule(release_dir, format="shards", shards=str(tmp_path / "nothing"))
     with pytest.raises(DataError, match=r"^data\.shards=.*nothing: no readable manifest\.json .* pack the city"):
@@ -318,7 +320,9 @@ def test_every_rank_and_worker_gets_its_share_for_any_sizes():
 @pytest.mark.heavy
 def test_two_devices_evaluate_shards_as_folders(release_dir, tmp_path):
     """Each rank reads its share of the test split's shards; the gathered metrics are the folders'."""
-    from conftest import DDP, repaint_tiles, tiny_checkpoint
+    from helpers.city import repaint_tiles
+    from helpers.models import tiny_checkpoint
+    from helpers.runs import DDP
 
     from cvgtext.commands.pack import pack
 
@@ -341,7 +345,7 @@ def test_two_devices_evaluate_shards_as_folders(release_dir, tmp_path):
 @pytest.mark.heavy
 def test_two_devices_train_from_shards_with_equal_batch_counts(release_dir, tmp_path):
     """Shuffled, two processes: the run ends (unequal batch counts would leave one rank waiting)."""
-    from conftest import ddp_overrides
+    from helpers.runs import ddp_overrides
 
     from cvgtext.commands.pack import pack
 

@@ -22,7 +22,8 @@ import torch
 
 from cvgtext.commands.train import train
 
-from conftest import CITY, compose_config, write_release
+from helpers.city import CITY, write_release
+from helpers.runs import compose_config
 
 
 class Killed(Exception):

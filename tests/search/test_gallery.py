@@ -10,7 +10,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import compose_config, locate_overrides, run_locate, tiny_checkpoint
+from helpers.models import tiny_checkpoint
+from helpers.runs import compose_config, locate_overrides, run_locate
 
 from cvgtext.utils.fingerprint import changed_parts, digest, files_signature, stable_repr
 

@@ -10,7 +10,7 @@ import open_clip
 import pytest
 import torch
 
-from conftest import compose_config
+from helpers.runs import compose_config
 from cvgtext.utils.checkpoints import read_checkpoint
 from cvgtext.model.convert_weights import convert, main
 from cvgtext.utils.errors import CheckpointError, ConfigError

@@ -11,9 +11,10 @@ import urllib.request
 
 import pytest
 
-from conftest import (
-    CITY, HTML_TEXT, compose_config, free_port, locate_overrides, repaint_tiles, run_cli, tiny_checkpoint,
-)
+from helpers.city import CITY, repaint_tiles
+from helpers.models import tiny_checkpoint
+from helpers.runs import compose_config, locate_overrides, run_cli
+from helpers.web import HTML_TEXT, free_port
 
 from cvgtext.commands.app import Page, answer, check_page_options, read_description, results_html, words_html
 from cvgtext.utils.errors import ConfigError

@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from conftest import CITY, compose_config, locate_overrides, repaint_tiles, run_cli, run_locate, tiny_checkpoint
+from helpers.city import CITY, repaint_tiles
+from helpers.models import tiny_checkpoint
+from helpers.runs import compose_config, locate_overrides, run_cli, run_locate
 
 from cvgtext.utils.errors import ConfigError, DataError
 

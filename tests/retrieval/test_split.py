@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from conftest import SMALL_LAT, SMALL_LON
+from helpers.city import SMALL_LAT, SMALL_LON
 from cvgtext.retrieval.split import evaluate_split, flatten_metrics
 from cvgtext.retrieval.geo import haversine_km
 

@@ -9,7 +9,7 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from conftest import two_layer_config
+from helpers.models import two_layer_config
 from cvgtext.utils.errors import ConfigError
 from cvgtext.model.relevance import attention_gradient, explain_pair, explain_pairs
 from cvgtext.model.positional import set_context_length, set_image_size

@@ -20,7 +20,9 @@ from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
 from cvgtext.utils.errors import CheckpointError, ConfigError
 from cvgtext.training.resume import continue_run, find_resume
 
-from conftest import ROOT, WritesMarker, compose_config, run_cli, tiny_overrides, write_release
+from helpers.city import write_release
+from helpers.models import WritesMarker
+from helpers.runs import ROOT, compose_config, run_cli, tiny_overrides
 
 
 def city(n: int, seed: int = 0) -> np.ndarray:

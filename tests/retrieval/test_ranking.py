@@ -7,10 +7,10 @@ import random
 
 import pytest
 import torch
-from reference_protocol import QueryOutcome, rank_query, synthetic_names
-from reference_protocol import haversine_km as reference_haversine_km
+from helpers.reference_protocol import QueryOutcome, rank_query, synthetic_names
+from helpers.reference_protocol import haversine_km as reference_haversine_km
 
-from conftest import city_names
+from helpers.city import city_names
 from cvgtext.retrieval import nearest_tiles
 from cvgtext.retrieval import ranking as retrieval
 from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
