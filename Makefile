@@ -2,13 +2,14 @@
 # make test    install into .venv, then run the test suite
 # make test-slow  the long checks that make test leaves out (kill loops, several processes)
 # make bench   install into .venv, then run the benchmarks and print their tables
+# make lint    check formatting and lint (ruff); make format rewrites the files
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: install train test test-fast test-slow bench clean
+.PHONY: install train test test-fast test-slow bench lint format clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +33,14 @@ test-slow: install
 
 bench: install
 	for bench in benchmarks/bench_*.py; do $(BIN)/python $$bench $(ARGS) || exit 1; done
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) .pytest_cache
