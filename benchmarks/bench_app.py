@@ -59,28 +59,39 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as scratch:
-        overrides = [f"paths.data_dir={args.data_dir}", f"paths.cache_dir={scratch}", f"paths.root_dir={scratch}",
-                     f"paths.output_dir={scratch}/run", f"top_k={args.top_k}"]
+        overrides = [
+            f"paths.data_dir={args.data_dir}",
+            f"paths.cache_dir={scratch}",
+            f"paths.root_dir={scratch}",
+            f"paths.output_dir={scratch}/run",
+            f"top_k={args.top_k}",
+        ]
         if args.ckpt:
             overrides.append(f"ckpt_path={args.ckpt}")
         cfg = compose(overrides)
         started = time.perf_counter()
         locator = Locator(cfg)
         loaded = time.perf_counter() - started
-        captions = list(json.loads((Path(args.data_dir) / "annotation" / "Synthetic" / "test.json").read_text()).values())
+        captions = list(
+            json.loads((Path(args.data_dir) / "annotation" / "Synthetic" / "test.json").read_text()).values()
+        )
         captions = captions[: args.queries]
         page = Page(locator)
         locations = [page.ask(caption)[-1] for caption in captions[:1]]
         rows = [
             ["ranking (text encoding + search)", f"{median_ms(lambda c: answer(locator, c), captions):.0f}"],
             ["page, first step (ranking + tiles + map)", f"{median_ms(page.ask, captions):.0f}"],
-            [f"page, second step (overlays of {args.top_k} tiles)", f"{median_ms(page.explain, locations * len(captions)):.0f}"],
+            [
+                f"page, second step (overlays of {args.top_k} tiles)",
+                f"{median_ms(page.explain, locations * len(captions)):.0f}",
+            ],
         ]
     print_table(
         f"Answer time on the CPU ({torch.get_num_threads()} threads), tiny backbone, "
         f"{len(locator.gallery.names):,} tiles, median of {len(captions)} captions "
         f"(model loaded and gallery index built once, in {loaded:.1f} s)",
-        ["step", "ms"], rows,
+        ["step", "ms"],
+        rows,
     )
 
 

@@ -27,8 +27,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from cvgtext.model.build import build_module
-from cvgtext.model.relevance import explain_pairs
 from cvgtext.model.faithfulness import Curves, image_curves, text_curves
+from cvgtext.model.relevance import explain_pairs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -44,8 +44,10 @@ def load_pairs(cfg, module, split: str, count: int) -> tuple[torch.Tensor, torch
 
 
 def random_maps(explanations, generator: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return ([torch.rand(e.image.shape, generator=generator) for e in explanations],
-            [torch.rand(e.text.shape, generator=generator) for e in explanations])
+    return (
+        [torch.rand(e.image.shape, generator=generator) for e in explanations],
+        [torch.rand(e.text.shape, generator=generator) for e in explanations],
+    )
 
 
 def mean_curves(curves: list[Curves]) -> Curves:
@@ -69,20 +71,29 @@ def main() -> None:
 
     started = time.perf_counter()
     maps: dict[str, tuple[list, list]] = {}
-    for name, start_block, method in (("relevance, all blocks", 0, "relevance"),
-                                      ("relevance, last block", -1, "relevance"),
-                                      ("raw last-block attention", -1, "attention")):
+    for name, start_block, method in (
+        ("relevance, all blocks", 0, "relevance"),
+        ("relevance, last block", -1, "relevance"),
+        ("raw last-block attention", -1, "attention"),
+    ):
         explanations = []
         for first in range(0, len(images), args.batch):
-            explanations += explain_pairs(module, images[first: first + args.batch],
-                                          tokens[first: first + args.batch], start_block=start_block, method=method)
+            explanations += explain_pairs(
+                module,
+                images[first : first + args.batch],
+                tokens[first : first + args.batch],
+                start_block=start_block,
+                method=method,
+            )
         maps[name] = ([e.image for e in explanations], [e.text for e in explanations])
     seconds_per_pair = (time.perf_counter() - started) / (3 * len(images))
 
     rows = {}
     for name, (image_maps, text_maps) in maps.items():
-        rows[name] = (image_curves(module, images, tokens, image_maps, args.steps),
-                      text_curves(module, images, tokens, text_maps, args.steps))
+        rows[name] = (
+            image_curves(module, images, tokens, image_maps, args.steps),
+            text_curves(module, images, tokens, text_maps, args.steps),
+        )
     generator = torch.Generator().manual_seed(cfg.seed)
     draws = [random_maps(explanations, generator) for _ in range(args.random)]
     rows[f"random (mean of {args.random})"] = (
@@ -91,18 +102,24 @@ def main() -> None:
     )
 
     quarter = args.steps // 4
-    print(f"{len(images)} {cfg.split} pairs of {cfg.city.name} {cfg.img.name}, checkpoint "
-          f"{cfg.ckpt_path or 'none (random or pretrained weights)'}; cosine similarity before hiding: "
-          f"{float(rows[next(iter(rows))][0].deletion[0]):.4f}; {args.steps} steps; "
-          f"{seconds_per_pair * 1000:.0f} ms per pair explained\n")
-    print("| order | patches: deletion area (lower better) | patches: insertion area (higher better) "
-          "| patches: similarity after hiding top 25% | tokens: deletion area | tokens: insertion area "
-          "| tokens: similarity after hiding top 25% |")
+    print(
+        f"{len(images)} {cfg.split} pairs of {cfg.city.name} {cfg.img.name}, checkpoint "
+        f"{cfg.ckpt_path or 'none (random or pretrained weights)'}; cosine similarity before hiding: "
+        f"{float(rows[next(iter(rows))][0].deletion[0]):.4f}; {args.steps} steps; "
+        f"{seconds_per_pair * 1000:.0f} ms per pair explained\n"
+    )
+    print(
+        "| order | patches: deletion area (lower better) | patches: insertion area (higher better) "
+        "| patches: similarity after hiding top 25% | tokens: deletion area | tokens: insertion area "
+        "| tokens: similarity after hiding top 25% |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, (image, text) in rows.items():
-        print(f"| {name} | {image.deletion_area:.4f} | {image.insertion_area:.4f} "
-              f"| {float(image.deletion[quarter]):.4f} "
-              f"| {text.deletion_area:.4f} | {text.insertion_area:.4f} | {float(text.deletion[quarter]):.4f} |")
+        print(
+            f"| {name} | {image.deletion_area:.4f} | {image.insertion_area:.4f} "
+            f"| {float(image.deletion[quarter]):.4f} "
+            f"| {text.deletion_area:.4f} | {text.insertion_area:.4f} | {float(text.deletion[quarter]):.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,18 +29,26 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from tables import print_table
 from torch.utils.data import DataLoader
 
 from cvgtext.model.module import MAX_LOGIT_SCALE, CrossViewRetrieval
-from tables import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_config(backbone: str, options: list[str]) -> Any:
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-        return compose("train", overrides=[f"paths.root_dir={ROOT}", f"backbone={backbone}",
-                                           "backbone.pretrained=null", "optim=paper", *options]).model
+        return compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={ROOT}",
+                f"backbone={backbone}",
+                "backbone.pretrained=null",
+                "optim=paper",
+                *options,
+            ],
+        ).model
 
 
 def fresh_module(cfg: Any) -> CrossViewRetrieval:
@@ -55,11 +63,14 @@ def random_batches(module: CrossViewRetrieval, batch_size: int, count: int, pin:
     generator = torch.Generator().manual_seed(0)
     _, height, width = module.preprocess(Image.new("RGB", (512, 512))).shape  # the model's input size
     context = module.tokenizer(["a"]).shape[1]
-    batches = [{
-        "image": torch.randn(batch_size, 3, height, width, generator=generator),
-        "tokens": torch.randint(1, 1000, (batch_size, context), generator=generator),
-        "index": torch.arange(batch_size),
-    } for _ in range(count)]
+    batches = [
+        {
+            "image": torch.randn(batch_size, 3, height, width, generator=generator),
+            "tokens": torch.randint(1, 1000, (batch_size, context), generator=generator),
+            "index": torch.arange(batch_size),
+        }
+        for _ in range(count)
+    ]
     if pin:
         batches = [{key: value.pin_memory() for key, value in batch.items()} for batch in batches]
     return DataLoader(batches, batch_size=None, pin_memory=False)
@@ -127,20 +138,30 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def lightning_run(module: CrossViewRetrieval, batches: DataLoader, warmup: int, device: torch.device,
-                  precision: str) -> tuple[float, str]:
+def lightning_run(
+    module: CrossViewRetrieval, batches: DataLoader, warmup: int, device: torch.device, precision: str
+) -> tuple[float, str]:
     timer = StepTimer(warmup, Utilisation(device))
     trainer = L.Trainer(
-        accelerator=device.type, devices=1, precision=precision, max_epochs=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[timer],
+        accelerator=device.type,
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
     )
     trainer.fit(module, train_dataloaders=batches)
     return timer.end - timer.start, timer.busy
 
 
-def plain_run(module: CrossViewRetrieval, batches: DataLoader, warmup: int, device: torch.device,
-              precision: str) -> float:
+def plain_run(
+    module: CrossViewRetrieval, batches: DataLoader, warmup: int, device: torch.device, precision: str
+) -> float:
     """The same steps as ``training_step``, by hand: autocast, a gradient scaler, AdamW."""
     module.to(device).train()
     module.setup("fit")
@@ -217,23 +238,30 @@ def main() -> None:
             plain = samples / plain_run(fresh_module(cfg), batches, args.warmup, device, precision)
             seconds, busy = lightning_run(fresh_module(cfg), batches, args.warmup, device, precision)
             lightning = samples / seconds
-            rows.append([f"{backbone} {label}".strip(), f"{plain:.1f}", f"{lightning:.1f}",
-                         f"{lightning / plain:.2f}x", busy])
+            rows.append(
+                [f"{backbone} {label}".strip(), f"{plain:.1f}", f"{lightning:.1f}", f"{lightning / plain:.2f}x", busy]
+            )
         cfg = module_config(backbone, [])
         batches = random_batches(fresh_module(cfg), args.batch_size, 3, pin)
-        memory.append([backbone, peak_memory(cfg, batches, device, precision),
-                       peak_memory(module_config(backbone, ["model.grad_checkpointing=true"]), batches, device,
-                                   precision)])
+        memory.append(
+            [
+                backbone,
+                peak_memory(cfg, batches, device, precision),
+                peak_memory(module_config(backbone, ["model.grad_checkpointing=true"]), batches, device, precision),
+            ]
+        )
 
     print_table(
         f"Training samples/s on {name}, precision {precision}, batch {args.batch_size}, {args.steps} timed steps "
         f"after {args.warmup}, batches in {'pinned ' if pin else ''}memory, random weights; torch {torch.__version__}, "
         f"lightning {L.__version__}",
-        ["backbone", "plain loop", "Lightning Trainer", "Lightning / plain", "GPU utilisation (Lightning)"], rows,
+        ["backbone", "plain loop", "Lightning Trainer", "Lightning / plain", "GPU utilisation (Lightning)"],
+        rows,
     )
     print_table(
         f"Peak memory of a training step, batch {args.batch_size}, precision {precision}",
-        ["backbone", "peak memory", "with activation checkpointing"], memory,
+        ["backbone", "peak memory", "with activation checkpointing"],
+        memory,
     )
 
 

@@ -29,8 +29,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cvgtext.search.backends import SearchIndex, exact_search  # noqa: E402
 from tables import print_table  # noqa: E402
+
+from cvgtext.search.backends import SearchIndex, exact_search  # noqa: E402
 
 ENCODERS = {  # name: (open_clip model, context length)
     "tiny": ("cvg-tiny", 77),
@@ -74,12 +75,17 @@ def city_embeddings(data_dir: Path, places: int, ckpt: str | None) -> tuple[torc
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from cvgtext.commands.locator import build_gallery_index
     from cvgtext.model.build import build_module
     from cvgtext.search.gallery import embed_captions
-    from cvgtext.commands.locator import build_gallery_index
 
-    overrides = [f"paths.root_dir={ROOT}", f"paths.data_dir={data_dir}", f"paths.output_dir={data_dir}/run",
-                 f"city.synthetic.places={places}", "data.num_workers=0"]
+    overrides = [
+        f"paths.root_dir={ROOT}",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={data_dir}/run",
+        f"city.synthetic.places={places}",
+        "data.num_workers=0",
+    ]
     if ckpt:
         overrides.append(f"ckpt_path={ckpt}")
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
@@ -126,12 +132,23 @@ def measure(gallery: torch.Tensor, queries: torch.Tensor, indexes: list[str], re
         index = SearchIndex(name, gallery)
         build_s = time.perf_counter() - start
         one = queries[:1]
-        latency_s = statistics.median(
-            timed(lambda q=queries[i : i + 1]: index.search(q, 10), 1) for i in range(min(repeats, len(queries)))
-        ) if name != "exact" or gallery.shape[0] <= 10**6 else timed(lambda: index.search(one, 10), 3)
+        latency_s = (
+            statistics.median(
+                timed(lambda q=queries[i : i + 1]: index.search(q, 10), 1) for i in range(min(repeats, len(queries)))
+            )
+            if name != "exact" or gallery.shape[0] <= 10**6
+            else timed(lambda: index.search(one, 10), 3)
+        )
         _, found = index.search(queries, 10)
-        rows.append({"index": name, "build_s": build_s, "latency_s": latency_s,
-                     "bytes": index_bytes(index), "recall": recall(found, expected)})
+        rows.append(
+            {
+                "index": name,
+                "build_s": build_s,
+                "latency_s": latency_s,
+                "bytes": index_bytes(index),
+                "recall": recall(found, expected),
+            }
+        )
         del index
     return rows
 
@@ -149,8 +166,12 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="queries for recall@10")
     parser.add_argument("--repeats", type=int, default=30, help="single queries timed; the median is shown")
     parser.add_argument("--threads", type=int, default=None, help="torch and faiss CPU threads")
-    parser.add_argument("--hnsw-max", type=int, default=100_000,
-                        help="largest gallery given an HNSW index (its build takes minutes beyond)")
+    parser.add_argument(
+        "--hnsw-max",
+        type=int,
+        default=100_000,
+        help="largest gallery given an HNSW index (its build takes minutes beyond)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.encoders, args.places, args.queries, args.repeats = [2000, 10_000], ["tiny"], 200, 50, 5
@@ -169,7 +190,8 @@ def main() -> None:
     if args.encoders:
         latency = text_encoding_latency(args.encoders, args.repeats)
         print_table(
-            "(a) text encoding of one description", ["backbone", "context", "latency"],
+            "(a) text encoding of one description",
+            ["backbone", "context", "latency"],
             [[name, str(ENCODERS[name][1]), f"{1000 * s:.1f} ms"] for name, s in latency.items()],
         )
 
@@ -178,8 +200,10 @@ def main() -> None:
         base, city_queries = city_embeddings(data_dir, args.places, args.ckpt)
     city_queries = city_queries[: args.queries]
     dim = base.shape[1]
-    print(f"\nsynthetic city: {base.shape[0]} tiles, {len(city_queries)} test captions, dim {dim}; "
-          f"replicated with noise {args.noise}")
+    print(
+        f"\nsynthetic city: {base.shape[0]} tiles, {len(city_queries)} test captions, dim {dim}; "
+        f"replicated with noise {args.noise}"
+    )
     for kind in ("synthetic city", "random unit vectors"):
         rows = []
         for size in args.sizes:
@@ -189,11 +213,22 @@ def main() -> None:
                 gallery, queries = random_unit(size, dim, seed=size), random_unit(args.queries, dim, seed=-1 % 2**31)
             indexes = [i for i in args.indexes if i != "faiss_hnsw" or size <= args.hnsw_max]
             for row in measure(gallery, queries, indexes, args.repeats):
-                rows.append([f"{size:,}", row["index"], f"{row['build_s']:.2f} s", f"{1000 * row['latency_s']:.2f} ms",
-                             f"{row['bytes'] / 2**20:.0f} MiB", f"{row['recall']:.3f}"])
+                rows.append(
+                    [
+                        f"{size:,}",
+                        row["index"],
+                        f"{row['build_s']:.2f} s",
+                        f"{1000 * row['latency_s']:.2f} ms",
+                        f"{row['bytes'] / 2**20:.0f} MiB",
+                        f"{row['recall']:.3f}",
+                    ]
+                )
             del gallery
-        print_table(f"(b) {kind}, dim {dim}: one query's search, recall@10 against exact",
-                    ["tiles", "index", "build", "search latency", "memory", "recall@10"], rows)
+        print_table(
+            f"(b) {kind}, dim {dim}: one query's search, recall@10 against exact",
+            ["tiles", "index", "build", "search latency", "memory", "recall@10"],
+            rows,
+        )
 
 
 if __name__ == "__main__":

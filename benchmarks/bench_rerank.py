@@ -76,10 +76,10 @@ def main() -> None:
         args.max_queries = min(args.max_queries, 20)
     model = Path(args.ckpt).parent.parent.name if args.ckpt else "random weights (no make train checkpoint)"
 
-    from helpers.chat_server import ChatServer
     from hydra import compose, initialize_config_dir
 
     from cvgtext.commands.evaluate import evaluate
+    from helpers.chat_server import ChatServer
 
     truth = truth_of(Path(args.data_dir), "Synthetic")
     rows = []
@@ -89,11 +89,21 @@ def main() -> None:
             server = None if server_name == "closed port" else ChatServer(server_name, truth, seed=0)
             url = server.__enter__().url if server else f"http://127.0.0.1:{free_port()}/v1"
             overrides = [
-                f"paths.root_dir={ROOT}", f"paths.output_dir={run_dir}", f"paths.data_dir={args.data_dir}",
-                f"paths.cache_dir={run_dir}/cache", "data.cache=false", "trainer=cpu", "explain.overlays=false",
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={run_dir}",
+                f"paths.data_dir={args.data_dir}",
+                f"paths.cache_dir={run_dir}/cache",
+                "data.cache=false",
+                "trainer=cpu",
+                "explain.overlays=false",
                 f"ckpt_path={args.ckpt or 'null'}",
-                "reranker=lmm", f"reranker.url={url}", f"reranker.mode={mode}", f"reranker.weight={weight}",
-                f"reranker.max_queries={args.max_queries}", "reranker.retries=1", "reranker.backoff_s=0.1",
+                "reranker=lmm",
+                f"reranker.url={url}",
+                f"reranker.mode={mode}",
+                f"reranker.weight={weight}",
+                f"reranker.max_queries={args.max_queries}",
+                "reranker.retries=1",
+                "reranker.backoff_s=0.1",
             ]
             with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
                 cfg = compose("eval", overrides=overrides)
@@ -107,18 +117,36 @@ def main() -> None:
             report = json.loads((run_dir / "metrics.json").read_text())["reranking"]
             difference = report["difference"]["R@1"]
             requests = len(server.requests) if server else 0
-            rows.append([
-                server_name, mode, f"{weight:g}", f"{report['reranked']} / {report['queries']}",
-                f"{report['without']['all']['R@1']:.1f}", f"{report['without']['all']['R@5']:.1f}",
-                f"{report['with']['all']['R@1']:.1f}",
-                f"{difference['difference']:+.1f} [{difference['low']:+.1f}, {difference['high']:+.1f}]",
-                str(requests), ", ".join(f"{k} {v}" for k, v in report["failed_requests"].items()) or "-",
-                f"{seconds:.1f}",
-            ])
+            rows.append(
+                [
+                    server_name,
+                    mode,
+                    f"{weight:g}",
+                    f"{report['reranked']} / {report['queries']}",
+                    f"{report['without']['all']['R@1']:.1f}",
+                    f"{report['without']['all']['R@5']:.1f}",
+                    f"{report['with']['all']['R@1']:.1f}",
+                    f"{difference['difference']:+.1f} [{difference['low']:+.1f}, {difference['high']:+.1f}]",
+                    str(requests),
+                    ", ".join(f"{k} {v}" for k, v in report["failed_requests"].items()) or "-",
+                    f"{seconds:.1f}",
+                ]
+            )
     print_table(
         f"Re-ranking the top 5 with fake servers (synthetic city, test split, 100 nearest tiles; {model})",
-        ["server", "mode", "weight", "re-ranked", "R@1 without", "R@5 without", "R@1 with", "difference [95% CI]",
-         "requests", "failed requests", "eval s"],
+        [
+            "server",
+            "mode",
+            "weight",
+            "re-ranked",
+            "R@1 without",
+            "R@5 without",
+            "R@1 with",
+            "difference [95% CI]",
+            "requests",
+            "failed requests",
+            "eval s",
+        ],
         rows,
     )
 

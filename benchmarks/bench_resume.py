@@ -55,11 +55,18 @@ def overrides(data_dir: Path, run_dir: Path) -> list[str]:
     devices = SETUP["devices"]
     processes = ["strategy=ddp", f"trainer.devices={devices}"] if devices > 1 else []
     return processes + [
-        f"paths.data_dir={data_dir}", f"hydra.run.dir={run_dir}", f"city.synthetic.places={SETUP['places']}",
-        f"city.synthetic.tile_size={TILE_SIZE}", "trainer=cpu", f"trainer.max_epochs={SETUP['epochs']}",
-        "data.batch_size=16", f"data.num_workers={SETUP['workers']}",
-        "callbacks.last_checkpoint.every_n_train_steps=1", "resume=auto",
-        "~callbacks.rich_progress_bar", "~callbacks.model_summary",
+        f"paths.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        f"city.synthetic.places={SETUP['places']}",
+        f"city.synthetic.tile_size={TILE_SIZE}",
+        "trainer=cpu",
+        f"trainer.max_epochs={SETUP['epochs']}",
+        "data.batch_size=16",
+        f"data.num_workers={SETUP['workers']}",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "resume=auto",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.model_summary",
     ]
 
 
@@ -75,7 +82,11 @@ def start(data_dir: Path, run_dir: Path, devices: int) -> subprocess.Popen:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *overrides(data_dir, run_dir)],
-        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # one process group: a kill reaches every DDP rank
     )
 
@@ -148,10 +159,16 @@ def same(a: dict, b: dict) -> bool:
     tensors_equal = all(torch.equal(a["weights"][key], b["weights"][key]) for key in a["weights"])
     moments_equal = all(
         torch.equal(a["optimizer"][key][moment], b["optimizer"][key][moment])
-        for key in a["optimizer"] for moment in ("exp_avg", "exp_avg_sq")
+        for key in a["optimizer"]
+        for moment in ("exp_avg", "exp_avg_sq")
     )
-    return (a["step"] == b["step"] and tensors_equal and moments_equal and bool(a["best"] == b["best"])
-            and a["metrics"] == b["metrics"])
+    return (
+        a["step"] == b["step"]
+        and tensors_equal
+        and moments_equal
+        and bool(a["best"] == b["best"])
+        and a["metrics"] == b["metrics"]
+    )
 
 
 def main() -> None:
@@ -165,11 +182,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="data.num_workers")
     aim = parser.add_mutually_exclusive_group()
     aim.add_argument(
-        "--during-write", action="store_true",
+        "--during-write",
+        action="store_true",
         help="kill each run while it writes its k-th checkpoint (k random)",
     )
     aim.add_argument(
-        "--at-epoch-end", action="store_true",
+        "--at-epoch-end",
+        action="store_true",
         help="kill each run right after an epoch-end checkpoint, or between the last batch and validation",
     )
     args = parser.parse_args()
@@ -232,26 +251,35 @@ def main() -> None:
             if args.at_epoch_end:
                 aimed[moment] += 1
             rows.append((delay, step, bool(leftovers), ok))
-            print(f"kill {len(rows):2d}: after {delay:5.1f} s, last.ckpt at step {step}, "
-                  f"during a write: {bool(leftovers)}, same result: {ok}", flush=True)
+            print(
+                f"kill {len(rows):2d}: after {delay:5.1f} s, last.ckpt at step {step}, "
+                f"during a write: {bool(leftovers)}, same result: {ok}",
+                flush=True,
+            )
 
     print()
-    print(f"Kill-and-resume, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {args.devices} training process(es)"
-          + f", {args.places} places, {args.epochs} epochs, data.num_workers={args.workers}"
-          + (", kills aimed at checkpoint writes" if args.during_write else "")
-          + (", kills aimed at epoch ends" if args.at_epoch_end else ""))
+    print(
+        f"Kill-and-resume, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, {args.devices} training process(es)"
+        + f", {args.places} places, {args.epochs} epochs, data.num_workers={args.workers}"
+        + (", kills aimed at checkpoint writes" if args.during_write else "")
+        + (", kills aimed at epoch ends" if args.at_epoch_end else "")
+    )
     if args.during_write:
         aim = f"kills during the k-th checkpoint write, k drawn from 1 to {reference['step']}"
     elif args.at_epoch_end:
         aim = "kills " + ", ".join(f"{moment}: {count}" for moment, count in aimed.items())
     else:
         aim = f"kill times drawn from [{0.8 * first_checkpoint:.1f}, {0.9 * duration:.1f}] s"
-    print(f"uninterrupted run: {reference['step']} steps, {duration:.1f} s, first last.ckpt after "
-          f"{first_checkpoint:.1f} s; {aim}")
+    print(
+        f"uninterrupted run: {reference['step']} steps, {duration:.1f} s, first last.ckpt after "
+        f"{first_checkpoint:.1f} s; {aim}"
+    )
     print()
-    print("| kills | before the first last.ckpt | during a checkpoint write | unloadable last.ckpt "
-          "| result differs from the uninterrupted run |")
+    print(
+        "| kills | before the first last.ckpt | during a checkpoint write | unloadable last.ckpt "
+        "| result differs from the uninterrupted run |"
+    )
     print("|---|---|---|---|---|")
     print(f"| {len(rows)} | {no_checkpoint} | {during_write} | {unloadable} | {failures} |")
     print(f"({missed} kill times fell after the run had ended and were drawn again.)")

@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from helpers.reference_protocol import reference_metrics, synthetic_names  # noqa: E402
+from tables import print_table  # noqa: E402
 
 from cvgtext.data.names import parse_places  # noqa: E402
 from cvgtext.retrieval.metrics import geo_retrieval_metrics  # noqa: E402
 from cvgtext.retrieval.ranking import default_chunk_size, rank_gallery  # noqa: E402
-from tables import print_table  # noqa: E402
+from helpers.reference_protocol import reference_metrics, synthetic_names  # noqa: E402
 
 CITY_TILES = 1200
 CITY_SPAN_DEG = 0.045  # about 5 km of latitude
@@ -107,11 +107,14 @@ def unit_rows(rows: int, dim: int, generator: torch.Generator) -> torch.Tensor:
 def compare_metrics(ours: dict, reference: dict) -> str:
     if ours == reference:
         return "yes (bit-identical)"
-    same_counts = all(
-        {key: value for key, value in ours[group].items() if key != "mean_error_km"}
-        == {key: value for key, value in reference[group].items() if key != "mean_error_km"}
-        for group in reference
-    ) and ours.keys() == reference.keys()
+    same_counts = (
+        all(
+            {key: value for key, value in ours[group].items() if key != "mean_error_km"}
+            == {key: value for key, value in reference[group].items() if key != "mean_error_km"}
+            for group in reference
+        )
+        and ours.keys() == reference.keys()
+    )
     worst = max(abs(ours[group]["mean_error_km"] - reference[group]["mean_error_km"]) for group in reference)
     return f"{'recalls equal' if same_counts else 'NO'}, mean error differs by {worst:.1e} km"
 
@@ -125,13 +128,15 @@ def bench_protocol(queries: int, tiles: int, repeats: int) -> list[list[str]]:
         ours_s, ours, _ = timed(lambda: geo_retrieval_metrics(sim, query_names, gallery_names, nearest), repeats)
         rows_as_lists = sim.tolist()
         plain_s, plain, _ = timed(lambda: reference_metrics(rows_as_lists, query_names, gallery_names, nearest))
-        rows.append([
-            f"{queries:,} x {tiles:,}, nearest={nearest}",
-            f"{ours_s * 1000:.1f} ms",
-            f"{plain_s:.2f} s",
-            f"{plain_s / ours_s:.0f}x",
-            compare_metrics(ours, plain),
-        ])
+        rows.append(
+            [
+                f"{queries:,} x {tiles:,}, nearest={nearest}",
+                f"{ours_s * 1000:.1f} ms",
+                f"{plain_s:.2f} s",
+                f"{plain_s / ours_s:.0f}x",
+                compare_metrics(ours, plain),
+            ]
+        )
     return rows
 
 
@@ -143,7 +148,9 @@ def bench_large(queries: int, tiles: int, dim: int) -> list[list[str]]:
     chunk = min(queries, default_chunk_size(tiles, query_emb.dtype))
 
     def bare_mm_topk() -> torch.Tensor:
-        tops = [(query_emb[start:start + chunk] @ gallery_emb.T).topk(10, dim=1) for start in range(0, queries, chunk)]
+        tops = [
+            (query_emb[start : start + chunk] @ gallery_emb.T).topk(10, dim=1) for start in range(0, queries, chunk)
+        ]
         return torch.cat([top.indices for top in tops])
 
     base_s, _, base_bytes = timed(bare_mm_topk)
@@ -151,14 +158,24 @@ def bench_large(queries: int, tiles: int, dim: int) -> list[list[str]]:
     for nearest in (None, 100):
         ranked_s, _, ranked_bytes = timed(
             lambda: rank_gallery(
-                query_emb, gallery_emb, query_names, gallery_names, query_places, gallery_places,
-                nearest=nearest, chunk_size=chunk,
+                query_emb,
+                gallery_emb,
+                query_names,
+                gallery_names,
+                query_places,
+                gallery_places,
+                nearest=nearest,
+                chunk_size=chunk,
             )
         )
-        rows.append([
-            f"rank_gallery, nearest={nearest}", f"{ranked_s:.2f} s", f"{ranked_bytes / 2**20:.0f} MiB",
-            f"{ranked_s / base_s:.2f}x",
-        ])
+        rows.append(
+            [
+                f"rank_gallery, nearest={nearest}",
+                f"{ranked_s:.2f} s",
+                f"{ranked_bytes / 2**20:.0f} MiB",
+                f"{ranked_s / base_s:.2f}x",
+            ]
+        )
     return rows
 
 

@@ -65,9 +65,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         data_dir = Path(args.data_dir or f"{scratch}/data")
-        city = [f"paths.data_dir={data_dir}", f"city.synthetic.places={places}", "data.cache=false",
-                f"city.synthetic.tile_size={args.tile_size}",
-                f"paths.root_dir={scratch}", "data.batch_size=32"]
+        city = [
+            f"paths.data_dir={data_dir}",
+            f"city.synthetic.places={places}",
+            "data.cache=false",
+            f"city.synthetic.tile_size={args.tile_size}",
+            f"paths.root_dir={scratch}",
+            "data.batch_size=32",
+        ]
         shards = f"{scratch}/shards"
         cfg = compose([*city, f"data.shards={shards}"])
         module = instantiate(cfg.model, _recursive_=False)
@@ -90,20 +95,35 @@ def main() -> None:
                 base = None
                 for source, location in (("folders", shards), ("shards, local", shards), ("shards, http", url)):
                     form = "folders" if source == "folders" else "shards"
-                    run = compose([*city, f"data.format={form}", f"data.shards={location}",
-                                   f"data.num_workers={workers}"])
+                    run = compose(
+                        [*city, f"data.format={form}", f"data.shards={location}", f"data.num_workers={workers}"]
+                    )
                     seconds, count = epoch_seconds(run, module)
                     rate = count / seconds
                     base = base or rate
-                    rows.append([source, str(workers), f"{count}", f"{seconds:.2f}", f"{rate:.0f}", f"{rate / base:.2f}x"])
+                    rows.append(
+                        [source, str(workers), f"{count}", f"{seconds:.2f}", f"{rate:.0f}", f"{rate / base:.2f}x"]
+                    )
         finally:
             server.shutdown()
-    print_table(f"One training epoch of the loader ({places} places, {args.tile_size} px tiles, tiny backbone at "
-                "64 px, batch 32)",
-                ["source", "workers", "samples", "s", "samples/s", "vs folders"], rows)
-    print_table("Packing", ["samples", "bytes per sample", "shards", "pack s (annotations read, tiles copied, shards written)"],
-                [[f"{samples}", f"{size / samples:,.0f}", f"{sum(len(e['shards']) for e in manifest['splits'].values())}",
-                  f"{pack_seconds:.1f}"]])
+    print_table(
+        f"One training epoch of the loader ({places} places, {args.tile_size} px tiles, tiny backbone at "
+        "64 px, batch 32)",
+        ["source", "workers", "samples", "s", "samples/s", "vs folders"],
+        rows,
+    )
+    print_table(
+        "Packing",
+        ["samples", "bytes per sample", "shards", "pack s (annotations read, tiles copied, shards written)"],
+        [
+            [
+                f"{samples}",
+                f"{size / samples:,.0f}",
+                f"{sum(len(e['shards']) for e in manifest['splits'].values())}",
+                f"{pack_seconds:.1f}",
+            ]
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ def build(data_dir: Path, batch_size: int, seed: int = 0) -> tuple[Any, Any]:
         cfg = compose(
             "train",
             overrides=[
-                f"paths.root_dir={ROOT}", f"paths.output_dir={ROOT}/outputs/bench", f"paths.data_dir={data_dir}",
-                f"data.batch_size={batch_size}", "data.num_workers=0", f"seed={seed}",
+                f"paths.root_dir={ROOT}",
+                f"paths.output_dir={ROOT}/outputs/bench",
+                f"paths.data_dir={data_dir}",
+                f"data.batch_size={batch_size}",
+                "data.num_workers=0",
+                f"seed={seed}",
             ],
         )
     L.seed_everything(seed, verbose=False)
@@ -81,9 +85,16 @@ class StepTimer(L.Callback):
 def lightning_seconds(model: CrossViewRetrieval, batches: DataLoader, warmup: int) -> tuple[float, float]:
     timer = StepTimer(warmup)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[timer],
     )
     trainer.fit(model, train_dataloaders=batches)
     return timer.end[0] - timer.start[0], timer.end[1] - timer.start[1]

@@ -29,21 +29,25 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from bench_throughput import fresh_model, lightning_seconds, plain_seconds
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from tables import print_table
 from torch.utils.data import DataLoader
 
-from bench_throughput import fresh_model, lightning_seconds, plain_seconds
 from cvgtext.data.synthetic.city import ensure_city
-from tables import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def city_overrides(args: argparse.Namespace) -> list[str]:
     return [
-        "city=synthetic", f"city.synthetic.places={args.places}", f"city.synthetic.tile_size={args.tile_size}",
-        f"paths.data_dir={args.data_dir}", f"data.batch_size={args.batch_size}", f"data.num_workers={args.workers}",
+        "city=synthetic",
+        f"city.synthetic.places={args.places}",
+        f"city.synthetic.tile_size={args.tile_size}",
+        f"paths.data_dir={args.data_dir}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
     ]
 
 
@@ -57,9 +61,19 @@ VARIANTS = {  # name -> overrides
 def train_seconds(args: argparse.Namespace, overrides: list[str], folder: Path) -> float:
     """Wall time of one ``train.py`` run (start-up included), with a cache folder of its own."""
     command = [
-        sys.executable, str(ROOT / "train.py"), *city_overrides(args), f"trainer={args.trainer}", "logger=csv",
-        "test=false", f"trainer.max_epochs={args.epochs}", *overrides, f"paths.cache_dir={folder}/cache",
-        f"hydra.run.dir={folder}/run", "~callbacks.rich_progress_bar", "~callbacks.model_summary", *args.override,
+        sys.executable,
+        str(ROOT / "train.py"),
+        *city_overrides(args),
+        f"trainer={args.trainer}",
+        "logger=csv",
+        "test=false",
+        f"trainer.max_epochs={args.epochs}",
+        *overrides,
+        f"paths.cache_dir={folder}/cache",
+        f"hydra.run.dir={folder}/run",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.model_summary",
+        *args.override,
     ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     start = time.perf_counter()
@@ -90,7 +104,7 @@ def main() -> None:
     ensure_city(args.data_dir, name="Synthetic", places=args.places, tile_size=args.tile_size)
 
     with tempfile.TemporaryDirectory() as scratch:
-        names = list(VARIANTS)[:3 if args.device_decode else 2]
+        names = list(VARIANTS)[: 3 if args.device_decode else 2]
         wall = {name: train_seconds(args, VARIANTS[name], Path(scratch) / str(i)) for i, name in enumerate(names)}
         first = wall[names[0]]
         print_table(
@@ -104,9 +118,17 @@ def main() -> None:
             return
 
         with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
-            cfg = compose("train", overrides=[*city_overrides(args), f"paths.root_dir={ROOT}",
-                                              f"paths.output_dir={scratch}/bench", "data.cache=true",
-                                              f"paths.cache_dir={scratch}/1/cache", "seed=0"])
+            cfg = compose(
+                "train",
+                overrides=[
+                    *city_overrides(args),
+                    f"paths.root_dir={ROOT}",
+                    f"paths.output_dir={scratch}/bench",
+                    "data.cache=true",
+                    f"paths.cache_dir={scratch}/1/cache",
+                    "seed=0",
+                ],
+            )
         L.seed_everything(0, verbose=False)
         model = instantiate(cfg.model)
         datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
@@ -131,8 +153,15 @@ def main() -> None:
         f"Training samples/s, {args.steps} timed steps after {args.warmup}, median of {args.rounds} rounds, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         ["loop", "samples/s (median)", "vs plain", "by round"],
-        [[name, f"{statistics.median(values):.1f}", f"{statistics.median(values) / plain:.2f}x",
-          ", ".join(f"{value:.1f}" for value in values)] for name, values in rates.items()],
+        [
+            [
+                name,
+                f"{statistics.median(values):.1f}",
+                f"{statistics.median(values) / plain:.2f}x",
+                ", ".join(f"{value:.1f}" for value in values),
+            ]
+            for name, values in rates.items()
+        ],
     )
 
 

@@ -46,8 +46,9 @@ def read_only_dir(tmp_path: Path):
     folder = tmp_path / "read-only"
     folder.mkdir()
     if os.geteuid() == 0:
-        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
-                               capture_output=True, text=True)
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True
+        )
         if mount.returncode != 0:
             pytest.skip(f"running as root and cannot mount a read-only tmpfs: {mount.stderr.strip()}")
         yield folder
@@ -94,8 +95,11 @@ def small_split(tmp_path):
     pairs = []
     for tile, caption in zip(SMALL_TILES, ("a red roof", "a green lawn", "a blue pool", "red tiles")):
         lat = SMALL_LAT[tile]
-        name = (f"{lat:.8f},{SMALL_LON}_photo{tile}.jpg" if tile == "C"
-                else f"{lat:.8f},{SMALL_LON}_2022-08_pano{tile}_d62_z3.jpg")
+        name = (
+            f"{lat:.8f},{SMALL_LON}_photo{tile}.jpg"
+            if tile == "C"
+            else f"{lat:.8f},{SMALL_LON}_2022-08_pano{tile}_d62_z3.jpg"
+        )
         path = folder / name
         if not path.exists():
             Image.new("RGB", (32, 32), SMALL_COLOURS[tile]).save(path, format="PNG")
@@ -104,11 +108,13 @@ def small_split(tmp_path):
 
     unit = torch.eye(3)  # the tiles A, B, C
     tiles = {"A": unit[0], "B": unit[1], "C": unit[2]}
-    texts = {0: torch.tensor([1.0, 0.3, 0.2]), 1: torch.tensor([0.1, 0.5, 1.0]), 2: torch.tensor([0.1, 0.2, 1.0]),
-             3: torch.tensor([0.2, 1.0, 0.1])}
+    texts = {
+        0: torch.tensor([1.0, 0.3, 0.2]),
+        1: torch.tensor([0.1, 0.5, 1.0]),
+        2: torch.tensor([0.1, 0.2, 1.0]),
+        3: torch.tensor([0.2, 1.0, 0.1]),
+    }
     order = [2, 0, 3, 1]
     image = torch.stack([tiles[SMALL_TILES[i]] for i in order])
     text = torch.nn.functional.normalize(torch.stack([texts[i] for i in order]), dim=1)
     return EmbeddedSplit(image=image, text=text, index=torch.tensor(order)), dataset
-
-

@@ -19,9 +19,9 @@ from __future__ import annotations
 import csv
 import json
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -120,7 +120,7 @@ def break_image(content: Callable[[bytes], bytes]) -> Callable[[Path], list[str]
 def repeat_key(root: Path) -> list[str]:
     path = annotation_path(root)
     text = path.read_text()
-    path.write_text(text[:-1] + f", {json.dumps(panorama_name(1))}: \"The same place again.\"}}")
+    path.write_text(text[:-1] + f', {json.dumps(panorama_name(1))}: "The same place again."}}')
     return [str(path), repr(panorama_name(1)), "twice"]
 
 
@@ -178,7 +178,9 @@ def bad_data_sweep(tmp_path_factory) -> tuple[object, Path, dict[str, list[str]]
     # One batch holds every training pair, so a broken training image is loaded whatever the
     # shuffle; two workers check that their traceback is cut to its message.
     result = run_cli(
-        "train.py", "-m", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
         *tiny_overrides(",".join(folders), root / "run", "data.num_workers=2"),
         f"data.batch_size={training_pairs(root / BAD_DATA[0].id)}",
     )
@@ -210,8 +212,14 @@ def test_an_unknown_bad_image_policy_is_refused(release_dir, tmp_path):
 
 def test_a_synthetic_city_cannot_be_generated_into_a_read_only_folder(read_only_dir, tmp_path):
     result = run_cli(
-        "train.py", "city=synthetic", "city.synthetic.places=20", f"paths.data_dir={read_only_dir}",
-        f"hydra.run.dir={tmp_path}/run", "trainer=cpu", "logger=none", "debug=fast",
+        "train.py",
+        "city=synthetic",
+        "city.synthetic.places=20",
+        f"paths.data_dir={read_only_dir}",
+        f"hydra.run.dir={tmp_path}/run",
+        "trainer=cpu",
+        "logger=none",
+        "debug=fast",
     )
     assert result.returncode == 1
     assert_one_message(result.stderr, f"synthetic city in {read_only_dir}", "paths.data_dir", "CVGTEXT_DATA_DIR")
@@ -233,7 +241,9 @@ def test_a_read_only_working_folder_with_the_default_paths_is_named(read_only_di
     # The default run folder lies under ${hydra:runtime.cwd}, which Hydra resolves only once the job runs.
     result = run_cli("train.py", cwd=read_only_dir)
     assert result.returncode == 1
-    assert_one_message(result.stderr, f"cannot write the run folder {read_only_dir}/outputs/train/runs/", "hydra.run.dir")
+    assert_one_message(
+        result.stderr, f"cannot write the run folder {read_only_dir}/outputs/train/runs/", "hydra.run.dir"
+    )
 
 
 def limit_file_size(size: int) -> Callable[[], None]:
@@ -254,8 +264,9 @@ def test_a_full_disk_leaves_the_previous_report_whole(release_dir, tmp_path):
     # so that the first file past 1 KiB is metrics.json (about 1.7 KiB).
     result = run_cli(
         "eval.py",
-        *eval_overrides(release_dir, run_dir, "hydra.output_subdir=null",
-                        "hydra.job_logging.handlers.file.filename=/dev/null"),
+        *eval_overrides(
+            release_dir, run_dir, "hydra.output_subdir=null", "hydra.job_logging.handlers.file.filename=/dev/null"
+        ),
         preexec_fn=limit_file_size(1024),
     )
     assert result.returncode == 1
@@ -273,8 +284,14 @@ def test_a_full_disk_while_a_checkpoint_is_written_stops_training_and_keeps_the_
     # A checkpoint of the tiny model is about 90 MB: a 10 MB limit stops its write half-way.
     result = run_cli(
         "train.py",
-        *tiny_overrides(release_dir, run_dir, "ckpt_path=last", "trainer.max_epochs=2", "optim.scheduler.T_max=2",
-                        "hydra.job_logging.handlers.file.filename=/dev/null"),
+        *tiny_overrides(
+            release_dir,
+            run_dir,
+            "ckpt_path=last",
+            "trainer.max_epochs=2",
+            "optim.scheduler.T_max=2",
+            "hydra.job_logging.handlers.file.filename=/dev/null",
+        ),
         preexec_fn=limit_file_size(10 * 2**20),
     )
     assert result.returncode == 1
@@ -307,8 +324,13 @@ def test_skipped_training_images_are_warned_once_and_counted(release_dir, tmp_pa
     # Two epochs of one batch holding every training pair: each bad image is met twice.
     result = run_cli(
         "train.py",
-        *tiny_overrides(release_dir, run_dir, "data.on_bad_image=skip", "trainer.max_epochs=2",
-                        f"data.batch_size={training_pairs(release_dir)}"),
+        *tiny_overrides(
+            release_dir,
+            run_dir,
+            "data.on_bad_image=skip",
+            "trainer.max_epochs=2",
+            f"data.batch_size={training_pairs(release_dir)}",
+        ),
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (run_dir / "train.log").read_text()
@@ -329,8 +351,13 @@ def test_under_ddp_the_skipped_images_of_both_ranks_are_counted(release_dir, tmp
     result = run_cli("train.py", *ddp_overrides(release_dir, log_dir, "data.on_bad_image=skip", "trainer.max_epochs=2"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = (log_dir / "train" / "runs").iterdir()
-    warned = {line.split(" - ", 1)[1] for line in (run_dir / "train.log").read_text().splitlines()
-              if "its pair is left out of training" in line}
+    warned = {
+        line.split(" - ", 1)[1]
+        for line in (run_dir / "train.log").read_text().splitlines()
+        if "its pair is left out of training" in line
+    }
     with open(next(run_dir.glob("csv/*/metrics.csv"))) as handle:
-        counts = [float(row["train/skipped_images"]) for row in csv.DictReader(handle) if row.get("train/skipped_images")]
+        counts = [
+            float(row["train/skipped_images"]) for row in csv.DictReader(handle) if row.get("train/skipped_images")
+        ]
     assert warned and counts[-1] == len(warned)

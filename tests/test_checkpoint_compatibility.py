@@ -24,10 +24,24 @@ from helpers.runs import compose_config
 FIXTURE = Path(__file__).parent / "fixtures" / "old_checkpoint"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 METRIC_GROUPS = ("all", "panorama", "single", "protocol", "full_city")
-COMMON = ["city.synthetic.places=120", "city.synthetic.tile_size=64", "backbone.model_name=cvg-fixture",
-          "data.num_workers=0", "data.batch_size=16", "data.eval_batch_size=32", "trainer=cpu", "run_id=fixed"]
-TRAIN = ["model.lock_text=true", "logger=csv", "trainer.max_epochs=2", "+trainer.limit_train_batches=4",
-         "~callbacks.rich_progress_bar", "~callbacks.model_summary"]
+COMMON = [
+    "city.synthetic.places=120",
+    "city.synthetic.tile_size=64",
+    "backbone.model_name=cvg-fixture",
+    "data.num_workers=0",
+    "data.batch_size=16",
+    "data.eval_batch_size=32",
+    "trainer=cpu",
+    "run_id=fixed",
+]
+TRAIN = [
+    "model.lock_text=true",
+    "logger=csv",
+    "trainer.max_epochs=2",
+    "+trainer.limit_train_batches=4",
+    "~callbacks.rich_progress_bar",
+    "~callbacks.model_summary",
+]
 
 
 @pytest.fixture
@@ -54,8 +68,10 @@ def test_an_old_checkpoint_evaluates_to_the_same_metrics_and_predictions(tmp_pat
     cfg = compose_config("eval", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}"], tmp_path)
     evaluate(cfg)
     assert metric_groups(tmp_path / "run" / "metrics.json") == EXPECTED["eval"]
-    with open(FIXTURE / "eval_predictions.csv", newline="") as before, \
-            open(tmp_path / "run" / "predictions.csv", newline="") as after:
+    with (
+        open(FIXTURE / "eval_predictions.csv", newline="") as before,
+        open(tmp_path / "run" / "predictions.csv", newline="") as after,
+    ):
         old, new = list(csv.DictReader(before)), list(csv.DictReader(after))
     assert len(new) == len(old)
     for was, now in zip(old, new):
@@ -79,8 +95,9 @@ def test_an_old_checkpoint_answers_the_page_with_the_same_tiles(tmp_path, city):
     from cvgtext.commands.app import answer
     from cvgtext.commands.locator import Locator
 
-    cfg = compose_config("app", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}", "explain.overlays=false"],
-                         tmp_path)
+    cfg = compose_config(
+        "app", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}", "explain.overlays=false"], tmp_path
+    )
     result = answer(Locator(cfg), EXPECTED["page"]["query"])
     found = [(c.file, c.score) for c in result.location.candidates]
     assert [file for file, _ in found] == [file for file, _ in EXPECTED["page"]["candidates"]]

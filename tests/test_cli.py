@@ -31,9 +31,7 @@ def test_train_cli_fits_validates_tests_and_checkpoints(release_dir, tmp_path):
 
     # The same checkpoint through eval.py gives the numbers logged at the end of training.
     eval_dir = tmp_path / "eval"
-    result = run_cli(
-        "eval.py", *eval_overrides(release_dir, eval_dir, f"ckpt_path={run_dir}/checkpoints/best.ckpt")
-    )
+    result = run_cli("eval.py", *eval_overrides(release_dir, eval_dir, f"ckpt_path={run_dir}/checkpoints/best.ckpt"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
     for group in ("all", "panorama", "single"):
@@ -64,8 +62,11 @@ def test_eval_zero_shot_on_the_whole_gallery(release_dir, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "write, problem",
-    [(None, "does not exist"), (b"not a checkpoint", "is not a PyTorch checkpoint"),
-     (b"\xff\xd8\xff\xe0 a JPEG", "is not a PyTorch checkpoint")],
+    [
+        (None, "does not exist"),
+        (b"not a checkpoint", "is not a PyTorch checkpoint"),
+        (b"\xff\xd8\xff\xe0 a JPEG", "is not a PyTorch checkpoint"),
+    ],
 )
 def test_eval_refuses_bad_checkpoints_with_one_message(release_dir, tmp_path, write, problem):
     path = tmp_path / "model.ckpt"
@@ -80,7 +81,9 @@ def test_eval_refuses_bad_checkpoints_with_one_message(release_dir, tmp_path, wr
 @pytest.mark.slow
 def test_eval_refuses_a_checkpoint_of_another_backbone(release_dir, tmp_path):
     path = tmp_path / "vit.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {"backbone": {"name": "vit_b16", "model_name": "ViT-B-16"}}}, path)
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {"backbone": {"name": "vit_b16", "model_name": "ViT-B-16"}}}, path
+    )
     result = run_cli("eval.py", *eval_overrides(release_dir, tmp_path / "eval", f"ckpt_path={path}"))
     assert result.returncode == 1
     assert "backbone.model_name=ViT-B-16" in result.stderr and "add backbone=vit_b16" in result.stderr
@@ -98,9 +101,7 @@ def test_bad_data_stops_with_one_message_and_no_traceback(release_dir, tmp_path)
 @pytest.mark.slow
 def test_the_paper_recipe_runs_end_to_end_with_the_tiny_backbone(release_dir, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(
-        "train.py", *tiny_overrides(release_dir, run_dir, "experiment=crosstext2loc", "backbone=tiny")
-    )
+    result = run_cli("train.py", *tiny_overrides(release_dir, run_dir, "experiment=crosstext2loc", "backbone=tiny"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     config = (run_dir / "config.yaml").read_text()
     for setting in ("context_length: 300", "negatives: local", "precision: 16-mixed", "_target_: torch.optim.Adam"):

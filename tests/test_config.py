@@ -62,8 +62,9 @@ DELIBERATELY_THE_SAME = {"callbacks": [("none", "skipped_images")]}
 @pytest.mark.slow  # about 40 compositions
 @pytest.mark.parametrize("group", groups_of("train"))
 def test_every_option_of_a_group_changes_the_config(tmp_path, group):
-    composed = {option: OmegaConf.to_yaml(compose_config("train", [f"{group}={option}"], tmp_path))
-                for option in options(group)}
+    composed = {
+        option: OmegaConf.to_yaml(compose_config("train", [f"{group}={option}"], tmp_path)) for option in options(group)
+    }
     # An option that changes nothing is an empty file, or one whose package puts its keys elsewhere
     # (hparams_search changes only Hydra's own settings, which compose leaves out).
     same = [(a, b) for a in composed for b in composed if a < b and composed[a] == composed[b]]
@@ -74,8 +75,15 @@ def test_every_option_of_a_group_changes_the_config(tmp_path, group):
 
 @pytest.mark.parametrize(
     "config, overrides, nearest",
-    [("train", [], 100), ("train", ["protocol=full"], None), ("eval", [], 100), ("eval", ["protocol=full"], None),
-     ("eval", ["protocol=nearest100"], 100), ("locate", [], None), ("locate", ["protocol=nearest100"], 100)],
+    [
+        ("train", [], 100),
+        ("train", ["protocol=full"], None),
+        ("eval", [], 100),
+        ("eval", ["protocol=full"], None),
+        ("eval", ["protocol=nearest100"], 100),
+        ("locate", [], None),
+        ("locate", ["protocol=nearest100"], 100),
+    ],
 )
 def test_the_protocol_sets_the_candidates_each_query_ranks(tmp_path, config, overrides, nearest):
     cfg = compose_config(config, overrides, tmp_path)
@@ -104,8 +112,9 @@ def test_the_optuna_search_names_keys_the_config_has(tmp_path):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=["hparams_search=optuna", f"paths.root_dir={tmp_path}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=["hparams_search=optuna", f"paths.root_dir={tmp_path}"], return_hydra_config=True
+        )
     assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.mode.name == "MULTIRUN"
     params = cfg.hydra.sweeper.params
     assert set(params) == {"optim.optimizer.lr", "optim.optimizer.weight_decay", "model.loss.label_smoothing"}
@@ -114,7 +123,9 @@ def test_the_optuna_search_names_keys_the_config_has(tmp_path):
 
 
 def test_real_city_names_and_a_custom_city_name(tmp_path):
-    cfg = compose_config("train", ["city=Brisbane", "city.name=SomeTown", "paths.data_dir=/data/st", "img=osm"], tmp_path)
+    cfg = compose_config(
+        "train", ["city=Brisbane", "city.name=SomeTown", "paths.data_dir=/data/st", "img=osm"], tmp_path
+    )
     assert cfg.data.city == "SomeTown" and cfg.data.data_dir == "/data/st"
     assert cfg.data.image_folder == "reference/{version}-OSM" and cfg.data.synthetic is None
 

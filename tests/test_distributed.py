@@ -51,7 +51,9 @@ def test_a_global_batch_that_does_not_divide_by_the_devices_stops_with_one_messa
 @pytest.mark.slow
 def test_ddp_processes_cannot_be_started_inside_a_sweep(release_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_cli("train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *ddp_overrides(release_dir, tmp_path / "outputs"))
+    result = run_cli(
+        "train.py", "-m", f"hydra.sweep.dir={sweep_dir}", *ddp_overrides(release_dir, tmp_path / "outputs")
+    )
     assert result.returncode == 1
     assert "strategy=ddp cannot start its processes inside a sweep" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

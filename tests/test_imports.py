@@ -65,7 +65,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         on_path.add(module)
         for imported in sorted(graph[module]):
             if imported in on_path:
-                return path[path.index(imported):] + [imported]
+                return path[path.index(imported) :] + [imported]
             if imported not in done:
                 cycle = visit(imported)
                 if cycle:
@@ -103,18 +103,31 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
     "files, expected",
     [
         # hidden in a function, and closed by a relative import of the package's module
-        ({"a.py": "import pkg.b\n", "b.py": "def f():\n    from pkg.c import thing\n",
-          "c.py": "from . import a\nthing = 1\n"},
-         ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]),
+        (
+            {
+                "a.py": "import pkg.b\n",
+                "b.py": "def f():\n    from pkg.c import thing\n",
+                "c.py": "from . import a\nthing = 1\n",
+            },
+            ["pkg.a", "pkg.b", "pkg.c", "pkg.a"],
+        ),
         # ``from pkg import module`` and an import inside a method of a class
-        ({"a.py": "from pkg import b\n", "b.py": "class B:\n    def f(self):\n        import pkg.a as alias\n"},
-         ["pkg.a", "pkg.b", "pkg.a"]),
+        (
+            {"a.py": "from pkg import b\n", "b.py": "class B:\n    def f(self):\n        import pkg.a as alias\n"},
+            ["pkg.a", "pkg.b", "pkg.a"],
+        ),
         # through a subpackage, with ``from ..a import name``
-        ({"a.py": "from pkg.sub.c import x\n", "sub/__init__.py": "", "sub/c.py": "from ..a import y\nx = 1\n"},
-         ["pkg.a", "pkg.sub.c", "pkg.a"]),
-        ({"a.py": "if True:\n    try:\n        from pkg.b import *\n    except ImportError:\n        pass\n",
-          "b.py": "from .a import z\n"},
-         ["pkg.a", "pkg.b", "pkg.a"]),
+        (
+            {"a.py": "from pkg.sub.c import x\n", "sub/__init__.py": "", "sub/c.py": "from ..a import y\nx = 1\n"},
+            ["pkg.a", "pkg.sub.c", "pkg.a"],
+        ),
+        (
+            {
+                "a.py": "if True:\n    try:\n        from pkg.b import *\n    except ImportError:\n        pass\n",
+                "b.py": "from .a import z\n",
+            },
+            ["pkg.a", "pkg.b", "pkg.a"],
+        ),
     ],
 )
 def test_a_cycle_is_found_and_named(tmp_path, files, expected):
@@ -122,11 +135,14 @@ def test_a_cycle_is_found_and_named(tmp_path, files, expected):
 
 
 def test_imports_that_run_one_way_are_no_cycle(tmp_path):
-    package = write_package(tmp_path, {
-        "a.py": "import pkg.b\nfrom pkg import c\nimport os\nfrom collections import OrderedDict\n",
-        "b.py": "def f():\n    from pkg.c import thing\n    from . import c\n",
-        "c.py": "import pkg\nthing = 1\n",  # the package itself (empty __init__): no edge back
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "a.py": "import pkg.b\nfrom pkg import c\nimport os\nfrom collections import OrderedDict\n",
+            "b.py": "def f():\n    from pkg.c import thing\n    from . import c\n",
+            "c.py": "import pkg\nthing = 1\n",  # the package itself (empty __init__): no edge back
+        },
+    )
     graph = import_graph(package)
     assert graph == {"pkg": set(), "pkg.a": {"pkg.b", "pkg.c"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg"}}
     assert find_cycle(graph) is None

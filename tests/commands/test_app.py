@@ -11,13 +11,13 @@ import urllib.request
 
 import pytest
 
+from cvgtext.commands.app import Page, answer, check_page_options, read_description, results_html, words_html
+from cvgtext.utils.errors import ConfigError
 from helpers.city import CITY, repaint_tiles
 from helpers.models import tiny_checkpoint
 from helpers.runs import compose_config, locate_overrides, run_cli
 from helpers.web import HTML_TEXT, free_port
 
-from cvgtext.commands.app import Page, answer, check_page_options, read_description, results_html, words_html
-from cvgtext.utils.errors import ConfigError
 
 @pytest.fixture
 def locator(release_dir, tmp_path):
@@ -25,8 +25,11 @@ def locator(release_dir, tmp_path):
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=3)
-    cfg = compose_config("app", [f"paths.cache_dir={tmp_path}/cache", f"ckpt_path={checkpoint}", "top_k=4",
-                                 *locate_overrides(release_dir)], tmp_path)
+    cfg = compose_config(
+        "app",
+        [f"paths.cache_dir={tmp_path}/cache", f"ckpt_path={checkpoint}", "top_k=4", *locate_overrides(release_dir)],
+        tmp_path,
+    )
     return Locator(cfg)
 
 
@@ -67,9 +70,13 @@ def test_large_tiles_are_shown_at_most_320_pixels_a_side(tmp_path):
 
 def test_bad_page_options_are_named():
     check_page_options("127.0.0.1", 7860, 2000)
-    for options, key in ((("", 7860, 2000), "server_name="), (("127.0.0.1", 0, 2000), "port=0"),
-                         (("127.0.0.1", "80", 2000), "port='80'"), (("127.0.0.1", 7860, 0), "max_chars=0"),
-                         (("127.0.0.1", 7860, True), "max_chars=True")):
+    for options, key in (
+        (("", 7860, 2000), "server_name="),
+        (("127.0.0.1", 0, 2000), "port=0"),
+        (("127.0.0.1", "80", 2000), "port='80'"),
+        (("127.0.0.1", 7860, 0), "max_chars=0"),
+        (("127.0.0.1", 7860, True), "max_chars=True"),
+    ):
         with pytest.raises(ConfigError, match=key):
             check_page_options(*options)
 
@@ -100,7 +107,7 @@ def test_each_kind_of_text_gets_an_answer_or_a_message(locator):
         assert found.location is not None and len(found.location.candidates) == 4
         assert any("English" in note for note in found.notes)
 
-    status, table, *_ , location = page.ask(HTML_TEXT)
+    status, table, *_, location = page.ask(HTML_TEXT)
     assert location.query == " ".join(HTML_TEXT.split()) and "<script>" not in table + status
 
 
@@ -145,8 +152,16 @@ def test_the_page_is_served_on_127_0_0_1(locator, release_dir, tmp_path):
 
     port = free_port()
     checkpoint = tiny_checkpoint(tmp_path / "served.ckpt", seed=4)
-    cfg = compose_config("app", [f"paths.cache_dir={tmp_path}/cache", f"ckpt_path={checkpoint}", f"port={port}",
-                                 *locate_overrides(release_dir)], tmp_path)
+    cfg = compose_config(
+        "app",
+        [
+            f"paths.cache_dir={tmp_path}/cache",
+            f"ckpt_path={checkpoint}",
+            f"port={port}",
+            *locate_overrides(release_dir),
+        ],
+        tmp_path,
+    )
     blocks = serve(cfg, block=False)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as response:

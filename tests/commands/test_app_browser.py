@@ -60,11 +60,23 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
     root = tmp_path_factory.mktemp("app-city")
     data_dir, run_dir = root / "data", root / "logs" / "train" / "runs" / "r"
-    cfg = compose_config("train", [
-        f"paths.data_dir={data_dir}", f"paths.log_dir={root / 'logs'}", f"paths.output_dir={run_dir}",
-        f"paths.cache_dir={root / 'cache'}", "trainer=cpu", "trainer.max_epochs=30", "test=false", "logger=csv",
-        "data.num_workers=0", "run_id=r", *CITY_SETTINGS,
-    ], root)
+    cfg = compose_config(
+        "train",
+        [
+            f"paths.data_dir={data_dir}",
+            f"paths.log_dir={root / 'logs'}",
+            f"paths.output_dir={run_dir}",
+            f"paths.cache_dir={root / 'cache'}",
+            "trainer=cpu",
+            "trainer.max_epochs=30",
+            "test=false",
+            "logger=csv",
+            "data.num_workers=0",
+            "run_id=r",
+            *CITY_SETTINGS,
+        ],
+        root,
+    )
     train(cfg)
     return data_dir, run_dir / "checkpoints" / "last.ckpt"
 
@@ -81,10 +93,21 @@ def test_a_description_typed_in_the_browser_finds_its_tile(trained, tmp_path):
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w") as output:
         server = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), f"ckpt_path={checkpoint}", f"paths.data_dir={data_dir}",
-             f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}", f"port={port}",
-             "top_k=5", *CITY_SETTINGS],
-            cwd=tmp_path, env=environment, stdout=output, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                str(ROOT / "app.py"),
+                f"ckpt_path={checkpoint}",
+                f"paths.data_dir={data_dir}",
+                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"paths.log_dir={tmp_path / 'logs'}",
+                f"port={port}",
+                "top_k=5",
+                *CITY_SETTINGS,
+            ],
+            cwd=tmp_path,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_until_served(server, url, log)
@@ -92,8 +115,12 @@ def test_a_description_typed_in_the_browser_finds_its_tile(trained, tmp_path):
             browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             outside, dialogs = [], []
-            page.on("request", lambda request: outside.append(request.url)
-                    if not request.url.startswith((url, "data:", "blob:")) else None)
+            page.on(
+                "request",
+                lambda request: (
+                    outside.append(request.url) if not request.url.startswith((url, "data:", "blob:")) else None
+                ),
+            )
             page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
             page.goto(url)
 

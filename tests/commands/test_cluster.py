@@ -11,17 +11,25 @@ from pathlib import Path
 import pytest
 import torch
 
+from cvgtext.commands.cli import launcher_problem
 from helpers.city import CITY, repaint_tiles
 from helpers.runs import ROOT, run_cli
 from helpers.web import free_port
-from cvgtext.commands.cli import launcher_problem
 
 
 def sweep_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
     return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}",
-        "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3", "data.batch_size=8",
-        "data.num_workers=0", *extra,
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={log_dir}",
+        "trainer=cpu",
+        "debug=fast",
+        "logger=csv",
+        "data.val_fraction=0.3",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        *extra,
     ]
 
 
@@ -38,7 +46,12 @@ def test_launcher_tasks_must_match_the_devices():
 def test_a_mismatched_submitit_sweep_stops_before_submitting(release_dir, tmp_path):
     log_dir = tmp_path / "outputs"
     result = run_cli(
-        "train.py", "-m", "cluster=slurm", "sweep_id=mismatch", "hydra.launcher.tasks_per_node=2", "seed=1,2",
+        "train.py",
+        "-m",
+        "cluster=slurm",
+        "sweep_id=mismatch",
+        "hydra.launcher.tasks_per_node=2",
+        "seed=1,2",
         *sweep_overrides(release_dir, log_dir),
     )
     assert result.returncode == 1
@@ -50,8 +63,9 @@ def test_a_mismatched_submitit_sweep_stops_before_submitting(release_dir, tmp_pa
 @pytest.mark.heavy
 def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_folder(release_dir, tmp_path):
     log_dir = tmp_path / "outputs"
-    result = run_cli("train.py", "-m", "cluster=local", "sweep_id=two", "seed=1,2",
-                     *sweep_overrides(release_dir, log_dir))
+    result = run_cli(
+        "train.py", "-m", "cluster=local", "sweep_id=two", "seed=1,2", *sweep_overrides(release_dir, log_dir)
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep = log_dir / "train" / "multiruns" / "two"
     for job, seed in (("0", 1), ("1", 2)):
@@ -65,7 +79,9 @@ def test_a_sweep_through_submitit_local_runs_each_job_in_its_own_folder(release_
 def run_ranks(commands: list[list[str]], environments: list[dict]) -> list[str]:
     """Start the processes of several "nodes" at once; wait for all; their outputs."""
     processes = [
-        subprocess.Popen(command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for command, environment in zip(commands, environments)
     ]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
@@ -81,8 +97,10 @@ def assert_same_run(run_dir: Path, reference_dir: Path) -> None:
     got = json.loads((run_dir / "metrics.json").read_text())
     for group in ("all", "panorama", "single"):
         assert got[group] == pytest.approx(expected[group], abs=1e-9), group
-    weights, reference = (torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-                          ["state_dict"] for folder in (run_dir, reference_dir))
+    weights, reference = (
+        torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for folder in (run_dir, reference_dir)
+    )
     assert weights.keys() == reference.keys()
     for key in weights:
         difference = (weights[key].float() - reference[key].float()).abs().max().item()
@@ -96,11 +114,15 @@ def test_two_nodes_through_torchrun_or_slurm_match_two_processes_on_one_node(rel
     # so no two tiles may tie (the fixture's panorama and photo tiles are identical).
     repaint_tiles(release_dir)
     # One pair per evaluation batch: embeddings of other batch sizes may differ in the last bit.
-    common = ("strategy=ddp", "trainer.accelerator=cpu", "data.eval_batch_size=2",
-              "trainer.limit_val_batches=1.0", "trainer.limit_test_batches=1.0")
+    common = (
+        "strategy=ddp",
+        "trainer.accelerator=cpu",
+        "data.eval_batch_size=2",
+        "trainer.limit_val_batches=1.0",
+        "trainer.limit_test_batches=1.0",
+    )
     one_node = tmp_path / "one_node"
-    result = run_cli("train.py", *sweep_overrides(release_dir, one_node, *common, "trainer.devices=2",
-                                                  "run_id=ddp"))
+    result = run_cli("train.py", *sweep_overrides(release_dir, one_node, *common, "trainer.devices=2", "run_id=ddp"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
@@ -109,23 +131,55 @@ def test_two_nodes_through_torchrun_or_slurm_match_two_processes_on_one_node(rel
     # torchrun's rendezvous on 127.0.0.1, one process per "node"
     torchrun, port = tmp_path / "torchrun", free_port()
     run_ranks(
-        [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
-          "--master_addr=127.0.0.1", f"--master_port={port}", str(ROOT / "train.py"),
-          *sweep_overrides(release_dir, torchrun, *common, *two_nodes)] for rank in (0, 1)],
+        [
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={rank}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+                str(ROOT / "train.py"),
+                *sweep_overrides(release_dir, torchrun, *common, *two_nodes),
+            ]
+            for rank in (0, 1)
+        ],
         [environment, environment],
     )
     assert_same_run(torchrun / "train" / "runs" / "ddp", one_node / "train" / "runs" / "ddp")
 
     # what srun sets for 2 nodes x 1 task, read by cluster=slurm's environment (no requeue by Lightning)
     slurm, port = tmp_path / "slurm", free_port()
-    slurm_plugin = ("+plugins.slurm_environment._target_=lightning.pytorch.plugins.environments.SLURMEnvironment",
-                    "+plugins.slurm_environment.auto_requeue=false")
+    slurm_plugin = (
+        "+plugins.slurm_environment._target_=lightning.pytorch.plugins.environments.SLURMEnvironment",
+        "+plugins.slurm_environment.auto_requeue=false",
+    )
     run_ranks(
-        [[sys.executable, str(ROOT / "train.py"), *sweep_overrides(release_dir, slurm, *common, *two_nodes,
-                                                                  *slurm_plugin)]] * 2,
-        [{**environment, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2",
-          "SLURM_PROCID": str(rank), "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank),
-          "SLURM_NODELIST": "127.0.0.1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train",
-          "MASTER_PORT": str(port)} for rank in (0, 1)],
+        [
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *sweep_overrides(release_dir, slurm, *common, *two_nodes, *slurm_plugin),
+            ]
+        ]
+        * 2,
+        [
+            {
+                **environment,
+                "SLURM_NTASKS": "2",
+                "SLURM_NTASKS_PER_NODE": "1",
+                "SLURM_NNODES": "2",
+                "SLURM_PROCID": str(rank),
+                "SLURM_LOCALID": "0",
+                "SLURM_NODEID": str(rank),
+                "SLURM_NODELIST": "127.0.0.1",
+                "SLURM_JOB_ID": "4242",
+                "SLURM_JOB_NAME": "train",
+                "MASTER_PORT": str(port),
+            }
+            for rank in (0, 1)
+        ],
     )
     assert_same_run(slurm / "train" / "runs" / "ddp", one_node / "train" / "runs" / "ddp")

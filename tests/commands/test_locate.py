@@ -8,18 +8,23 @@ import json
 
 import pytest
 
+from cvgtext.utils.errors import ConfigError, DataError
 from helpers.city import CITY, repaint_tiles
 from helpers.models import tiny_checkpoint
 from helpers.runs import compose_config, locate_overrides, run_cli, run_locate
-
-from cvgtext.utils.errors import ConfigError, DataError
 
 
 @pytest.mark.slow
 def test_locate_writes_the_table_and_three_files(release_dir, tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
-    locations = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "top_k=3", "queries=-",
-                           stdin="a red roof and two trees\n\n  a blue roof  \n")
+    locations = run_locate(
+        tmp_path,
+        release_dir,
+        f"ckpt_path={checkpoint}",
+        "top_k=3",
+        "queries=-",
+        stdin="a red roof and two trees\n\n  a blue roof  \n",
+    )
     assert [location.query for location in locations] == ["a red roof and two trees", "a blue roof"]
     printed = capsys.readouterr().out
     assert "query 1: a red roof and two trees" in printed and "distance_m" in printed
@@ -78,8 +83,9 @@ def test_the_test_split_ranks_as_eval_on_the_whole_gallery(release_dir, tmp_path
     captions = tmp_path / "captions.txt"
     captions.write_text("".join(row["caption"] + "\n" for row in rows))
     # A separate cache: the gallery is embedded again, not taken from eval's.
-    locations = run_locate(tmp_path / "locate", release_dir, f"ckpt_path={checkpoint}", "split=test",
-                           f"queries={captions}", "draw=false")
+    locations = run_locate(
+        tmp_path / "locate", release_dir, f"ckpt_path={checkpoint}", "split=test", f"queries={captions}", "draw=false"
+    )
     assert len(locations) == len(rows) == 9
     for row, location in zip(rows, locations):
         assert [c.file for c in location.candidates] == [row[f"top{rank}"] for rank in range(1, 6)]
@@ -143,7 +149,7 @@ def test_the_cli_reports_a_missing_query_in_one_line(release_dir, tmp_path):
     result = run_cli("locate.py", *locate_overrides(release_dir), f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: nothing to locate: give query=\"a description\", queries=FILE (one description a line) "
+        'error: nothing to locate: give query="a description", queries=FILE (one description a line) '
         "or queries=- (read from stdin)"
     ]
 
@@ -174,8 +180,10 @@ def test_the_map_of_a_city_across_the_antimeridian_shows_it_whole():
 
     # Three tiles a few hundred metres apart, on both sides of longitude 180.
     places = [(-16.5, 179.999), (-16.501, -179.998), (-16.499, 179.996)]
-    location = Location("a pier", [Candidate(rank, f"{rank}.jpg", lat, lon, 1.0 / rank, 0.0)
-                                   for rank, (lat, lon) in enumerate(places, 1)])
+    location = Location(
+        "a pier",
+        [Candidate(rank, f"{rank}.jpg", lat, lon, 1.0 / rank, 0.0) for rank, (lat, lon) in enumerate(places, 1)],
+    )
     figure, axes = plt.subplots()
     draw_map(axes, location, city=([lat for lat, _ in places], [lon for _, lon in places]))
     left, right = axes.get_xlim()

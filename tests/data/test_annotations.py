@@ -15,8 +15,11 @@ def test_coordinates_come_from_the_file_name():
 
 @pytest.mark.parametrize(
     "name, problem",
-    [("no_coordinates.jpg", "does not start with 'lat,lon'"), ("91.0,10.0_a.jpg", "out of range"),
-     ("10.0,-181.0_a.jpg", "out of range")],
+    [
+        ("no_coordinates.jpg", "does not start with 'lat,lon'"),
+        ("91.0,10.0_a.jpg", "out of range"),
+        ("10.0,-181.0_a.jpg", "out of range"),
+    ],
 )
 def test_names_without_valid_coordinates_are_refused(name, problem):
     with pytest.raises(DataError, match=problem):
@@ -36,9 +39,12 @@ def test_names_leaving_the_image_folder_are_refused(name):
 
 @pytest.mark.parametrize(
     "content, problem",
-    [("{not json", "not valid JSON"), ("[1, 2]", "holds a JSON list"),
-     ('{"1.0,2.0_a.jpg": ""}', "expected a non-empty string"),
-     ('{"1.0,2.0_a.jpg": 3}', "expected a non-empty string")],
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "holds a JSON list"),
+        ('{"1.0,2.0_a.jpg": ""}', "expected a non-empty string"),
+        ('{"1.0,2.0_a.jpg": 3}', "expected a non-empty string"),
+    ],
 )
 def test_malformed_annotation_files_are_named(tmp_path, content, problem):
     path = tmp_path / "train.json"
@@ -77,8 +83,13 @@ def _annotation(tmp_path, content: dict):
 
 @pytest.mark.parametrize(
     "key, problem",
-    [("../1.0,2.0_a.jpg", "not a plain file name"), ("/etc/passwd", "not a plain file name"),
-     ("sub/1.0,2.0_a.jpg", "not a plain file name"), ("nowhere.jpg", "lat,lon"), ("95.0,2.0_a.jpg", "out of range")],
+    [
+        ("../1.0,2.0_a.jpg", "not a plain file name"),
+        ("/etc/passwd", "not a plain file name"),
+        ("sub/1.0,2.0_a.jpg", "not a plain file name"),
+        ("nowhere.jpg", "lat,lon"),
+        ("95.0,2.0_a.jpg", "out of range"),
+    ],
 )
 def test_bad_keys_are_refused_with_the_annotation_file(tmp_path, key, problem):
     path = _annotation(tmp_path, {key: "a caption"})

@@ -62,9 +62,12 @@ def test_an_empty_split_is_refused(release_dir):
 
 
 def test_an_empty_validation_split_says_how_it_is_carved(release_dir):
-    with pytest.raises(DataError, match=r"the val split of .* is empty: validation is carved out of train by a hash "
-                                        r"of each file name \(data.val_fraction=0.001 of \d+ training pairs took "
-                                        r"none\); raise data.val_fraction$"):
+    with pytest.raises(
+        DataError,
+        match=r"the val split of .* is empty: validation is carved out of train by a hash "
+        r"of each file name \(data.val_fraction=0.001 of \d+ training pairs took "
+        r"none\); raise data.val_fraction$",
+    ):
         tiny_datamodule(release_dir, val_fraction=0.001).setup()
 
 
@@ -122,8 +125,10 @@ def test_skip_leaves_out_a_missing_training_image_but_not_a_missing_test_image(r
 
     complete = training_pairs(tiny_datamodule(release_dir))
     folder = release_dir / "reference" / f"{CITY}-satellite"
-    names = {split: json.loads((release_dir / "annotation" / CITY / f"{split}.json").read_text())
-             for split in ("train", "test")}
+    names = {
+        split: json.loads((release_dir / "annotation" / CITY / f"{split}.json").read_text())
+        for split in ("train", "test")
+    }
     (folder / next(iter(names["train"]))).unlink()
     assert training_pairs(tiny_datamodule(release_dir, on_bad_image="skip")) == complete - 1
     with pytest.raises(DataError, match="data.on_bad_image=skip"):

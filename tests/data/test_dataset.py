@@ -21,8 +21,12 @@ def jpeg_bytes() -> bytes:
 
 @pytest.mark.parametrize(
     "content, found",
-    [(jpeg_bytes()[:-2], "truncated"), (jpeg_bytes()[:300], "Truncated"), (b"", "an empty file"),
-     (b"this is text, not a JPEG\n", "no image format PIL reads")],
+    [
+        (jpeg_bytes()[:-2], "truncated"),
+        (jpeg_bytes()[:300], "Truncated"),
+        (b"", "an empty file"),
+        (b"this is text, not a JPEG\n", "no image format PIL reads"),
+    ],
     ids=["end-missing", "half-missing", "zero-bytes", "text"],
 )
 def test_an_image_that_cannot_be_fully_decoded_is_named(tmp_path, content, found):

@@ -9,13 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers.city import image_path, training_names
-from helpers.runs import compose_config, tiny_overrides
 from PIL import Image
 
 from cvgtext.data.dataset import decode_image
 from cvgtext.data.device_decode import DevicePreprocess, decode_on_device
 from cvgtext.utils.errors import ConfigError, DataError
+from helpers.city import image_path, training_names
+from helpers.runs import compose_config, tiny_overrides
 
 
 def encoded(height: int, width: int, mode: str = "RGB", kind: str = "JPEG", seed: int = 0) -> bytes:
@@ -29,8 +29,11 @@ def encoded(height: int, width: int, mode: str = "RGB", kind: str = "JPEG", seed
 
 # A release's 512 px tiles, odd shapes, grey and CMYK JPEGs, and a PNG that a .jpg name hides.
 FILES = {
-    "512 px JPEG": encoded(512, 512), "500x333 JPEG": encoded(333, 500, seed=1), "grey JPEG": encoded(512, 512, "L"),
-    "CMYK JPEG": encoded(256, 256, "CMYK"), "RGBA PNG": encoded(300, 300, "RGBA", "PNG"),
+    "512 px JPEG": encoded(512, 512),
+    "500x333 JPEG": encoded(333, 500, seed=1),
+    "grey JPEG": encoded(512, 512, "L"),
+    "CMYK JPEG": encoded(256, 256, "CMYK"),
+    "RGBA PNG": encoded(300, 300, "RGBA", "PNG"),
 }
 
 
@@ -41,8 +44,9 @@ def preprocessings():
 
     return {
         "open_clip, shortest side and crop": open_clip.image_transform((64, 64), is_train=False),
-        "open_clip, squashed to 2:1": open_clip.image_transform((56, 112), is_train=False, resize_mode="squash",
-                                                                interpolation="bicubic"),
+        "open_clip, squashed to 2:1": open_clip.image_transform(
+            (56, 112), is_train=False, resize_mode="squash", interpolation="bicubic"
+        ),
         "BLIP": preprocess_for((48, 48)),
     }
 
@@ -50,8 +54,9 @@ def preprocessings():
 @pytest.mark.parametrize("name", ["open_clip, shortest side and crop", "open_clip, squashed to 2:1", "BLIP"])
 def test_device_tensors_are_within_one_level_of_the_cpu_path(name):
     preprocess = preprocessings()[name]
-    images, kept, failed = decode_on_device(list(FILES.values()), list(FILES), DevicePreprocess(preprocess),
-                                            torch.device("cpu"))
+    images, kept, failed = decode_on_device(
+        list(FILES.values()), list(FILES), DevicePreprocess(preprocess), torch.device("cpu")
+    )
     assert kept == list(range(len(FILES))) and failed == []
     std = torch.tensor(preprocess.transforms[-1].std).view(3, 1, 1)
     for row, (what, data) in enumerate(FILES.items()):
@@ -80,8 +85,11 @@ def test_what_the_device_path_cannot_run_is_refused_when_the_data_is_set_up():
 
     from cvgtext.data.datamodule import CVGTextDataModule
 
-    with pytest.raises(ConfigError, match=r"^data\.decode=device cannot run the backbone's preprocessing step "
-                                          r"RandomHorizontalFlip on tensors; use data\.decode=cpu$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.decode=device cannot run the backbone's preprocessing step "
+        r"RandomHorizontalFlip on tensors; use data\.decode=cpu$",
+    ):
         DevicePreprocess(transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor()]))
     with pytest.raises(ConfigError, match=r"^data\.decode='gpu' is not one of cpu, device$"):
         CVGTextDataModule(data_dir=".", city="x", decode="gpu")
@@ -91,8 +99,12 @@ def train_run(release_dir, tmp_path, *extra):
     from cvgtext.commands.train import train
 
     run = tmp_path / "run"
-    cfg = compose_config("train", [o for o in tiny_overrides(release_dir, run, *extra) if not o.startswith("hydra.")]
-                         + ["~callbacks.rich_progress_bar", "++trainer.enable_progress_bar=false"], tmp_path)
+    cfg = compose_config(
+        "train",
+        [o for o in tiny_overrides(release_dir, run, *extra) if not o.startswith("hydra.")]
+        + ["~callbacks.rich_progress_bar", "++trainer.enable_progress_bar=false"],
+        tmp_path,
+    )
     return train(cfg), run
 
 
@@ -101,12 +113,19 @@ def test_training_decodes_on_the_device_skips_bad_images_and_counts_them(release
     from cvgtext.data import datamodule
 
     decoded = []
-    monkeypatch.setattr(datamodule, "decode_on_device",
-                        lambda data, *args: decoded.append(len(data)) or decode_on_device(data, *args))
+    monkeypatch.setattr(
+        datamodule, "decode_on_device", lambda data, *args: decoded.append(len(data)) or decode_on_device(data, *args)
+    )
     bad = image_path(release_dir, training_names(release_dir)[0])
     bad.write_bytes(bad.read_bytes()[:200])
-    metrics, run = train_run(release_dir, tmp_path, "data.decode=device", "data.on_bad_image=skip",
-                             "data.num_workers=0", "trainer.max_epochs=1")
+    metrics, run = train_run(
+        release_dir,
+        tmp_path,
+        "data.decode=device",
+        "data.on_bad_image=skip",
+        "data.num_workers=0",
+        "trainer.max_epochs=1",
+    )
     assert 0 <= metrics["test/R@1"] <= 100
     # Training, validation and test batches went through the device path.
     assert len(decoded) > 3 and all(decoded)
@@ -122,10 +141,10 @@ def test_training_decodes_on_the_device_skips_bad_images_and_counts_them(release
 
 def test_shard_streams_carry_the_bytes_and_decode_as_the_cpu_path(release_dir, tmp_path):
     import open_clip
-    from helpers.city import CITY, tiny_datamodule
 
     from cvgtext.data.datamodule import CVGTextDataModule
     from cvgtext.data.shards import pack_splits
+    from helpers.city import CITY, tiny_datamodule
 
     folders = tiny_datamodule(release_dir)
     folders.setup()
@@ -134,8 +153,14 @@ def test_shard_streams_carry_the_bytes_and_decode_as_the_cpu_path(release_dir, t
 
     def stream(decode):
         datamodule = CVGTextDataModule(
-            data_dir=release_dir, city=CITY, val_fraction=0.3, batch_size=4, format="shards",
-            shards=str(tmp_path / "packed"), decode=decode, preprocess=preprocess,
+            data_dir=release_dir,
+            city=CITY,
+            val_fraction=0.3,
+            batch_size=4,
+            format="shards",
+            shards=str(tmp_path / "packed"),
+            decode=decode,
+            preprocess=preprocess,
             tokenizer=lambda texts: torch.tensor([[len(text), 0, 0] for text in texts]),
         )
         datamodule.setup()
@@ -155,10 +180,21 @@ def test_outside_training_a_bad_image_stops_evaluation_even_with_skip():
 
     from cvgtext.data.datamodule import CVGTextDataModule
 
-    datamodule = CVGTextDataModule(data_dir=".", city="x", decode="device", on_bad_image="skip",
-                                   preprocess=open_clip.image_transform((32, 32), is_train=False))
-    batch = {"image_bytes": [b"", FILES["512 px JPEG"]], "image_file": ["image a.jpg", "image b.jpg"],
-             "tokens": torch.zeros(2, 3)}
-    with pytest.raises(DataError, match=r"^image a.jpg cannot be decoded \(an empty file; .*training only: the val "
-                                        r"split needs every image"):
+    datamodule = CVGTextDataModule(
+        data_dir=".",
+        city="x",
+        decode="device",
+        on_bad_image="skip",
+        preprocess=open_clip.image_transform((32, 32), is_train=False),
+    )
+    batch = {
+        "image_bytes": [b"", FILES["512 px JPEG"]],
+        "image_file": ["image a.jpg", "image b.jpg"],
+        "tokens": torch.zeros(2, 3),
+    }
+    with pytest.raises(
+        DataError,
+        match=r"^image a.jpg cannot be decoded \(an empty file; .*training only: the val "
+        r"split needs every image",
+    ):
         datamodule.on_after_batch_transfer(batch, 0)

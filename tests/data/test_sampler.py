@@ -9,8 +9,8 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
-from cvgtext.utils.errors import ConfigError
 from cvgtext.retrieval.geo import haversine_km
+from cvgtext.utils.errors import ConfigError
 from helpers.city import tiny_datamodule
 
 

@@ -6,15 +6,21 @@ import json
 import tarfile
 
 import pytest
+
+from cvgtext.utils.errors import ConfigError, DataError
 from helpers.city import CITY
 from helpers.runs import compose_config, run_cli
 
-from cvgtext.utils.errors import ConfigError, DataError
-
 
 def pack_overrides(release_dir, out, *extra):
-    return [f"out={out}", "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}",
-            "data.val_fraction=0.3", *extra]
+    return [
+        f"out={out}",
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={release_dir}",
+        "data.val_fraction=0.3",
+        *extra,
+    ]
 
 
 def packed(release_dir, tmp_path, *extra):
@@ -44,8 +50,13 @@ def test_every_split_is_packed_in_order_and_webdataset_reads_it(release_dir, tmp
             assert sample["txt"].decode() == pair.caption
             assert sample["jpg"] == pair.image_path.read_bytes()
             meta = json.loads(sample["json"])
-            assert meta == {"name": pair.name, "lat": pair.lat, "lon": pair.lon, "panorama": pair.is_panorama,
-                            "split": split}
+            assert meta == {
+                "name": pair.name,
+                "lat": pair.lat,
+                "lon": pair.lon,
+                "panorama": pair.is_panorama,
+                "split": split,
+            }
 
 
 def test_the_same_data_packs_to_the_same_bytes_and_the_manifest_checks_them(release_dir, tmp_path):
@@ -105,39 +116,67 @@ def test_the_cli_packs_and_prints_the_patterns(release_dir, tmp_path):
     out = tmp_path / "cli"
     result = run_cli("pack.py", *pack_overrides(release_dir, out), f"hydra.run.dir={tmp_path}/run")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"of {CITY} sat into {out}" in result.stdout and "test: 9 samples, 1 shards  test-{000000..000000}.tar" \
-        in result.stdout
+    assert (
+        f"of {CITY} sat into {out}" in result.stdout
+        and "test: 9 samples, 1 shards  test-{000000..000000}.tar" in result.stdout
+    )
     assert (out / "manifest.json").is_file()
 
 
 # Reading shards: data.format=shards.
 
+
 def shard_overrides(release_dir, *extra):
-    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "data.val_fraction=0.3",
-            "trainer=cpu", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",
-            "logger=csv", "~callbacks.rich_progress_bar", "~callbacks.model_summary",
-            "++trainer.enable_progress_bar=false", *extra]
+    return [
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={release_dir}",
+        "data.val_fraction=0.3",
+        "trainer=cpu",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "logger=csv",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.model_summary",
+        "++trainer.enable_progress_bar=false",
+        *extra,
+    ]
 
 
 def test_shards_train_to_the_same_losses_and_metrics_as_folders(release_dir, tmp_path, test_backbone, recwarn):
     """Shuffling off: the same batches in the same order, so the same losses and metrics, bitwise."""
+    from cvgtext.commands.pack import pack
+    from cvgtext.commands.train import train
     from helpers.city import repaint_tiles
     from helpers.runs import logged_metrics
 
-    from cvgtext.commands.pack import pack
-    from cvgtext.commands.train import train
-
     repaint_tiles(release_dir)
-    pack(compose_config("pack", [*pack_overrides(release_dir, release_dir / "shards" / "packed"),
-                                 "samples_per_shard=5"], tmp_path))
+    pack(
+        compose_config(
+            "pack", [*pack_overrides(release_dir, release_dir / "shards" / "packed"), "samples_per_shard=5"], tmp_path
+        )
+    )
     reports = {}
     for source in ("folders", "shards"):
         run = tmp_path / source
-        train(compose_config("train", shard_overrides(
-            release_dir, f"data.format={source}", f"data.shards={release_dir}/shards/packed", "data.shuffle=false",
-            f"backbone.model_name={test_backbone}", f"paths.output_dir={run}", "trainer.max_epochs=2",
-            f"paths.cache_dir={run}/cache",
-            "++trainer.log_every_n_steps=1"), tmp_path / source))
+        train(
+            compose_config(
+                "train",
+                shard_overrides(
+                    release_dir,
+                    f"data.format={source}",
+                    f"data.shards={release_dir}/shards/packed",
+                    "data.shuffle=false",
+                    f"backbone.model_name={test_backbone}",
+                    f"paths.output_dir={run}",
+                    "trainer.max_epochs=2",
+                    f"paths.cache_dir={run}/cache",
+                    "++trainer.log_every_n_steps=1",
+                ),
+                tmp_path / source,
+            )
+        )
         metrics = json.loads((run / "metrics.json").read_text())
         metrics["run"].pop("checkpoint")
         reports[source] = metrics, logged_metrics(run)
@@ -152,17 +191,23 @@ def test_shards_train_to_the_same_losses_and_metrics_as_folders(release_dir, tmp
 
 
 def stream_of(release_dir, tmp_path, split="train", batch=4, workers=0, **settings):
-    from helpers.city import tiny_datamodule
-
     from cvgtext.data.shards import pack_splits
+    from helpers.city import tiny_datamodule
 
     out = tmp_path / "packed"
     if not (out / "manifest.json").exists():
         folders = tiny_datamodule(release_dir)
         folders.setup()
         pack_splits(folders.pairs, out, samples_per_shard=5, description={"city": CITY})
-    datamodule = tiny_datamodule(release_dir, format="shards", shards=str(out), batch_size=batch,
-                                 eval_batch_size=batch, num_workers=workers, **settings)
+    datamodule = tiny_datamodule(
+        release_dir,
+        format="shards",
+        shards=str(out),
+        batch_size=batch,
+        eval_batch_size=batch,
+        num_workers=workers,
+        **settings,
+    )
     datamodule.setup()
     return datamodule, datamodule.shard_loader(split, batch)
 
@@ -216,7 +261,8 @@ def test_an_image_that_cannot_be_decoded_is_skipped_in_training_and_named_in_eva
     skipped = [message for batch in loader for message in batch["skipped"]]
     assert len(skipped) == 1 and skipped[0].endswith(
         f"train sample 1 ({folders.pairs['train'][1].name}) cannot be decoded (an empty file; expected an image "
-        "such as a JPEG)")
+        "such as a JPEG)"
+    )
     with pytest.raises(DataError, match=r"test sample 1 \(.*\) cannot be decoded \(an empty file"):
         batches(datamodule.shard_loader("test", 4))
 
@@ -235,8 +281,13 @@ def test_https_shards_read_as_local_ones(release_dir, tmp_path):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        remote = tiny_datamodule(release_dir, format="shards", shards=f"http://127.0.0.1:{server.server_address[1]}/",
-                                 batch_size=4, eval_batch_size=4)
+        remote = tiny_datamodule(
+            release_dir,
+            format="shards",
+            shards=f"http://127.0.0.1:{server.server_address[1]}/",
+            batch_size=4,
+            eval_batch_size=4,
+        )
         remote.setup()
         served = remote.shard_loader("val", 4)
         assert [p.name for p in remote.pairs["val"]] == [p.name for p in local.pairs["val"]]
@@ -248,13 +299,16 @@ def test_https_shards_read_as_local_ones(release_dir, tmp_path):
         server.server_close()
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"shards": None}, "data.format=shards with data.shards=null: give data.shards"),
-    ({"sampler": "geo"}, "data.format=shards with data.sampler=geo: a stream reads shards in order"),
-    ({"verify_images": "full"}, "data.format=shards with data.verify_images=full: a stream reads shards in order"),
-    ({"format": "tar"}, "data.format='tar' is not one of folders, shards"),
-    ({"shuffle_window": 0}, "data.shuffle_window=0 must be a positive number of samples"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"shards": None}, "data.format=shards with data.shards=null: give data.shards"),
+        ({"sampler": "geo"}, "data.format=shards with data.sampler=geo: a stream reads shards in order"),
+        ({"verify_images": "full"}, "data.format=shards with data.verify_images=full: a stream reads shards in order"),
+        ({"format": "tar"}, "data.format='tar' is not one of folders, shards"),
+        ({"shuffle_window": 0}, "data.shuffle_window=0 must be a positive number of samples"),
+    ],
+)
 def test_what_a_stream_cannot_do_is_refused(release_dir, settings, message):
     import re
 
@@ -301,8 +355,9 @@ def test_every_rank_and_worker_gets_its_share_for_any_sizes():
             for rank in range(world):
                 read_all, emitted_all = [], []
                 for worker in range(workers):
-                    read, emitted = worker_positions(counts, batch, rank, world, worker, workers, seed, epoch, shuffle,
-                                                     window, training)
+                    read, emitted = worker_positions(
+                        counts, batch, rank, world, worker, workers, seed, epoch, shuffle, window, training
+                    )
                     assert sorted(read.tolist()) == sorted(emitted.tolist())
                     read_all += read.tolist()
                     emitted_all += emitted.tolist()
@@ -320,21 +375,32 @@ def test_every_rank_and_worker_gets_its_share_for_any_sizes():
 @pytest.mark.heavy
 def test_two_devices_evaluate_shards_as_folders(release_dir, tmp_path):
     """Each rank reads its share of the test split's shards; the gathered metrics are the folders'."""
+    from cvgtext.commands.pack import pack
     from helpers.city import repaint_tiles
     from helpers.models import tiny_checkpoint
     from helpers.runs import DDP
-
-    from cvgtext.commands.pack import pack
 
     repaint_tiles(release_dir)
     pack(compose_config("pack", pack_overrides(release_dir, tmp_path / "packed", "samples_per_shard=4"), tmp_path))
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=7)
     results = {}
     for source in ("folders", "shards"):
-        result = run_cli("eval.py", "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}",
-                         "data.val_fraction=0.3", "trainer=cpu", "data.num_workers=0", "data.eval_batch_size=2",
-                         f"ckpt_path={checkpoint}", f"data.format={source}", f"data.shards={tmp_path}/packed",
-                         f"hydra.run.dir={tmp_path}/{source}", "paths.cache_dir=null", *DDP)
+        result = run_cli(
+            "eval.py",
+            "city=Brisbane",
+            f"city.name={CITY}",
+            f"paths.data_dir={release_dir}",
+            "data.val_fraction=0.3",
+            "trainer=cpu",
+            "data.num_workers=0",
+            "data.eval_batch_size=2",
+            f"ckpt_path={checkpoint}",
+            f"data.format={source}",
+            f"data.shards={tmp_path}/packed",
+            f"hydra.run.dir={tmp_path}/{source}",
+            "paths.cache_dir=null",
+            *DDP,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         metrics = json.loads((tmp_path / source / "metrics.json").read_text())
         metrics.pop("run")
@@ -345,14 +411,22 @@ def test_two_devices_evaluate_shards_as_folders(release_dir, tmp_path):
 @pytest.mark.heavy
 def test_two_devices_train_from_shards_with_equal_batch_counts(release_dir, tmp_path):
     """Shuffled, two processes: the run ends (unequal batch counts would leave one rank waiting)."""
+    from cvgtext.commands.pack import pack
     from helpers.runs import ddp_overrides
 
-    from cvgtext.commands.pack import pack
-
     pack(compose_config("pack", pack_overrides(release_dir, tmp_path / "packed", "samples_per_shard=3"), tmp_path))
-    result = run_cli("train.py", *ddp_overrides(release_dir, tmp_path / "logs", "data.format=shards",
-                                                f"data.shards={tmp_path}/packed", "data.shuffle_window=4",
-                                                "trainer.max_epochs=2", "data.batch_size=4"))
+    result = run_cli(
+        "train.py",
+        *ddp_overrides(
+            release_dir,
+            tmp_path / "logs",
+            "data.format=shards",
+            f"data.shards={tmp_path}/packed",
+            "data.shuffle_window=4",
+            "trainer.max_epochs=2",
+            "data.batch_size=4",
+        ),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (metrics,) = (tmp_path / "logs").glob("train/runs/*/metrics.json")
     assert json.loads(metrics.read_text())["all"]["count"] == 9

@@ -11,13 +11,13 @@ import pickle
 import pytest
 import torch
 
-from helpers.city import CITY, image_path, training_names, write_release
-from helpers.runs import compose_config
 from cvgtext.data import tile_cache
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.dataset import SkippedImage
-from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.model.encoder import build_encoder
+from cvgtext.utils.errors import ConfigError, DataError
+from helpers.city import CITY, image_path, training_names, write_release
+from helpers.runs import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,15 @@ def encoder():
 
 def datamodule(release_dir, encoder, cache_dir=None, **kwargs) -> CVGTextDataModule:
     module = CVGTextDataModule(
-        release_dir, CITY, val_fraction=0.3, batch_size=4, cache=cache_dir is not None, cache_dir=cache_dir,
-        preprocess=encoder.preprocess, tokenizer=encoder.tokenizer, **kwargs,
+        release_dir,
+        CITY,
+        val_fraction=0.3,
+        batch_size=4,
+        cache=cache_dir is not None,
+        cache_dir=cache_dir,
+        preprocess=encoder.preprocess,
+        tokenizer=encoder.tokenizer,
+        **kwargs,
     )
     module.setup("fit")
     return module
@@ -54,7 +61,9 @@ def test_the_cache_is_reused_and_rebuilt_when_a_file_changes(release_dir, encode
     said = [record.getMessage().split(" ")[0] for record in caplog.records]
     assert said == ["Decoding", "Reusing", "Decoding"]
     assert len(list((tmp_path / "cache" / tile_cache.FOLDER).glob("*.json"))) == 2
-    assert torch.equal(rebuilt.dataset("train")[0]["image"], datamodule(release_dir, encoder).dataset("train")[0]["image"])
+    assert torch.equal(
+        rebuilt.dataset("train")[0]["image"], datamodule(release_dir, encoder).dataset("train")[0]["image"]
+    )
 
 
 def test_a_killed_build_leaves_no_cache(release_dir, encoder, tmp_path, monkeypatch):
@@ -84,8 +93,10 @@ def test_a_build_removes_what_killed_builds_left_and_nothing_else(release_dir, e
     data_file.unlink()  # the cache must be built again
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
-    left = {who: data_file.with_name(f".{data_file.name}.{who}.tmp")
-            for who in (f"{host}-{dead.stdout.strip()}", f"{host}-{os.getppid()}", f"elsewhere-{dead.stdout.strip()}")}
+    left = {
+        who: data_file.with_name(f".{data_file.name}.{who}.tmp")
+        for who in (f"{host}-{dead.stdout.strip()}", f"{host}-{os.getppid()}", f"elsewhere-{dead.stdout.strip()}")
+    }
     for leftover in left.values():
         leftover.write_bytes(b"\0" * 1000)  # a SIGKILL skips the build's own clean-up
     assert datamodule(release_dir, encoder, tmp_path / "cache").tiles is not None
@@ -126,9 +137,18 @@ def test_evaluation_metrics_are_the_same_with_the_cache(tmp_path):
     results = []
     for cache in ("false", "true"):
         cfg = compose_config(
-            "eval", ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", "trainer=cpu",
-                     "data.num_workers=0", "data.val_fraction=0.3", "paths.cache_dir=null" if cache == "false"
-                     else f"paths.cache_dir={tmp_path}/cache", f"data.cache={cache}", "seed=3"],
+            "eval",
+            [
+                "city=Brisbane",
+                f"city.name={CITY}",
+                f"paths.data_dir={data_dir}",
+                "trainer=cpu",
+                "data.num_workers=0",
+                "data.val_fraction=0.3",
+                "paths.cache_dir=null" if cache == "false" else f"paths.cache_dir={tmp_path}/cache",
+                f"data.cache={cache}",
+                "seed=3",
+            ],
             tmp_path / cache,
         )
         evaluate(cfg)

@@ -8,7 +8,6 @@ from torchvision.transforms.functional import to_tensor
 from cvgtext.data.datamodule import CVGTextDataModule
 from cvgtext.data.verify import check_image, unreadable_images
 from cvgtext.utils.errors import ConfigError, DataError
-
 from helpers.city import CITY, image_path, photo_name, training_names
 
 

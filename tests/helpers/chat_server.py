@@ -57,7 +57,7 @@ class ChatServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         self.thread.start()
         return self
 
@@ -87,5 +87,6 @@ class ChatServer:
             better = "B" if true_image in images[half:] else "A"
             return f'```json\n{{"reason": "image {better} shows the place", "better": "{better}"}}\n```'
         correct = true_image == images[0]
-        return json.dumps({"reason": "the place described" if correct else "another place",
-                           "confidence": 1.0 if correct else 0.0})
+        return json.dumps(
+            {"reason": "the place described" if correct else "another place", "confidence": 1.0 if correct else 0.0}
+        )

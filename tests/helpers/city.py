@@ -23,8 +23,10 @@ def write_release(root: Path, city: str = CITY, panoramas: int = 24, photos: int
     """Write a small city in the release layout: panorama and ``-photos`` versions, train and test."""
     from PIL import Image
 
-    for version, names in ((city, [panorama_name(i) for i in range(panoramas)]),
-                           (f"{city}-photos", [photo_name(i) for i in range(photos)])):
+    for version, names in (
+        (city, [panorama_name(i) for i in range(panoramas)]),
+        (f"{city}-photos", [photo_name(i) for i in range(photos)]),
+    ):
         splits = {"train": {}, "test": {}}
         for i, name in enumerate(names):
             split = "test" if i % test_every == 0 else "train"
@@ -74,8 +76,13 @@ def tiny_datamodule(release_dir: Path, versions=("{city}", "{city}-photos"), val
 
     kwargs.setdefault("batch_size", 4)
     return CVGTextDataModule(
-        data_dir=release_dir, city=CITY, versions=versions, val_fraction=val_fraction,
-        preprocess=to_tensor, tokenizer=tokenize, **kwargs,
+        data_dir=release_dir,
+        city=CITY,
+        versions=versions,
+        val_fraction=val_fraction,
+        preprocess=to_tensor,
+        tokenizer=tokenize,
+        **kwargs,
     )
 
 
@@ -91,8 +98,9 @@ def repaint_tiles(data_dir: Path) -> None:
         Image.fromarray(pixels.numpy()).save(path, format="PNG")
 
 
-def city_names(seed: int, tiles: int, duplicates: int = 0, strangers: int = 0,
-               new_york: float = 0.0) -> tuple[list[str], list[str]]:
+def city_names(
+    seed: int, tiles: int, duplicates: int = 0, strangers: int = 0, new_york: float = 0.0
+) -> tuple[list[str], list[str]]:
     """Query and gallery file names of a made-up city for the protocol tests: places around
     Brisbane (negative latitude) and a ``new_york`` share around New York (negative longitude),
     mixed views; the gallery repeats ``duplicates`` names and the last ``strangers`` queries have

@@ -9,8 +9,9 @@ it would load a local copy of the real one (``backbone.tokenizer=<folder>``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 
@@ -56,15 +57,31 @@ def write_bert_like(folder: Path, texts: Iterable[str]) -> Path:
 
 def small_blip(width: int, layers: int, image_size: int, patch_size: int) -> dict[str, Any]:
     """``BlipConfig`` fields of a BLIP with ``layers`` blocks of ``width`` per tower (``backbone.config``)."""
-    tower = {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
-             "num_attention_heads": max(1, width // 32)}
-    return {"vision_config": {**tower, "image_size": image_size, "patch_size": patch_size},
-            "text_config": {**tower, "max_position_embeddings": 128}, "image_text_hidden_size": width}
+    tower = {
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": max(1, width // 32),
+    }
+    return {
+        "vision_config": {**tower, "image_size": image_size, "patch_size": patch_size},
+        "text_config": {**tower, "max_position_embeddings": 128},
+        "image_text_hidden_size": width,
+    }
 
 
 def blip_overrides(config: dict[str, Any], tokenizer: Path) -> list[str]:
     """``backbone=blip_b`` with random weights of ``config``'s shape and the tokenizer in ``tokenizer``."""
-    fields = [f"+backbone.config.{tower}.{key}={value}" for tower in ("vision_config", "text_config")
-              for key, value in config[tower].items()]
-    return ["backbone=blip_b", "backbone.pretrained=null", f"backbone.tokenizer={tokenizer}", "backbone.config={}",
-            *fields, f"+backbone.config.image_text_hidden_size={config['image_text_hidden_size']}"]
+    fields = [
+        f"+backbone.config.{tower}.{key}={value}"
+        for tower in ("vision_config", "text_config")
+        for key, value in config[tower].items()
+    ]
+    return [
+        "backbone=blip_b",
+        "backbone.pretrained=null",
+        f"backbone.tokenizer={tokenizer}",
+        "backbone.config={}",
+        *fields,
+        f"+backbone.config.image_text_hidden_size={config['image_text_hidden_size']}",
+    ]

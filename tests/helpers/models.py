@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+
 def two_layer_config(folder: Path, model_name: str) -> str:
     """Register ``model_name`` with two layers per tower and otherwise its own shapes (real
     widths, heads, patch grid and context, for checks where depth adds nothing)."""
@@ -27,10 +28,20 @@ def tiny_checkpoint(path: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     model = build_encoder("cvg-tiny").model
-    backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "context_resize": "interpolate",
-                "image_size": None}
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"backbone": backbone}}, path)
+    backbone = {
+        "name": "tiny",
+        "model_name": "cvg-tiny",
+        "context_length": 77,
+        "context_resize": "interpolate",
+        "image_size": None,
+    }
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"backbone": backbone},
+        },
+        path,
+    )
     return path
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from helpers.city import CITY
 
@@ -35,24 +35,44 @@ def run_cli(
     environment.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600, preexec_fn=preexec_fn,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=preexec_fn,
     )
 
 
 def tiny_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """A short ``train.py`` run on the tiny city in ``data_dir``, written to ``run_dir``."""
     return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-        f"hydra.run.dir={run_dir}", "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3",
-        "data.batch_size=8", *extra,
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={run_dir.parent}",
+        f"hydra.run.dir={run_dir}",
+        "trainer=cpu",
+        "debug=fast",
+        "logger=csv",
+        "data.val_fraction=0.3",
+        "data.batch_size=8",
+        *extra,
     ]
 
 
 def eval_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """An ``eval.py`` run on the tiny city in ``data_dir``, written to ``run_dir``."""
     return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={run_dir.parent}",
-        f"hydra.run.dir={run_dir}", "trainer=cpu", "data.val_fraction=0.3", "data.num_workers=0", *extra,
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={run_dir.parent}",
+        f"hydra.run.dir={run_dir}",
+        "trainer=cpu",
+        "data.val_fraction=0.3",
+        "data.num_workers=0",
+        *extra,
     ]
 
 
@@ -63,8 +83,17 @@ def ddp_overrides(data_dir: Path, log_dir: Path, *extra: str) -> list[str]:
     """A short ``train.py`` run on two CPU processes (gloo)."""
     # No hydra.run.dir: the dated default must be the one folder both ranks write to.
     return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}",
-        "trainer=cpu", "debug=fast", "logger=csv", "data.val_fraction=0.3", "data.batch_size=8", *DDP, *extra,
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={log_dir}",
+        "trainer=cpu",
+        "debug=fast",
+        "logger=csv",
+        "data.val_fraction=0.3",
+        "data.batch_size=8",
+        *DDP,
+        *extra,
     ]
 
 
@@ -82,8 +111,15 @@ def logged_metrics(run_dir: Path) -> dict[str, float]:
 
 def locate_overrides(data_dir: Path, *extra: str) -> list[str]:
     """``locate.py`` (or ``eval.py``) on the tiny city in ``data_dir``, on the CPU."""
-    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", "trainer=cpu",
-            "data.val_fraction=0.3", "data.num_workers=0", *extra]
+    return [
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={data_dir}",
+        "trainer=cpu",
+        "data.val_fraction=0.3",
+        "data.num_workers=0",
+        *extra,
+    ]
 
 
 def run_locate(tmp_path: Path, data_dir: Path, *extra: str, stdin: str | None = None):

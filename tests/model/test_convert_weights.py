@@ -10,12 +10,12 @@ import open_clip
 import pytest
 import torch
 
-from helpers.runs import compose_config
-from cvgtext.utils.checkpoints import read_checkpoint
-from cvgtext.model.convert_weights import convert, main
-from cvgtext.utils.errors import CheckpointError, ConfigError
 from cvgtext.model.build import build_module
+from cvgtext.model.convert_weights import convert, main
 from cvgtext.model.encoder import build_encoder
+from cvgtext.utils.checkpoints import read_checkpoint
+from cvgtext.utils.errors import CheckpointError, ConfigError
+from helpers.runs import compose_config
 
 CAPTION = ["a red roof beside a narrow street"]
 

@@ -8,10 +8,10 @@ from omegaconf import OmegaConf
 from open_clip.transformer import QuickGELU
 from PIL import Image
 
-from helpers.runs import compose_config
-from cvgtext.utils.errors import ConfigError
 from cvgtext.model.encoder import build_encoder, resolve_quick_gelu
 from cvgtext.model.module import CrossViewRetrieval
+from cvgtext.utils.errors import ConfigError
+from helpers.runs import compose_config
 
 
 def backbone(tmp_path, *overrides: str) -> dict:
@@ -25,8 +25,12 @@ def activations(model: torch.nn.Module) -> set[type]:
 
 @pytest.mark.parametrize(
     "img, overrides, size",
-    [("sat", [], (64, 64)), ("stv", [], (64, 128)), ("stv", ["backbone.image_size=32"], (32, 64)),
-     ("stv", ["backbone.image_size=[48,48]"], (48, 48))],
+    [
+        ("sat", [], (64, 64)),
+        ("stv", [], (64, 128)),
+        ("stv", ["backbone.image_size=32"], (32, 64)),
+        ("stv", ["backbone.image_size=[48,48]"], (48, 48)),
+    ],
 )
 def test_street_views_are_fed_at_twice_the_width_unless_the_size_is_given(tmp_path, img, overrides, size):
     encoder = build_encoder(**backbone(tmp_path, f"img={img}", *overrides))
@@ -56,8 +60,12 @@ def test_quick_gelu_follows_or_must_agree_with_a_pretrained_tag():
 
 
 def test_checkpoints_record_the_activation_a_pretrained_tag_chose(monkeypatch):
-    monkeypatch.setattr("cvgtext.model.module.build_encoder", lambda **backbone: build_encoder(
-        **{**backbone, "pretrained": None, "quick_gelu": resolve_quick_gelu("ViT-B-16", "openai", None)}))
+    monkeypatch.setattr(
+        "cvgtext.model.module.build_encoder",
+        lambda **backbone: build_encoder(
+            **{**backbone, "pretrained": None, "quick_gelu": resolve_quick_gelu("ViT-B-16", "openai", None)}
+        ),
+    )
     module = CrossViewRetrieval(
         backbone={"model_name": "cvg-tiny", "pretrained": "openai", "quick_gelu": None},
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},

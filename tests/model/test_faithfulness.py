@@ -8,12 +8,16 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from cvgtext.model.relevance import explain_pairs
 from cvgtext.model.faithfulness import area, hide_patches, hide_tokens, image_curves, text_curves
+from cvgtext.model.relevance import explain_pairs
 
 COLOURS = {  # colour word -> the square's value per channel, in normalised pixel units
-    "red": (1.5, -1.5, -1.5), "green": (-1.5, 1.5, -1.5), "blue": (-1.5, -1.5, 1.5),
-    "yellow": (1.5, 1.5, -1.5), "white": (1.5, 1.5, 1.5), "purple": (1.5, -1.5, 1.5),
+    "red": (1.5, -1.5, -1.5),
+    "green": (-1.5, 1.5, -1.5),
+    "blue": (-1.5, -1.5, 1.5),
+    "yellow": (1.5, 1.5, -1.5),
+    "white": (1.5, 1.5, 1.5),
+    "purple": (1.5, -1.5, 1.5),
 }
 GRID, PATCH = 4, 8  # 32 px images, a 4x4 grid of 8 px patches
 
@@ -47,7 +51,7 @@ def scenes(generator: torch.Generator, count: int) -> tuple[torch.Tensor, list[s
         name = names[i % len(names)]
         row, column = torch.randint(GRID, (2,), generator=generator).tolist()
         colour = torch.tensor(COLOURS[name])[:, None, None]
-        images[i, :, row * PATCH:(row + 1) * PATCH, column * PATCH:(column + 1) * PATCH] += colour
+        images[i, :, row * PATCH : (row + 1) * PATCH, column * PATCH : (column + 1) * PATCH] += colour
         captions.append(f"a photo of a {name} square on a grey tile")
     return images, captions
 
@@ -68,8 +72,11 @@ def trained():
     labels = torch.arange(len(COLOURS))
     for _ in range(120):
         images, captions = scenes(generator, len(COLOURS))
-        logits = model.logit_scale.exp() * model.encode_image(images, normalize=True) @ \
-            model.encode_text(tokenizer(captions), normalize=True).T
+        logits = (
+            model.logit_scale.exp()
+            * model.encode_image(images, normalize=True)
+            @ model.encode_text(tokenizer(captions), normalize=True).T
+        )
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         optimizer.zero_grad()
         loss.backward()
@@ -92,10 +99,14 @@ def test_hiding_the_most_relevant_quarter_lowers_the_similarity_more_than_a_rand
     steps = 4  # step 1: a quarter hidden
     relevant_image = image_curves(model, images, tokens, [e.image for e in explanations], steps)
     relevant_text = text_curves(model, images, tokens, [e.text for e in explanations], steps)
-    random_image = [image_curves(model, images, tokens, [torch.rand(GRID, GRID, generator=generator)
-                                                          for _ in explanations], steps) for _ in range(3)]
-    random_text = [text_curves(model, images, tokens, [torch.rand(e.text.shape, generator=generator)
-                                                        for e in explanations], steps) for _ in range(3)]
+    random_image = [
+        image_curves(model, images, tokens, [torch.rand(GRID, GRID, generator=generator) for _ in explanations], steps)
+        for _ in range(3)
+    ]
+    random_text = [
+        text_curves(model, images, tokens, [torch.rand(e.text.shape, generator=generator) for e in explanations], steps)
+        for _ in range(3)
+    ]
     random_image_quarter = sum(float(c.deletion[1]) for c in random_image) / 3
     random_text_quarter = sum(float(c.deletion[1]) for c in random_text) / 3
     assert float(relevant_image.deletion[1]) < random_image_quarter - 0.05

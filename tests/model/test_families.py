@@ -9,13 +9,13 @@ import math
 
 import pytest
 import torch
-from helpers.city import CITY
-from helpers.runs import CONF_DIR, compose_config
-from helpers.hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sentencepiece_like
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.loss import matching_pool
+from cvgtext.utils.errors import ConfigError
+from helpers.city import CITY
+from helpers.hf_stand_ins import blip_overrides, small_blip, write_bert_like, write_sentencepiece_like
+from helpers.runs import CONF_DIR, compose_config
 
 pytest.importorskip("transformers")
 
@@ -24,28 +24,56 @@ TEXTS = ["A street with 3 trees and a red roof.", "A street with 1 trees and a b
 
 
 def captions_of(release_dir) -> list[str]:
-    return [caption for path in (release_dir / "annotation").rglob("*.json")
-            for caption in json.loads(path.read_text()).values()]
+    return [
+        caption
+        for path in (release_dir / "annotation").rglob("*.json")
+        for caption in json.loads(path.read_text()).values()
+    ]
 
 
 def siglip_overrides(tokenizer) -> list[str]:
-    return ["backbone=siglip_b16", "backbone.model_name=cvg-tiny-siglip", "backbone.pretrained=null",
-            f"backbone.tokenizer={tokenizer}"]
+    return [
+        "backbone=siglip_b16",
+        "backbone.model_name=cvg-tiny-siglip",
+        "backbone.pretrained=null",
+        f"backbone.tokenizer={tokenizer}",
+    ]
 
 
 def common(release_dir) -> list[str]:
-    return ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
-            "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8"]
+    return [
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={release_dir}",
+        "trainer=cpu",
+        "data.val_fraction=0.3",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+    ]
 
 
 def train_one_epoch(tmp_path, overrides: list[str], epochs: int = 1):
     from cvgtext.commands.train import train
 
     run = tmp_path / "train"
-    train(compose_config("train", [
-        *overrides, "optim=fast", f"paths.output_dir={run}", f"trainer.max_epochs={epochs}", "logger=csv",
-        "test=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary", "++trainer.enable_progress_bar=false",
-    ], tmp_path))
+    train(
+        compose_config(
+            "train",
+            [
+                *overrides,
+                "optim=fast",
+                f"paths.output_dir={run}",
+                f"trainer.max_epochs={epochs}",
+                "logger=csv",
+                "test=false",
+                "~callbacks.rich_progress_bar",
+                "~callbacks.model_summary",
+                "++trainer.enable_progress_bar=false",
+            ],
+            tmp_path,
+        )
+    )
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -92,8 +120,13 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
 
     # eval.py rebuilds the model from what the checkpoint recorded, without the training config's
     # architecture overrides, and reports the metrics with and without ITM re-ranking.
-    eval_overrides = ["backbone=blip_b", f"ckpt_path={checkpoint}", "reranker=blip_itm", "reranker.top_k=4",
-                      f"paths.output_dir={tmp_path}/eval-run"]
+    eval_overrides = [
+        "backbone=blip_b",
+        f"ckpt_path={checkpoint}",
+        "reranker=blip_itm",
+        "reranker.top_k=4",
+        f"paths.output_dir={tmp_path}/eval-run",
+    ]
     eval_cfg = compose_config("eval", [*common(release_dir), *eval_overrides], tmp_path / "eval")
     metrics = evaluate(eval_cfg)
     assert 0 <= metrics["test/R@1"] <= 100
@@ -107,8 +140,18 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
     # The query tool: ranked by the contrastive embeddings, re-ranked by the matching head.
     from cvgtext.commands.locator import Locator
 
-    locate_cfg = compose_config("locate", [*common(release_dir), "backbone=blip_b", f"ckpt_path={checkpoint}",
-                                           "reranker=blip_itm", "reranker.top_k=3", "top_k=3"], tmp_path / "locate")
+    locate_cfg = compose_config(
+        "locate",
+        [
+            *common(release_dir),
+            "backbone=blip_b",
+            f"ckpt_path={checkpoint}",
+            "reranker=blip_itm",
+            "reranker.top_k=3",
+            "top_k=3",
+        ],
+        tmp_path / "locate",
+    )
     location = Locator(locate_cfg).locate(["A street with 2 trees and a red roof."])[0]
     assert len(location.candidates) == 3
     assert location.reranking and all(c.reason.startswith("image-text matching: ") for c in location.candidates)
@@ -116,8 +159,9 @@ def test_blip_trains_with_matching_loss_and_reranks_with_its_matching_head(relea
 
 def test_blip_embeddings_and_matching_equal_transformers_forward(tmp_path):
     """Our ITC embeddings and ITM logits are ``BlipForImageTextRetrieval``'s own, on its weights."""
-    encoder = build_encoder("blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)),
-                            config=TINY_BLIP)
+    encoder = build_encoder(
+        "blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)), config=TINY_BLIP
+    )
     model, blip = encoder.model.eval(), encoder.model.blip
     tokens = encoder.tokenizer(TEXTS)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -133,8 +177,9 @@ def test_blip_embeddings_and_matching_equal_transformers_forward(tmp_path):
 
 
 def test_matching_loss_draws_negatives_off_the_positives_and_trains_the_head(tmp_path):
-    encoder = build_encoder("blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)),
-                            config=TINY_BLIP)
+    encoder = build_encoder(
+        "blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)), config=TINY_BLIP
+    )
     model = encoder.model
     tokens = encoder.tokenizer(TEXTS[:2] * 2)
     images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -160,8 +205,9 @@ def test_blip_preprocessing_is_blips_image_processor():
 
     from cvgtext.model.blip import preprocess_for
 
-    image = Image.fromarray(torch.randint(0, 256, (97, 131, 3), dtype=torch.uint8,
-                                          generator=torch.Generator().manual_seed(2)).numpy())
+    image = Image.fromarray(
+        torch.randint(0, 256, (97, 131, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2)).numpy()
+    )
     theirs = BlipImageProcessor(size={"height": 64, "width": 64}).preprocess(image, return_tensors="pt")
     torch.testing.assert_close(preprocess_for((64, 64))(image), theirs.pixel_values[0], atol=2e-2, rtol=0)
 
@@ -179,21 +225,31 @@ def test_siglip_tokenizer_from_a_folder_is_open_clips_hf_tokenizer(tmp_path):
 def test_refusals_name_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bert = str(write_bert_like(tmp_path / "bert", TEXTS))
-    with pytest.raises(ConfigError, match=r"^backbone.family='vilt' is not a backbone family; choose one of open_clip, blip"):
+    with pytest.raises(
+        ConfigError, match=r"^backbone.family='vilt' is not a backbone family; choose one of open_clip, blip"
+    ):
         build_encoder("blip-base", family="vilt")
     with pytest.raises(ConfigError, match=r"BLIP takes square 32x32 images only .*img=stv.* CLIP and Long-CLIP"):
         build_encoder("blip-base", family="blip", tokenizer=bert, config=TINY_BLIP, image_aspect=2)
     with pytest.raises(ConfigError, match=r"cvg-tiny-siglip \(a TimmModel image tower\) takes only its own image size"):
         build_encoder("cvg-tiny-siglip", tokenizer=bert, image_aspect=2)
-    with pytest.raises(ConfigError, match=r"^backbone.tokenizer: the tokenizer of cvg-tiny-siglip \(timm/ViT-B-16-SigLIP\) "
-                                          r"could not be loaded .*set backbone.tokenizer to a folder"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^backbone.tokenizer: the tokenizer of cvg-tiny-siglip \(timm/ViT-B-16-SigLIP\) "
+        r"could not be loaded .*set backbone.tokenizer to a folder",
+    ):
         build_encoder("cvg-tiny-siglip")
     with pytest.raises(ConfigError, match=r"backbone.tokenizer='/nowhere': no such folder"):
         build_encoder("cvg-tiny-siglip", tokenizer="/nowhere")
-    with pytest.raises(ConfigError, match=r"cvg-tiny uses open_clip's own CLIP tokenizer; leave backbone.tokenizer null"):
+    with pytest.raises(
+        ConfigError, match=r"cvg-tiny uses open_clip's own CLIP tokenizer; leave backbone.tokenizer null"
+    ):
         build_encoder("cvg-tiny", tokenizer=bert)
-    with pytest.raises(ConfigError, match=r"backbone.pretrained='Salesforce/blip-itm-base-coco' \(model-hub name\) could "
-                                          r"not be loaded .*give a folder saved by save_pretrained"):
+    with pytest.raises(
+        ConfigError,
+        match=r"backbone.pretrained='Salesforce/blip-itm-base-coco' \(model-hub name\) could "
+        r"not be loaded .*give a folder saved by save_pretrained",
+    ):
         build_encoder("blip-base", family="blip", pretrained="Salesforce/blip-itm-base-coco")
     with pytest.raises(ConfigError, match=r"backbone.model_name='blip-huge' is not a BLIP architecture"):
         build_encoder("blip-huge", family="blip", tokenizer=bert)
@@ -209,8 +265,11 @@ def test_matching_loss_and_reranker_refuse_backbones_without_a_matching_head():
     with pytest.raises(ConfigError, match=r"model.loss.itm_weight=0.5 trains a matching head, which only BLIP"):
         CrossViewRetrieval(backbone={"model_name": "cvg-tiny"}, optimizer=optimizer, loss={"itm_weight": 0.5})
     module = CrossViewRetrieval(backbone={"model_name": "cvg-tiny", "name": "tiny"}, optimizer=optimizer)
-    with pytest.raises(ConfigError, match=r"reranker=blip_itm needs a backbone with an image-text matching head "
-                                          r"\(backbone=blip_b or blip_l\); backbone=tiny has none"):
+    with pytest.raises(
+        ConfigError,
+        match=r"reranker=blip_itm needs a backbone with an image-text matching head "
+        r"\(backbone=blip_b or blip_l\); backbone=tiny has none",
+    ):
         ITMReranker(module)
 
 
@@ -221,8 +280,12 @@ def test_matching_reranker_reads_each_tile_once_per_batch_and_scores_as_the_head
     from cvgtext.rerank import Query
     from cvgtext.rerank.itm import ITMReranker
 
-    backbone = {"model_name": "blip-base", "family": "blip", "tokenizer": str(write_bert_like(tmp_path, TEXTS)),
-                "config": TINY_BLIP}
+    backbone = {
+        "model_name": "blip-base",
+        "family": "blip",
+        "tokenizer": str(write_bert_like(tmp_path, TEXTS)),
+        "config": TINY_BLIP,
+    }
     module = CrossViewRetrieval(backbone=backbone, optimizer={"_target_": "torch.optim.AdamW", "_partial_": True})
     generator = torch.Generator().manual_seed(2)
     tiles = []
@@ -233,8 +296,11 @@ def test_matching_reranker_reads_each_tile_once_per_batch_and_scores_as_the_head
     (tmp_path / "zz_bad.png").write_bytes(b"not an image")
     t0, t1, t2 = tiles
     scores = [0.3, 0.2, 0.1]
-    queries = [Query(TEXTS[0], [t0, t1, t2], scores), Query(TEXTS[1], [t1, t2, t0], scores),
-               Query(TEXTS[2], [t2, t0, tmp_path / "zz_bad.png"], scores)]
+    queries = [
+        Query(TEXTS[0], [t0, t1, t2], scores),
+        Query(TEXTS[1], [t1, t2, t0], scores),
+        Query(TEXTS[2], [t2, t0, tmp_path / "zz_bad.png"], scores),
+    ]
     encoded = []
     image_tokens = module.model.image_tokens
     module.model.image_tokens = lambda images: encoded.append(len(images)) or image_tokens(images)
@@ -254,8 +320,12 @@ def test_matching_reranker_reads_each_tile_once_per_batch_and_scores_as_the_head
 def test_locking_blips_image_tower(tmp_path):
     from cvgtext.model.module import CrossViewRetrieval
 
-    backbone = {"model_name": "blip-base", "family": "blip", "tokenizer": str(write_bert_like(tmp_path, TEXTS)),
-                "config": TINY_BLIP}
+    backbone = {
+        "model_name": "blip-base",
+        "family": "blip",
+        "tokenizer": str(write_bert_like(tmp_path, TEXTS)),
+        "config": TINY_BLIP,
+    }
     optimizer = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3}
     module = CrossViewRetrieval(backbone=backbone, optimizer=optimizer, lock_image=True)
     frozen = {name for name, p in module.model.named_parameters() if not p.requires_grad}
@@ -268,29 +338,33 @@ def test_siglip_b16_at_real_shapes_embeds_as_open_clips_own_model(tmp_path):
     """backbone=siglip_b16 as configured (256 px, 64 tokens, random weights) against open_clip's
     ViT-B-16-SigLIP-256 built by open_clip itself with the same weights."""
     import open_clip
-    from PIL import Image
     from open_clip.tokenizer import HFTokenizer
+    from PIL import Image
 
     from cvgtext.model.module import CrossViewRetrieval
 
     folder = write_sentencepiece_like(tmp_path / "tokenizer", TEXTS)
-    cfg = compose_config("train", ["backbone=siglip_b16", "backbone.pretrained=null", f"backbone.tokenizer={folder}"],
-                         tmp_path)
+    cfg = compose_config(
+        "train", ["backbone=siglip_b16", "backbone.pretrained=null", f"backbone.tokenizer={folder}"], tmp_path
+    )
     assert cfg.model.loss.kind == "sigmoid"
     module = CrossViewRetrieval(**{key: cfg.model[key] for key in ("backbone", "optimizer", "loss")})
     ours = module.model.eval()
     theirs, _, preprocess = open_clip.create_model_and_transforms("ViT-B-16-SigLIP-256")
     theirs.load_state_dict(ours.state_dict())
     theirs.eval()
-    image = Image.fromarray(torch.randint(0, 256, (300, 280, 3), dtype=torch.uint8,
-                                          generator=torch.Generator().manual_seed(3)).numpy())
+    image = Image.fromarray(
+        torch.randint(0, 256, (300, 280, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)).numpy()
+    )
     pixels = module.preprocess(image)[None]
     assert pixels.shape == (1, 3, 256, 256)
     torch.testing.assert_close(pixels, preprocess(image)[None])
     tokens = module.tokenizer(TEXTS)
     torch.testing.assert_close(tokens, HFTokenizer(str(folder), context_length=64, clean="canonicalize")(TEXTS))
     with torch.no_grad():
-        torch.testing.assert_close(ours.encode_image(pixels, normalize=True), theirs.encode_image(pixels, normalize=True))
+        torch.testing.assert_close(
+            ours.encode_image(pixels, normalize=True), theirs.encode_image(pixels, normalize=True)
+        )
         torch.testing.assert_close(ours.encode_text(tokens, normalize=True), theirs.encode_text(tokens, normalize=True))
     assert ours.logit_bias.item() == -10.0
 
@@ -312,8 +386,9 @@ def test_blip_base_at_real_shapes_from_a_saved_folder_equals_transformers(tmp_pa
     encoder = build_encoder("blip-base", family="blip", pretrained=str(folder), context_length=77)
     theirs = BlipForImageTextRetrieval.from_pretrained(folder).eval()
     ours = encoder.model.eval()
-    image = Image.fromarray(torch.randint(0, 256, (400, 420, 3), dtype=torch.uint8,
-                                          generator=torch.Generator().manual_seed(4)).numpy())
+    image = Image.fromarray(
+        torch.randint(0, 256, (400, 420, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4)).numpy()
+    )
     pixels = torch.stack([encoder.preprocess(image)] * 3)
     assert pixels.shape == (3, 3, 384, 384)
     reference = BlipImageProcessor(size={"height": 384, "width": 384})(image, return_tensors="pt").pixel_values
@@ -362,8 +437,13 @@ def _matching_loss_on_rank(rank: int, folder, port: int) -> None:
         rows = slice(*inputs["rows"][rank])
         images = inputs["images"][rows].clone().requires_grad_()
         image_tokens = model.image_tokens(images)
-        pool = matching_pool(image_tokens, inputs["tokens"][rows], model.image_features(image_tokens, True),
-                             model.encode_text(inputs["tokens"][rows], True), inputs["tiles"][rows])
+        pool = matching_pool(
+            image_tokens,
+            inputs["tokens"][rows],
+            model.image_features(image_tokens, True),
+            model.encode_text(inputs["tokens"][rows], True),
+            inputs["tiles"][rows],
+        )
         torch.manual_seed(100 + rank)
         loss = model.matching_loss(pool)
         loss.backward()
@@ -374,19 +454,24 @@ def _matching_loss_on_rank(rank: int, folder, port: int) -> None:
 
 @pytest.mark.heavy  # starts 2 processes: make test-slow
 def test_matching_negatives_come_from_every_devices_batch_and_send_gradients_back(tmp_path):
+    from cvgtext.model.loss import MatchingPool
     from helpers.web import free_port
 
-    from cvgtext.model.loss import MatchingPool
-
-    encoder = build_encoder("blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)),
-                            config=TINY_BLIP)
+    encoder = build_encoder(
+        "blip-base", family="blip", tokenizer=str(write_bert_like(tmp_path, TEXTS)), config=TINY_BLIP
+    )
     model = encoder.model
     # Rank 0 holds two captions of tile A, rank 1 one of tile B (unequal batches): rank 0's only
     # possible negatives are on rank 1, which local negatives would never see.
     rows = [slice(0, 2), slice(2, 3)]
-    inputs = {"model": model.state_dict(), "tokenizer": str(tmp_path), "rows": [(0, 2), (2, 3)],
-              "images": torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
-              "tokens": encoder.tokenizer(TEXTS), "tiles": torch.tensor([7, 7, -3])}
+    inputs = {
+        "model": model.state_dict(),
+        "tokenizer": str(tmp_path),
+        "rows": [(0, 2), (2, 3)],
+        "images": torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2)),
+        "tokens": encoder.tokenizer(TEXTS),
+        "tiles": torch.tensor([7, 7, -3]),
+    }
     torch.save(inputs, tmp_path / "inputs.pt")
     torch.multiprocessing.spawn(_matching_loss_on_rank, args=(tmp_path, free_port()), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
@@ -401,8 +486,9 @@ def test_matching_negatives_come_from_every_devices_batch_and_send_gradients_bac
     losses = []
     for rank, part in enumerate(rows):
         torch.manual_seed(100 + rank)
-        pool = MatchingPool(tokens, inputs["tokens"], image_features, text_features, inputs["tiles"],
-                            part.start, part.stop - part.start)
+        pool = MatchingPool(
+            tokens, inputs["tokens"], image_features, text_features, inputs["tiles"], part.start, part.stop - part.start
+        )
         losses.append(model.matching_loss(pool))
     (from_rank_0,) = torch.autograd.grad(losses[0], images, retain_graph=True)
     assert from_rank_0[2].abs().max() > 0  # rank 0's loss reaches rank 1's image

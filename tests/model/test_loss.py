@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.model.loss import ContrastiveLoss, SigmoidLoss, build_loss
+from cvgtext.utils.errors import ConfigError
 
 # float32 results that differ only in summation order (blocked matmuls, gathered vs whole
 # batches, DDP's all-reduce of two gradients) agree to within an ulp or two; the values here are
@@ -47,8 +47,9 @@ def test_single_process_loss_equals_open_clip():
     torch.testing.assert_close(ContrastiveLoss("local")(image, text, logit_scale), ours, atol=0, rtol=0)
 
 
-def _as_rank_one_of_two(monkeypatch, mine_image: torch.Tensor, other_image: torch.Tensor,
-                        other_text: torch.Tensor) -> None:
+def _as_rank_one_of_two(
+    monkeypatch, mine_image: torch.Tensor, other_image: torch.Tensor, other_text: torch.Tensor
+) -> None:
     """Make this process rank 1 of 2 whose rank 0 holds ``other_image`` and ``other_text``: the
     gather returns rank 0's rows, then this rank's own."""
     import cvgtext.model.loss as loss_module
@@ -96,8 +97,7 @@ def test_label_smoothing_matches_cross_entropy():
     logits = logit_scale * image @ text.T
     labels = torch.arange(7)
     expected = (
-        F.cross_entropy(logits, labels, label_smoothing=0.1)
-        + F.cross_entropy(logits.T, labels, label_smoothing=0.1)
+        F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.T, labels, label_smoothing=0.1)
     ) / 2
 
     smoothed = ContrastiveLoss(label_smoothing=0.1)(image, text, logit_scale)
@@ -193,9 +193,7 @@ def _row_slices(split) -> list[slice]:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE
-    )
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
         results = {}
         for split in SPLITS:
@@ -257,9 +255,7 @@ def test_global_negatives_give_ddp_the_single_process_gradient(ranks, split):
     # DDP's averaged parameter gradient is already identical on every rank.
     for rank_result in ranks:
         for name, grad in single["param_grads"].items():
-            torch.testing.assert_close(
-                rank_result[split, "global"]["param_grads"][name], grad, atol=ATOL, rtol=RTOL
-            )
+            torch.testing.assert_close(rank_result[split, "global"]["param_grads"][name], grad, atol=ATOL, rtol=RTOL)
     # Through the gather each rank's features receive the gradient of the sum of all ranks'
     # losses, which is world_size times that of the global mean loss.
     for rank, rows in enumerate(_row_slices(split)):
@@ -280,15 +276,11 @@ def test_local_negatives_equal_each_rank_alone(ranks, split):
     for rank, rows in enumerate(_row_slices(split)):
         torch.manual_seed(0)
         alone.append(_step(PairEncoder(), ContrastiveLoss("local"), images[rows], texts[rows]))
-        torch.testing.assert_close(
-            ranks[rank][split, "local"]["loss"], alone[rank]["loss"], atol=ATOL, rtol=RTOL
-        )
+        torch.testing.assert_close(ranks[rank][split, "local"]["loss"], alone[rank]["loss"], atol=ATOL, rtol=RTOL)
         assert ranks[rank][split, "local"]["logits_per_image"].shape == (split[rank], split[rank])
     for name in alone[0]["param_grads"]:
         averaged = sum(a["param_grads"][name] for a in alone) / WORLD_SIZE
-        torch.testing.assert_close(
-            ranks[0][split, "local"]["param_grads"][name], averaged, atol=ATOL, rtol=RTOL
-        )
+        torch.testing.assert_close(ranks[0][split, "local"]["param_grads"][name], averaged, atol=ATOL, rtol=RTOL)
 
 
 def test_single_process_sigmoid_loss_is_open_clips_siglip_loss():

@@ -24,14 +24,14 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
 
-from helpers.city import CITY, write_release
-from helpers.models import two_layer_config
-from helpers.runs import compose_config
-from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
 from cvgtext.commands.evaluate import evaluate
 from cvgtext.model.build import backbone_for_checkpoint, build_module
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
+from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
+from helpers.city import CITY, write_release
+from helpers.models import two_layer_config
+from helpers.runs import compose_config
 
 TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings
 SHORT = "A red roof beside a narrow street with two trees."
@@ -100,8 +100,10 @@ def random_state(model_name: str, seed: int) -> dict[str, torch.Tensor]:
     scales = {}
     for key, shape in shapes.items():
         owner = key.split(".")[-2] if "." in key else ""
-        scales[key] = 0.1 if owner.startswith("ln") and key.endswith("weight") else (
-            shape[-1] ** -0.5 if len(shape) >= 2 else 0.02
+        scales[key] = (
+            0.1
+            if owner.startswith("ln") and key.endswith("weight")
+            else (shape[-1] ** -0.5 if len(shape) >= 2 else 0.02)
         )
     size = max(shape.numel() for shape in shapes.values()) + 7919
     draw = torch.randn(size, generator=torch.Generator().manual_seed(seed))
@@ -268,11 +270,13 @@ def test_street_views_embed_at_2_to_1_as_the_official_code(openai, configs, tmp_
     panorama.paste((30, 60, 200), (0, 0, 1024, 300))  # sky on the left half only: no crop may lose it
     images = encoder.preprocess(panorama).unsqueeze(0)
     assert images.shape == (1, 3, 224, 448)
-    resized = transforms.Compose([
-        transforms.Resize((224, 448), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize(encoder.model.visual.image_mean, encoder.model.visual.image_std),
-    ])(panorama)
+    resized = transforms.Compose(
+        [
+            transforms.Resize((224, 448), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(encoder.model.visual.image_mean, encoder.model.visual.image_std),
+        ]
+    )(panorama)
     assert torch.equal(images[0], resized)
     tokens = encoder.tokenizer([SHORT])
     assert_same_embeddings(encoder.model.eval(), reference, tokens, images)
@@ -291,9 +295,16 @@ def test_eval_runs_the_paper_backbone_on_a_street_view_gallery(vit_l, tmp_path):
     cfg = compose_config(
         "eval",
         [
-            "img=stv", *backbone, f"backbone.pretrained={files['clip']}", "backbone.image_size=56",
-            "city=Brisbane", f"city.name={CITY}",
-            f"paths.data_dir={data_dir}", "trainer=cpu", "data.num_workers=0", "data.eval_batch_size=4",
+            "img=stv",
+            *backbone,
+            f"backbone.pretrained={files['clip']}",
+            "backbone.image_size=56",
+            "city=Brisbane",
+            f"city.name={CITY}",
+            f"paths.data_dir={data_dir}",
+            "trainer=cpu",
+            "data.num_workers=0",
+            "data.eval_batch_size=4",
         ],
         tmp_path,
     )

@@ -37,7 +37,9 @@ def loss_and_gradients(module: CrossViewRetrieval) -> tuple[torch.Tensor, dict[s
 def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     plain = tiny_module()
     checkpointed = tiny_module(grad_checkpointing=True)
-    assert checkpointed.model.transformer.grad_checkpointing and checkpointed.model.visual.transformer.grad_checkpointing
+    assert (
+        checkpointed.model.transformer.grad_checkpointing and checkpointed.model.visual.transformer.grad_checkpointing
+    )
     assert not plain.model.transformer.grad_checkpointing
     checkpointed.load_state_dict(plain.state_dict())
 
@@ -94,22 +96,43 @@ def test_locking_a_tower_freezes_exactly_its_parameters(lock_image, lock_text):
 @pytest.mark.slow
 def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, test_backbone):
     """backbone=longclip_b16 end to end on random weights: train one epoch, evaluate its checkpoint."""
+    from cvgtext.commands.evaluate import evaluate
+    from cvgtext.commands.train import train
+    from cvgtext.model.build import build_module
     from helpers.city import CITY
     from helpers.runs import compose_config
 
-    from cvgtext.commands.evaluate import evaluate
-    from cvgtext.model.build import build_module
-    from cvgtext.commands.train import train
-
-    common = ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
-              "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",
-              "backbone=longclip_b16", f"backbone.model_name={test_backbone}"]
+    common = [
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={release_dir}",
+        "trainer=cpu",
+        "data.val_fraction=0.3",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        "backbone=longclip_b16",
+        f"backbone.model_name={test_backbone}",
+    ]
     run = tmp_path / "train"
-    train(compose_config("train", [
-        *common, "backbone.pretrained=null", "optim=fast", f"paths.output_dir={run}", "trainer.max_epochs=1",
-        "logger=csv", "test=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary",
-        "++trainer.enable_progress_bar=false",
-    ], tmp_path))
+    train(
+        compose_config(
+            "train",
+            [
+                *common,
+                "backbone.pretrained=null",
+                "optim=fast",
+                f"paths.output_dir={run}",
+                "trainer.max_epochs=1",
+                "logger=csv",
+                "test=false",
+                "~callbacks.rich_progress_bar",
+                "~callbacks.model_summary",
+                "++trainer.enable_progress_bar=false",
+            ],
+            tmp_path,
+        )
+    )
     eval_cfg = compose_config("eval", [*common, f"ckpt_path={run}/checkpoints/last.ckpt"], tmp_path / "eval")
     metrics = evaluate(eval_cfg)
     assert 0 <= metrics["test/R@1"] <= 100
@@ -121,20 +144,40 @@ def test_long_clip_trains_and_evaluates_at_248_tokens(release_dir, tmp_path, tes
 
 @pytest.mark.slow
 def test_the_sigmoid_loss_trains_its_bias_and_the_checkpoint_evaluates(release_dir, tmp_path, test_backbone):
+    from cvgtext.commands.evaluate import evaluate
+    from cvgtext.commands.train import train
     from helpers.city import CITY
     from helpers.runs import compose_config
 
-    from cvgtext.commands.evaluate import evaluate
-    from cvgtext.commands.train import train
-
-    common = ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={release_dir}", "trainer=cpu",
-              "data.val_fraction=0.3", "data.num_workers=0", "data.batch_size=8", "data.eval_batch_size=8",
-              f"backbone.model_name={test_backbone}"]
+    common = [
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={release_dir}",
+        "trainer=cpu",
+        "data.val_fraction=0.3",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "data.eval_batch_size=8",
+        f"backbone.model_name={test_backbone}",
+    ]
     run = tmp_path / "train"
-    train(compose_config("train", [
-        *common, "model.loss.kind=sigmoid", f"paths.output_dir={run}", "trainer.max_epochs=1", "logger=csv",
-        "test=false", "~callbacks.rich_progress_bar", "~callbacks.model_summary", "++trainer.enable_progress_bar=false",
-    ], tmp_path))
+    train(
+        compose_config(
+            "train",
+            [
+                *common,
+                "model.loss.kind=sigmoid",
+                f"paths.output_dir={run}",
+                "trainer.max_epochs=1",
+                "logger=csv",
+                "test=false",
+                "~callbacks.rich_progress_bar",
+                "~callbacks.model_summary",
+                "++trainer.enable_progress_bar=false",
+            ],
+            tmp_path,
+        )
+    )
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert checkpoint["hyper_parameters"]["loss"]["kind"] == "sigmoid"
     bias = float(checkpoint["state_dict"]["logit_bias"])

@@ -11,8 +11,8 @@ from cvgtext.model.positional import (
     causal_mask,
     resize_state_dict_context_length,
     resize_text_positional_embedding,
-    set_context_length,
     resize_vision_positional_embedding,
+    set_context_length,
     set_image_size,
     vision_grid,
 )

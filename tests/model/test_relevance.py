@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-
 import open_clip
 import pytest
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
-from helpers.models import two_layer_config
-from cvgtext.utils.errors import ConfigError
-from cvgtext.model.relevance import attention_gradient, explain_pair, explain_pairs
-from cvgtext.model.positional import set_context_length, set_image_size
 from cvgtext.model.module import CrossViewRetrieval
+from cvgtext.model.positional import set_context_length, set_image_size
+from cvgtext.model.relevance import attention_gradient, explain_pair, explain_pairs
+from cvgtext.utils.errors import ConfigError
+from helpers.models import two_layer_config
 
 CAPTION = "A red roof beside a narrow street with two trees."
 OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True}
@@ -53,8 +52,9 @@ def test_tiny_backbone_maps_cover_the_patch_grid_and_the_caption_tokens(tiny):
 
 def test_a_compiled_model_is_explained_as_the_plain_one(tiny):
     # aot_eager traces forward and backward as inductor does (the case that failed), without generating code.
-    compiled = CrossViewRetrieval(backbone={"model_name": "cvg-tiny"}, optimizer=OPTIMIZER,
-                                  compile={"backend": "aot_eager"})
+    compiled = CrossViewRetrieval(
+        backbone={"model_name": "cvg-tiny"}, optimizer=OPTIMIZER, compile={"backend": "aot_eager"}
+    )
     compiled.load_state_dict(tiny.state_dict())
     compiled.setup("fit")
     image, tokens = torch.randn(3, 64, 64), tiny.tokenizer([CAPTION])[0]

@@ -9,16 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
+from cvgtext.commands.evaluate import evaluate
+from cvgtext.model.relevance import Explanation
+from cvgtext.reports.overlays import word_relevance
 from helpers.city import CITY, write_release
 from helpers.runs import compose_config
-from cvgtext.commands.evaluate import evaluate
-from cvgtext.reports.overlays import word_relevance
-from cvgtext.model.relevance import Explanation
 
 
 def test_word_relevance_joins_the_pieces_of_a_word():
     explanation = Explanation(
-        image=torch.zeros(1, 1), text=torch.tensor([0.5, 0.25, 1.0, 2.0]), token_ids=torch.arange(4),
+        image=torch.zeros(1, 1),
+        text=torch.tensor([0.5, 0.25, 1.0, 2.0]),
+        token_ids=torch.arange(4),
         words=["a</w>", "sky", "scraper</w>", "park"],
     )
     assert word_relevance(explanation) == [("a", 0.5), ("skyscraper", 1.25), ("park", 2.0)]
@@ -30,8 +32,12 @@ def test_words_outside_ascii_read_as_typed_from_clips_tokenizer():
     tokenizer = open_clip.get_tokenizer("ViT-B-16")
     caption = "Café beside 東京の交差点, naïve—sign 🚦"
     ids = [int(token) for token in tokenizer([caption])[0] if int(token)][1:-1]  # no start and end tokens
-    explanation = Explanation(image=torch.zeros(1, 1), text=torch.ones(len(ids)), token_ids=torch.tensor(ids),
-                              words=[tokenizer.decoder[token] for token in ids])
+    explanation = Explanation(
+        image=torch.zeros(1, 1),
+        text=torch.ones(len(ids)),
+        token_ids=torch.tensor(ids),
+        words=[tokenizer.decoder[token] for token in ids],
+    )
     words = [word for word, _ in word_relevance(explanation)]
     # CLIP's tokenizer lower-cases and splits punctuation off; every character comes back whole.
     assert words == ["café", "beside", "東京の交差点", ",", "naïve", "—", "sign", "🚦"]
@@ -44,16 +50,25 @@ def test_eval_writes_the_maps_of_the_first_queries_on_a_2_to_1_gallery(tmp_path,
     cfg = compose_config(
         "eval",
         [
-            f"backbone.model_name={test_backbone}", "img=stv", "city=Brisbane", f"city.name={CITY}",
-            f"paths.data_dir={data_dir}", "trainer=cpu", "data.num_workers=0",
-            "explain.enabled=true", "explain.max_queries=2",
+            f"backbone.model_name={test_backbone}",
+            "img=stv",
+            "city=Brisbane",
+            f"city.name={CITY}",
+            f"paths.data_dir={data_dir}",
+            "trainer=cpu",
+            "data.num_workers=0",
+            "explain.enabled=true",
+            "explain.max_queries=2",
         ],
         tmp_path,
     )
     evaluate(cfg)
     folder = tmp_path / "run" / "explanations"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "query_000.npz", "query_000.png", "query_001.npz", "query_001.png"
+        "query_000.npz",
+        "query_000.png",
+        "query_001.npz",
+        "query_001.png",
     ]
     arrays = np.load(folder / "query_000.npz")
     assert arrays["image"].shape == (2, 4)  # 32x64 street views, 16 px patches

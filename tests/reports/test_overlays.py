@@ -7,8 +7,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 
-from cvgtext.reports.explanations import report_explanations
 from cvgtext.model.relevance import refusal
+from cvgtext.reports.explanations import report_explanations
 from cvgtext.reports.overlays import draw_shaded_words, heat_overlay, plot_shaded_words, word_colour
 
 

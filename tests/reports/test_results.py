@@ -12,12 +12,18 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.city import SMALL_COLOURS
-from cvgtext.retrieval.split import evaluate_split
 from cvgtext.reports.results import (
-    TABLE_COLUMNS, draw_examples, example_queries, metrics_table, true_rank_label, write_metrics, write_predictions,
+    TABLE_COLUMNS,
+    draw_examples,
+    example_queries,
+    metrics_table,
+    true_rank_label,
+    write_metrics,
+    write_predictions,
     write_reports,
 )
+from cvgtext.retrieval.split import evaluate_split
+from helpers.city import SMALL_COLOURS
 
 GREEN, RED = (50, 205, 50), (255, 0, 0)  # PIL's limegreen and red: right and wrong candidates
 
@@ -29,8 +35,10 @@ def whole_gallery(small_split):
 
 
 def test_metrics_table_has_a_row_per_view_in_fixed_columns():
-    metrics = {"all": {**dict.fromkeys(TABLE_COLUMNS, 12.345), "count": 4},
-               "single": {**dict.fromkeys(TABLE_COLUMNS, 100.0), "count": 1}}
+    metrics = {
+        "all": {**dict.fromkeys(TABLE_COLUMNS, 12.345), "count": 4},
+        "single": {**dict.fromkeys(TABLE_COLUMNS, 100.0), "count": 1},
+    }
     title, header, rule, all_row, single_row = metrics_table(metrics, "Testville sat").splitlines()
     assert title == "Testville sat"
     assert header.split() == ["queries", *TABLE_COLUMNS] and set(rule) == {"-"} and len(rule) == len(header)
@@ -80,23 +88,32 @@ def test_predictions_list_each_query_its_rank_and_top_tiles_with_distances(whole
 
 @pytest.mark.parametrize(
     "ranks, count, chosen",
-    [([1, 1, 1, 1], 4, [0, 1, 2, 3]),
-     # spread from the best ranked to the worst, the true tiles not ranked (0) last
-     ([3, 1, 0, 2, 1, 7, 1, 0, 5, 1], 4, [1, 9, 8, 7]),
-     ([3, 1, 0, 2, 1, 7, 1, 0, 5, 1], 3, [1, 3, 7]),
-     ([2, 2, 1], 1, [2]),
-     # fewer queries than examples: every query is shown, best ranked first
-     ([4], 4, [0]), ([5, 1], 4, [1, 0]), ([0, 3, 1], 6, [2, 1, 0])],
+    [
+        ([1, 1, 1, 1], 4, [0, 1, 2, 3]),
+        # spread from the best ranked to the worst, the true tiles not ranked (0) last
+        ([3, 1, 0, 2, 1, 7, 1, 0, 5, 1], 4, [1, 9, 8, 7]),
+        ([3, 1, 0, 2, 1, 7, 1, 0, 5, 1], 3, [1, 3, 7]),
+        ([2, 2, 1], 1, [2]),
+        # fewer queries than examples: every query is shown, best ranked first
+        ([4], 4, [0]),
+        ([5, 1], 4, [1, 0]),
+        ([0, 3, 1], 6, [2, 1, 0]),
+    ],
 )
 def test_example_queries_spread_over_the_ranks_of_their_true_tile(ranks, count, chosen):
-    evaluation = SimpleNamespace(query_index=list(range(len(ranks))),
-                                 ranking=SimpleNamespace(true_rank=torch.tensor(ranks)))
+    evaluation = SimpleNamespace(
+        query_index=list(range(len(ranks))), ranking=SimpleNamespace(true_rank=torch.tensor(ranks))
+    )
     assert example_queries(evaluation, count) == chosen
 
 
 def test_the_rank_of_the_true_tile_is_named():
     assert [true_rank_label(rank) for rank in (1, 2, 1234, 0)] == [
-        "true tile first", "true tile at rank 2", "true tile at rank 1,234", "true tile not ranked"]
+        "true tile first",
+        "true tile at rank 2",
+        "true tile at rank 1,234",
+        "true tile not ranked",
+    ]
 
 
 def test_examples_show_each_query_with_its_candidates_outlined_right_or_wrong(whole_gallery, tmp_path):
@@ -143,10 +160,21 @@ class WandbLogger:
 def test_write_reports_writes_three_files_prints_the_table_and_hands_them_to_wandb(whole_gallery, tmp_path, capsys):
     evaluation, dataset = whole_gallery
     wandb, other = WandbLogger(), SimpleNamespace()
-    paths = write_reports(tmp_path / "run", evaluation, dataset, {"city": "Testville", "img": "sat", "split": "test"},
-                          loggers=[wandb, other])
-    assert paths == {name: tmp_path / "run" / file for name, file in
-                     (("metrics", "metrics.json"), ("predictions", "predictions.csv"), ("examples", "examples.png"))}
+    paths = write_reports(
+        tmp_path / "run",
+        evaluation,
+        dataset,
+        {"city": "Testville", "img": "sat", "split": "test"},
+        loggers=[wandb, other],
+    )
+    assert paths == {
+        name: tmp_path / "run" / file
+        for name, file in (
+            ("metrics", "metrics.json"),
+            ("predictions", "predictions.csv"),
+            ("examples", "examples.png"),
+        )
+    }
     assert json.loads(paths["metrics"].read_text())["all"]["R@1"] == 50.0
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == "Testville sat test (whole gallery), percent / km"
@@ -162,8 +190,12 @@ def test_an_explained_query_has_its_top_tile_and_its_words_shaded(whole_gallery,
     from cvgtext.model.relevance import Explanation
 
     evaluation, dataset = whole_gallery
-    explanation = Explanation(image=torch.ones(2, 2), text=torch.tensor([0.1, 1.0, 0.4]),
-                              token_ids=torch.tensor([1, 2, 3]), words=["a</w>", "blue</w>", "pool</w>"])
+    explanation = Explanation(
+        image=torch.ones(2, 2),
+        text=torch.tensor([0.1, 1.0, 0.4]),
+        token_ids=torch.tensor([1, 2, 3]),
+        words=["a</w>", "blue</w>", "pool</w>"],
+    )
     draw_examples(tmp_path / "plain.png", evaluation, dataset, count=4, tile=64)
     draw_examples(tmp_path / "explained.png", evaluation, dataset, count=4, tile=64, explanations={0: explanation})
     with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "explained.png") as explained:
@@ -185,10 +217,24 @@ def test_run_summary_says_what_was_evaluated():
 
     from cvgtext.reports.results import run_summary
 
-    cfg = OmegaConf.create({"city": {"name": "Tokyo"}, "img": {"name": "osm"}, "text": {"name": "mixed"},
-                            "protocol": {"name": "nearest100"}, "ckpt_path": "best.ckpt"})
+    cfg = OmegaConf.create(
+        {
+            "city": {"name": "Tokyo"},
+            "img": {"name": "osm"},
+            "text": {"name": "mixed"},
+            "protocol": {"name": "nearest100"},
+            "ckpt_path": "best.ckpt",
+        }
+    )
     backbone = {"model_name": "ViT-B-16", "pretrained": "openai", "context_length": 300}
     assert run_summary(cfg, backbone, "val") == {
-        "city": "Tokyo", "img": "osm", "text": "mixed", "split": "val", "protocol": "nearest100",
-        "backbone": "ViT-B-16", "pretrained": "openai", "context_length": 300, "checkpoint": "best.ckpt",
+        "city": "Tokyo",
+        "img": "osm",
+        "text": "mixed",
+        "split": "val",
+        "protocol": "nearest100",
+        "backbone": "ViT-B-16",
+        "pretrained": "openai",
+        "context_length": 300,
+        "checkpoint": "best.ckpt",
     }

@@ -7,14 +7,14 @@ import json
 from collections import Counter
 
 import pytest
+
+from cvgtext.rerank import Judged, reorder
+from cvgtext.rerank.lmm import LMMReranker, encode_image, parse_choice, parse_confidence
+from cvgtext.utils.errors import ConfigError
 from helpers.chat_server import ChatServer
 from helpers.city import CITY, annotation_path, image_path, repaint_tiles
 from helpers.runs import compose_config, locate_overrides, logged_metrics
 from helpers.web import free_port
-
-from cvgtext.utils.errors import ConfigError
-from cvgtext.rerank import Judged, reorder
-from cvgtext.rerank.lmm import LMMReranker, encode_image, parse_choice, parse_confidence
 
 PROMPTS = {"prompt": 'Where? "{description}" {view}', "pair_prompt": 'Image A and image B: "{description}" {view}'}
 
@@ -38,17 +38,20 @@ def test_reorder_adds_the_normalised_values_and_keeps_failed_candidates_in_place
     assert reorder(scores, judged(0, 0, 0, 0), weight=10).order == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("reply, expected", [
-    ('{"reason": "trees", "confidence": 0.75}', (0.75, "trees", None)),
-    ('Sure!\n```json\n{"reason": "a park", "confidence": 1}\n```', (1.0, "a park", None)),
-    ('{"confidence": 0}', (0.0, "", None)),
-    ("It is the second one.", (None, "", "invalid_json")),
-    ('{"reason": "x", "confidence": "high"}', (None, "x", "invalid_json")),
-    ('{"reason": "x", "confidence": true}', (None, "x", "invalid_json")),
-    ('{"reason": "x", "confidence": 1.5}', (None, "x", "out_of_range")),
-    ('{"reason": "x", "confidence": -0.1}', (None, "x", "out_of_range")),
-    ('["confidence", 1]', (None, "", "invalid_json")),
-])
+@pytest.mark.parametrize(
+    "reply, expected",
+    [
+        ('{"reason": "trees", "confidence": 0.75}', (0.75, "trees", None)),
+        ('Sure!\n```json\n{"reason": "a park", "confidence": 1}\n```', (1.0, "a park", None)),
+        ('{"confidence": 0}', (0.0, "", None)),
+        ("It is the second one.", (None, "", "invalid_json")),
+        ('{"reason": "x", "confidence": "high"}', (None, "x", "invalid_json")),
+        ('{"reason": "x", "confidence": true}', (None, "x", "invalid_json")),
+        ('{"reason": "x", "confidence": 1.5}', (None, "x", "out_of_range")),
+        ('{"reason": "x", "confidence": -0.1}', (None, "x", "out_of_range")),
+        ('["confidence", 1]', (None, "", "invalid_json")),
+    ],
+)
 def test_pointwise_replies_are_read_strictly(reply, expected):
     assert parse_confidence(reply) == expected
 
@@ -59,17 +62,20 @@ def test_pairwise_replies_name_a_or_b():
     assert parse_choice("A") == (None, "", "invalid_json")
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("url", "127.0.0.1:8000", "reranker.url='127.0.0.1:8000': expected the http:// or https://"),
-    ("mode", "listwise", "reranker.mode='listwise': expected pointwise or pairwise"),
-    ("top_k", 1, "reranker.top_k=1: expected a number of candidates from 2 to 10"),
-    ("top_k", 11, "reranker.top_k=11"),
-    ("weight", -1, "reranker.weight=-1: expected a number >= 0"),
-    ("timeout_s", 0, "reranker.timeout_s=0: expected a positive number"),
-    ("concurrency", 0, "reranker.concurrency=0: expected a whole number >= 1"),
-    ("max_queries", 0, "reranker.max_queries=0: expected a positive number of queries, or null"),
-    ("api_key_env", "sk-proj-abc123", "reranker.api_key_env: expected the NAME of an environment variable"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("url", "127.0.0.1:8000", "reranker.url='127.0.0.1:8000': expected the http:// or https://"),
+        ("mode", "listwise", "reranker.mode='listwise': expected pointwise or pairwise"),
+        ("top_k", 1, "reranker.top_k=1: expected a number of candidates from 2 to 10"),
+        ("top_k", 11, "reranker.top_k=11"),
+        ("weight", -1, "reranker.weight=-1: expected a number >= 0"),
+        ("timeout_s", 0, "reranker.timeout_s=0: expected a positive number"),
+        ("concurrency", 0, "reranker.concurrency=0: expected a whole number >= 1"),
+        ("max_queries", 0, "reranker.max_queries=0: expected a positive number of queries, or null"),
+        ("api_key_env", "sk-proj-abc123", "reranker.api_key_env: expected the NAME of an environment variable"),
+    ],
+)
 def test_bad_settings_are_named(key, value, message):
     import re
 
@@ -81,13 +87,22 @@ def test_bad_settings_are_named(key, value, message):
 
 def small_reranking(small_split, url, tmp_path, **settings):
     """The small split's whole-gallery ranking re-ranked over its 3 tiles by the server at ``url``."""
-    from cvgtext.retrieval.split import evaluate_split
     from cvgtext.rerank.compare import rerank_split
+    from cvgtext.retrieval.split import evaluate_split
 
     embedded, dataset = small_split
     evaluation = evaluate_split(embedded, dataset, nearest=None)
-    settings = {"top_k": 3, "weight": 3.0, "timeout_s": 5, "retries": 0, "backoff_s": 0, "concurrency": 2,
-                "cache_dir": tmp_path / "cache", **PROMPTS, **settings}
+    settings = {
+        "top_k": 3,
+        "weight": 3.0,
+        "timeout_s": 5,
+        "retries": 0,
+        "backoff_s": 0,
+        "concurrency": 2,
+        "cache_dir": tmp_path / "cache",
+        **PROMPTS,
+        **settings,
+    }
     reranker = LMMReranker(url=url, model="fake", **settings)
     return evaluation, rerank_split(evaluation, dataset, reranker, reranker.weight, reranker.max_queries)
 
@@ -124,16 +139,18 @@ def test_an_oracle_puts_every_true_tile_of_the_top_k_first(small_split, tmp_path
 @pytest.mark.parametrize("behaviour", ["garbage", "out_of_range", "error", "closed"])
 def test_failed_replies_leave_the_dual_encoders_order_and_are_counted(small_split, tmp_path, behaviour):
     if behaviour == "closed":
-        _, reranking = small_reranking(small_split, f"http://127.0.0.1:{free_port()}/v1", tmp_path, retries=2,
-                                       backoff_s=0.01)
+        _, reranking = small_reranking(
+            small_split, f"http://127.0.0.1:{free_port()}/v1", tmp_path, retries=2, backoff_s=0.01
+        )
     else:
         with ChatServer(behaviour) as server:
             _, reranking = small_reranking(small_split, server.url, tmp_path)
     metrics = reranking.metrics
     assert reranking.after.indices.tolist() == reranking.before.indices.tolist()
     assert metrics["with"] == metrics["without"] and metrics["reranked"] == 0
-    kind = {"garbage": "invalid_json", "out_of_range": "out_of_range", "error": "http_error",
-            "closed": "unreachable"}[behaviour]
+    kind = {"garbage": "invalid_json", "out_of_range": "out_of_range", "error": "http_error", "closed": "unreachable"}[
+        behaviour
+    ]
     assert metrics["failed_requests"] == {kind: 12}
     assert metrics["queries_by_status"] == {f"fewer than two candidates judged ({kind})": 4}
 
@@ -142,8 +159,9 @@ def test_a_slow_server_times_out_and_a_closed_port_is_given_up_at_once(small_spl
     with ChatServer("slow", delay_s=1.0) as server:
         _, reranking = small_reranking(small_split, server.url, tmp_path, timeout_s=0.2, concurrency=12)
     assert reranking.metrics["failed_requests"] == {"timeout": 12} and reranking.metrics["reranked"] == 0
-    _, reranking = small_reranking(small_split, f"http://127.0.0.1:{free_port()}/v1", tmp_path, retries=3,
-                                   backoff_s=0.05, concurrency=1)
+    _, reranking = small_reranking(
+        small_split, f"http://127.0.0.1:{free_port()}/v1", tmp_path, retries=3, backoff_s=0.05, concurrency=1
+    )
     assert reranking.metrics["failed_requests"] == {"unreachable": 12}  # one request retried, the rest not sent
 
 
@@ -166,8 +184,13 @@ def test_the_bootstrap_interval_holds_the_difference():
 
     def ranking(ranks):
         ranks = torch.tensor(ranks)
-        return Ranking(torch.zeros(len(ranks), 1, dtype=torch.long), torch.zeros(len(ranks), 1), ranks,
-                       torch.where(ranks == 1, 0.0, 1.0).double(), None)
+        return Ranking(
+            torch.zeros(len(ranks), 1, dtype=torch.long),
+            torch.zeros(len(ranks), 1),
+            ranks,
+            torch.where(ranks == 1, 0.0, 1.0).double(),
+            None,
+        )
 
     same = paired_bootstrap(ranking([1, 2, 3] * 10), ranking([1, 2, 3] * 10))
     assert same["R@1"] == {"difference": 0, "low": 0, "high": 0}
@@ -184,15 +207,15 @@ def unique_captions(release_dir):
         for split in ("train", "test"):
             path = annotation_path(release_dir, version, split)
             content = json.loads(path.read_text())
-            path.write_text(json.dumps({name: f"{text} Place {version}-{n}." for n, (name, text)
-                                        in enumerate(content.items())}))
+            path.write_text(
+                json.dumps({name: f"{text} Place {version}-{n}." for n, (name, text) in enumerate(content.items())})
+            )
 
 
 @pytest.mark.slow
 def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir, tmp_path, capsys, monkeypatch):
-    from cvgtext.data.dataset import load_image
     from cvgtext.commands.evaluate import evaluate
-
+    from cvgtext.data.dataset import load_image
     from helpers.models import tiny_checkpoint
     from helpers.runs import run_cli
 
@@ -206,10 +229,19 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
     monkeypatch.setenv("CVGTEXT_TEST_API_KEY", secret)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=4)
     with ChatServer("oracle", truth) as server:
-        overrides = [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(
-            release_dir, f"ckpt_path={checkpoint}", "reranker=lmm", f"reranker.url={server.url}",
-            "reranker.api_key_env=CVGTEXT_TEST_API_KEY", "reranker.weight=3", "reranker.max_queries=null",
-            "reranker.model=fake-vl")]
+        overrides = [
+            f"paths.cache_dir={tmp_path}/cache",
+            *locate_overrides(
+                release_dir,
+                f"ckpt_path={checkpoint}",
+                "reranker=lmm",
+                f"reranker.url={server.url}",
+                "reranker.api_key_env=CVGTEXT_TEST_API_KEY",
+                "reranker.weight=3",
+                "reranker.max_queries=null",
+                "reranker.model=fake-vl",
+            ),
+        ]
         metrics = evaluate(compose_config("eval", [*overrides, "logger=csv"], tmp_path))
         asked = len(server.requests)
         assert asked == 9 * 5 and server.requests[0]["headers"]["Authorization"] == f"Bearer {secret}"
@@ -241,10 +273,9 @@ def test_eval_reports_the_oracles_reranking_beside_the_dual_encoder(release_dir,
 
 
 def test_locate_reranks_and_shows_the_reasons(release_dir, tmp_path, capsys):
+    from cvgtext.commands.app import results_html
     from helpers.models import tiny_checkpoint
     from helpers.runs import run_locate
-
-    from cvgtext.commands.app import results_html
 
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=5)
@@ -255,8 +286,16 @@ def test_locate_reranks_and_shows_the_reasons(release_dir, tmp_path, capsys):
     from cvgtext.data.dataset import load_image
 
     with ChatServer("oracle", {query: encode_image(load_image(third.path), 512)}) as server:
-        [location] = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", f"query={query}", "draw=false",
-                                "reranker=lmm", f"reranker.url={server.url}", "reranker.weight=3")
+        [location] = run_locate(
+            tmp_path,
+            release_dir,
+            f"ckpt_path={checkpoint}",
+            f"query={query}",
+            "draw=false",
+            "reranker=lmm",
+            f"reranker.url={server.url}",
+            "reranker.weight=3",
+        )
     assert location.reranking == "re-ranked" and location.candidates[0].file == third.file
     assert [c.dual_rank for c in location.candidates] == [3, 1, 2, 4, 5]
     assert location.candidates[0].distance_m == 0 and location.candidates[0].reason == "the place described"
@@ -273,8 +312,13 @@ def test_locate_reranks_and_shows_the_reasons(release_dir, tmp_path, capsys):
 def test_the_cli_names_a_bad_reranker_setting_in_one_line(release_dir, tmp_path):
     from helpers.runs import run_cli
 
-    result = run_cli("eval.py", *locate_overrides(release_dir), f"hydra.run.dir={tmp_path}/run", "reranker=lmm",
-                     "reranker.mode=listwise")
+    result = run_cli(
+        "eval.py",
+        *locate_overrides(release_dir),
+        f"hydra.run.dir={tmp_path}/run",
+        "reranker=lmm",
+        "reranker.mode=listwise",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1:]
     assert last == ["error: reranker.mode='listwise': expected pointwise or pairwise"]
@@ -287,9 +331,18 @@ def test_pairwise_requests_carry_each_tile_and_its_relevance_overlay(release_dir
     repaint_tiles(release_dir)  # no two tiles alike: identical questions are asked once
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=6)
     with ChatServer("random", seed=1) as server:
-        [location] = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "query=a red roof", "draw=false",
-                                "top_k=3", "reranker=lmm", f"reranker.url={server.url}", "reranker.mode=pairwise",
-                                "reranker.overlay=true")
+        [location] = run_locate(
+            tmp_path,
+            release_dir,
+            f"ckpt_path={checkpoint}",
+            "query=a red roof",
+            "draw=false",
+            "top_k=3",
+            "reranker=lmm",
+            f"reranker.url={server.url}",
+            "reranker.mode=pairwise",
+            "reranker.overlay=true",
+        )
     assert len(server.requests) == 3  # the pairs of 3 candidates
     for request in server.requests:
         content = request["body"]["messages"][0]["content"]

@@ -6,11 +6,10 @@ import random
 
 import pytest
 import torch
-from helpers.reference_protocol import reference_metrics, synthetic_names
-
-from helpers.city import city_names
 
 from cvgtext.retrieval.metrics import geo_retrieval_metrics
+from helpers.city import city_names
+from helpers.reference_protocol import reference_metrics, synthetic_names
 
 KM_PER_DEGREE_AT_EQUATOR = 6371.0 * torch.pi / 180
 
@@ -74,12 +73,36 @@ def test_hand_made_case_on_the_whole_gallery():
     error_d, error_c = 0.0004 * KM_PER_DEGREE_AT_EQUATOR, 0.01 * KM_PER_DEGREE_AT_EQUATOR
     metrics = geo_retrieval_metrics(HAND_SIM, HAND_QUERIES, HAND_GALLERY, nearest=None)
     expected = {
-        "all": {"R@1": 100 / 3, "R@5": 100.0, "R@10": 100.0, "L@50": 200 / 3, "L@100": 200 / 3, "L@150": 200 / 3,
-                "mean_error_km": (error_d + error_c) / 3, "count": 3},
-        "panorama": {"R@1": 0.0, "R@5": 100.0, "R@10": 100.0, "L@50": 50.0, "L@100": 50.0, "L@150": 50.0,
-                     "mean_error_km": (error_d + error_c) / 2, "count": 2},
-        "single": {"R@1": 100.0, "R@5": 100.0, "R@10": 100.0, "L@50": 100.0, "L@100": 100.0, "L@150": 100.0,
-                   "mean_error_km": 0.0, "count": 1},
+        "all": {
+            "R@1": 100 / 3,
+            "R@5": 100.0,
+            "R@10": 100.0,
+            "L@50": 200 / 3,
+            "L@100": 200 / 3,
+            "L@150": 200 / 3,
+            "mean_error_km": (error_d + error_c) / 3,
+            "count": 3,
+        },
+        "panorama": {
+            "R@1": 0.0,
+            "R@5": 100.0,
+            "R@10": 100.0,
+            "L@50": 50.0,
+            "L@100": 50.0,
+            "L@150": 50.0,
+            "mean_error_km": (error_d + error_c) / 2,
+            "count": 2,
+        },
+        "single": {
+            "R@1": 100.0,
+            "R@5": 100.0,
+            "R@10": 100.0,
+            "L@50": 100.0,
+            "L@100": 100.0,
+            "L@150": 100.0,
+            "mean_error_km": 0.0,
+            "count": 1,
+        },
     }
     assert metrics.keys() == expected.keys()
     for group in expected:
@@ -91,8 +114,16 @@ def test_hand_made_case_with_two_nearest_tiles():
     error_d = 0.0004 * KM_PER_DEGREE_AT_EQUATOR
     metrics = geo_retrieval_metrics(HAND_SIM, HAND_QUERIES, HAND_GALLERY, nearest=2)
     assert metrics["all"] == pytest.approx(
-        {"R@1": 200 / 3, "R@5": 100.0, "R@10": 100.0, "L@50": 100.0, "L@100": 100.0, "L@150": 100.0,
-         "mean_error_km": error_d / 3, "count": 3},
+        {
+            "R@1": 200 / 3,
+            "R@5": 100.0,
+            "R@10": 100.0,
+            "L@50": 100.0,
+            "L@100": 100.0,
+            "L@150": 100.0,
+            "mean_error_km": error_d / 3,
+            "count": 3,
+        },
         rel=1e-9,
     )
     assert metrics["panorama"]["R@1"] == 50.0 and metrics["panorama"]["count"] == 2

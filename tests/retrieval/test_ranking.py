@@ -7,14 +7,14 @@ import random
 
 import pytest
 import torch
-from helpers.reference_protocol import QueryOutcome, rank_query, synthetic_names
-from helpers.reference_protocol import haversine_km as reference_haversine_km
 
-from helpers.city import city_names
+from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
 from cvgtext.retrieval import nearest_tiles
 from cvgtext.retrieval import ranking as retrieval
-from cvgtext.data.names import is_panorama, parse_coordinates, parse_places
 from cvgtext.retrieval.ranking import NOT_RANKED, Ranking, summarize
+from helpers.city import city_names
+from helpers.reference_protocol import QueryOutcome, rank_query, synthetic_names
+from helpers.reference_protocol import haversine_km as reference_haversine_km
 
 
 def rank_similarity(sim, queries, gallery, **options) -> Ranking:
@@ -52,7 +52,7 @@ def true_name_after_its_equals(
     best = {name: max(row[j] for j in candidates if gallery[j] == name) for name in names}
     others = [name for name in names if name != query]
     rank = sum(1 for name in others if best[name] >= best[query]) + 1
-    ranked = others[: rank - 1] + [query] + others[rank - 1:]
+    ranked = others[: rank - 1] + [query] + others[rank - 1 :]
     if ranked[0] == query:
         error = 0.0
     else:
@@ -143,13 +143,17 @@ def test_nearest_set_is_exact_when_distances_differ_below_the_cosine_resolution(
     assert_matches_plain_protocol(ranking, sim, [here], gallery, nearest=5, k=5)
 
 
-@pytest.mark.parametrize("settings", [
-    # boxes sized for a fifth of the nearest entries: every query searches a second, larger box
-    {"_BOX_FILL": 0.2},
-    # boxes of about 120 entries against blocks of 64: every row is a block of its own, computed
-    # outside the reused buffers
-    {"_BOX_FILL": 20.0, "_DISTANCE_BLOCK": 64},
-], ids=["first_boxes_too_small", "boxes_wider_than_a_block"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # boxes sized for a fifth of the nearest entries: every query searches a second, larger box
+        {"_BOX_FILL": 0.2},
+        # boxes of about 120 entries against blocks of 64: every row is a block of its own, computed
+        # outside the reused buffers
+        {"_BOX_FILL": 20.0, "_DISTANCE_BLOCK": 64},
+    ],
+    ids=["first_boxes_too_small", "boxes_wider_than_a_block"],
+)
 def test_nearest_set_is_exact_whatever_the_boxes(monkeypatch, settings):
     for name, value in settings.items():
         monkeypatch.setattr(nearest_tiles, name, value)
@@ -197,9 +201,17 @@ def test_tied_distances_and_tied_scores_keep_the_protocol_order(nearest, true_ti
     # With nearest=7 the cut falls inside a group of equidistant tiles.
     here = "0.0,0.0_2022-08_here_d62_z3.jpg"
     gallery = [
-        "0.0,0.002_east2.jpg", "0.0,0.001_b.jpg", "0.0,-0.002_west2.jpg", "0.0,0.001_a.jpg",
-        "0.0,0.003_east3.jpg", "0.0,-0.001_west1.jpg", here, "0.0,0.001_c.jpg", "0.0,-0.003_west3.jpg",
-        "0.002,0.0_north2.jpg", "-0.002,0.0_south2.jpg",
+        "0.0,0.002_east2.jpg",
+        "0.0,0.001_b.jpg",
+        "0.0,-0.002_west2.jpg",
+        "0.0,0.001_a.jpg",
+        "0.0,0.003_east3.jpg",
+        "0.0,-0.001_west1.jpg",
+        here,
+        "0.0,0.001_c.jpg",
+        "0.0,-0.003_west3.jpg",
+        "0.002,0.0_north2.jpg",
+        "-0.002,0.0_south2.jpg",
     ]
     queries = [here, "0.0,0.001_a.jpg", "0.0,-0.002_west2.jpg"]
     levels = torch.tensor([0.1, 0.2, 0.3])

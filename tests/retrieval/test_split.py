@@ -8,14 +8,17 @@ import logging
 import pytest
 import torch
 
-from helpers.city import SMALL_LAT, SMALL_LON
-from cvgtext.retrieval.split import evaluate_split, flatten_metrics
 from cvgtext.retrieval.geo import haversine_km
+from cvgtext.retrieval.split import evaluate_split, flatten_metrics
+from helpers.city import SMALL_LAT, SMALL_LON
 
 
 def distance_km(a: str, b: str) -> float:
-    return float(haversine_km(*(torch.tensor(v, dtype=torch.float64) for v in
-                                (SMALL_LAT[a], SMALL_LON, SMALL_LAT[b], SMALL_LON))))
+    return float(
+        haversine_km(
+            *(torch.tensor(v, dtype=torch.float64) for v in (SMALL_LAT[a], SMALL_LON, SMALL_LAT[b], SMALL_LON))
+        )
+    )
 
 
 def test_the_whole_gallery_ranks_each_caption_against_every_distinct_tile(small_split):
@@ -59,11 +62,17 @@ def test_a_gallery_smaller_than_the_protocol_ranks_every_tile_and_says_so(small_
 
 
 def test_flatten_metrics_names_each_value_by_stage_and_view():
-    metrics = {"all": {"R@1": 50, "L@50": 75.0, "count": 4}, "panorama": {"R@1": 25.0, "count": 3},
-               "single": {"R@1": 100.0, "count": 1}}
+    metrics = {
+        "all": {"R@1": 50, "L@50": 75.0, "count": 4},
+        "panorama": {"R@1": 25.0, "count": 3},
+        "single": {"R@1": 100.0, "count": 1},
+    }
     flat = flatten_metrics(metrics, "val")
     assert flat == {"val/R@1": 50.0, "val/L@50": 75.0, "val/panorama/R@1": 25.0, "val/single/R@1": 100.0}
     assert all(type(value) is float for value in flat.values())
     assert flatten_metrics(metrics, "test/full", groups=["all", "single"]) == {
-        "test/full/R@1": 50.0, "test/full/L@50": 75.0, "test/full/single/R@1": 100.0}
+        "test/full/R@1": 50.0,
+        "test/full/L@50": 75.0,
+        "test/full/single/R@1": 100.0,
+    }
     assert flatten_metrics(metrics, "val", groups=[]) == {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.search.backends import SearchIndex, exact_search
+from cvgtext.utils.errors import ConfigError
 
 
 def unit_vectors(count: int, dim: int, seed: int) -> torch.Tensor:
@@ -41,8 +41,10 @@ def test_faiss_indexes_find_what_exact_search_finds(name, least_recall):
     generator = torch.Generator().manual_seed(0)
     centres = unit_vectors(50, 64, 1)
     gallery = torch.nn.functional.normalize(
-        centres[torch.randint(0, 50, (4000,), generator=generator)] + 0.3 * torch.randn(4000, 64, generator=generator)
-        / 8, dim=1)
+        centres[torch.randint(0, 50, (4000,), generator=generator)]
+        + 0.3 * torch.randn(4000, 64, generator=generator) / 8,
+        dim=1,
+    )
     queries = torch.nn.functional.normalize(gallery[:100] + 0.05 * torch.randn(100, 64, generator=generator), dim=1)
     expected_scores, expected = exact_search(queries, gallery, 10)
     index = SearchIndex(name, gallery)
@@ -64,6 +66,7 @@ def test_locate_with_a_faiss_index(release_dir, tmp_path):
     repaint_tiles(release_dir)
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=1)
     exact = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "query=a red roof", "draw=false")
-    flat = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", "query=a red roof", "draw=false",
-                      "index=faiss_flat")
+    flat = run_locate(
+        tmp_path, release_dir, f"ckpt_path={checkpoint}", "query=a red roof", "draw=false", "index=faiss_flat"
+    )
     assert [c.file for c in flat[0].candidates] == [c.file for c in exact[0].candidates]

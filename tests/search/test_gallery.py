@@ -10,10 +10,9 @@ import shutil
 import pytest
 import torch
 
+from cvgtext.utils.fingerprint import changed_parts, digest, files_signature, stable_repr
 from helpers.models import tiny_checkpoint
 from helpers.runs import compose_config, locate_overrides, run_locate
-
-from cvgtext.utils.fingerprint import changed_parts, digest, files_signature, stable_repr
 
 
 def test_fingerprints_change_with_what_they_describe(tmp_path):
@@ -40,8 +39,8 @@ def gallery_messages(caplog) -> list[str]:
 
 @pytest.mark.slow
 def test_the_index_is_reused_and_rebuilt_when_a_tile_or_the_checkpoint_changes(release_dir, tmp_path, caplog):
-    from cvgtext.model.build import build_module
     from cvgtext.commands.locator import build_gallery_index
+    from cvgtext.model.build import build_module
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     first = tiny_checkpoint(tmp_path / "first.ckpt", seed=1)
@@ -107,8 +106,9 @@ def test_eval_stores_the_index_reuses_it_and_shares_it_with_locate(release_dir, 
 
     caplog.set_level(logging.INFO, logger="cvgtext")
     checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=3)
-    settings = locate_overrides(release_dir, f"ckpt_path={checkpoint}", "split=test", "protocol=full",
-                         f"paths.cache_dir={tmp_path}/cache")
+    settings = locate_overrides(
+        release_dir, f"ckpt_path={checkpoint}", "split=test", "protocol=full", f"paths.cache_dir={tmp_path}/cache"
+    )
     first = evaluate(compose_config("eval", settings, tmp_path / "first"))
     assert "none stored" in gallery_messages(caplog)[0]
     second = evaluate(compose_config("eval", settings, tmp_path / "second"))

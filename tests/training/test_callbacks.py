@@ -18,7 +18,9 @@ def test_each_skipped_image_is_warned_about_once(caplog):
             None, None, {"skipped": ["image a.jpg cannot be decoded", "image b.jpg cannot be decoded"]}, 1
         )
         callback.on_train_batch_start(None, None, {"skipped": []}, 2)
-    warned = [record.getMessage().split(";")[0] for record in caplog.records if record.name == "cvgtext.training.callbacks"]
+    warned = [
+        record.getMessage().split(";")[0] for record in caplog.records if record.name == "cvgtext.training.callbacks"
+    ]
     assert warned == ["image a.jpg cannot be decoded", "image b.jpg cannot be decoded"]
     assert callback.messages == {"image a.jpg cannot be decoded", "image b.jpg cannot be decoded"}
 

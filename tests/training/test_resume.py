@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from cvgtext.training.callbacks import RandomStateInCheckpoint
 from cvgtext.data.sampler import GeoBatchSampler, SeededBatchSampler
-from cvgtext.utils.errors import CheckpointError, ConfigError
+from cvgtext.training.callbacks import RandomStateInCheckpoint
 from cvgtext.training.resume import continue_run, find_resume
-
+from cvgtext.utils.errors import CheckpointError, ConfigError
 from helpers.city import write_release
 from helpers.models import WritesMarker
 from helpers.runs import ROOT, compose_config, run_cli, tiny_overrides
@@ -86,8 +85,13 @@ def training_checkpoint(path: Path, **backbone) -> Path:
     backbone = {"name": "tiny", "model_name": "cvg-tiny", "context_length": 77, "image_size": None, **backbone}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
-        {"state_dict": {}, "optimizer_states": [], "loops": {}, "hyper_parameters": {"backbone": backbone},
-         "loggers": {"wandb": "abc123"}},
+        {
+            "state_dict": {},
+            "optimizer_states": [],
+            "loops": {},
+            "hyper_parameters": {"backbone": backbone},
+            "loggers": {"wandb": "abc123"},
+        },
         path,
     )
     return path
@@ -148,7 +152,8 @@ def test_a_changed_schedule_or_optimizer_is_refused_with_the_way_to_train_longer
         path = training_checkpoint(tmp_path / "last.ckpt")
         saved = torch.load(path, weights_only=True)
         saved["hyper_parameters"].update(
-            {key: OmegaConf.to_container(cfg.model[key], resolve=True) for key in ("optimizer", "scheduler")})
+            {key: OmegaConf.to_container(cfg.model[key], resolve=True) for key in ("optimizer", "scheduler")}
+        )
         saved["config"] = {"trainer": {"max_epochs": cfg.trainer.max_epochs}}
         torch.save(saved, path)
         return path
@@ -160,10 +165,12 @@ def test_a_changed_schedule_or_optimizer_is_refused_with_the_way_to_train_longer
     assert str(refused.value) == (
         f"checkpoint {path} was trained with optim.scheduler.T_max=2 (this run: 3): resume with the settings it "
         "was trained with; trainer.max_epochs=2 set the length of its learning-rate schedule: to train on under a "
-        f"new schedule, start a new run from its weights with backbone.pretrained={path}")
+        f"new schedule, start a new run from its weights with backbone.pretrained={path}"
+    )
     with pytest.raises(CheckpointError, match=r"with optim.optimizer.lr=0.00025 \(this run: 0.001\): resume with"):
-        find_resume(compose_config("train", [f"ckpt_path={path}", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3"],
-                                   tmp_path))
+        find_resume(
+            compose_config("train", [f"ckpt_path={path}", "trainer.max_epochs=2", "optim.optimizer.lr=1e-3"], tmp_path)
+        )
 
 
 def test_a_checkpoint_that_does_not_record_its_activation_was_built_with_gelu(tmp_path):
@@ -198,9 +205,15 @@ def resume_overrides(data_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     """A tiny run of three epochs of batches of 2, checkpointed every 2 steps, logged to W&B (offline) and CSV."""
     overrides = [item for item in tiny_overrides(data_dir, run_dir) if item != "debug=fast"]
     return overrides + [
-        "trainer.max_epochs=3", "data.batch_size=2", "data.num_workers=0",
-        "callbacks.last_checkpoint.every_n_train_steps=2", "logger=wandb", "resume=auto",
-        "~callbacks.rich_progress_bar", "~callbacks.model_summary", *extra,
+        "trainer.max_epochs=3",
+        "data.batch_size=2",
+        "data.num_workers=0",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "logger=wandb",
+        "resume=auto",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.model_summary",
+        *extra,
     ]
 
 
@@ -225,7 +238,11 @@ def kill_when(data_dir: Path, run_dir: Path, ready, *extra: str) -> dict:
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *resume_overrides(data_dir, run_dir, *extra)],
-        cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while not ready(run_dir) and process.poll() is None and time.monotonic() < deadline:
@@ -320,11 +337,15 @@ def test_last_checkpoint_every_n_steps_leaves_out_the_last_batch_of_an_epoch(mon
     saved = []
     monkeypatch.setattr(LastCheckpoint, "_should_skip_saving_checkpoint", lambda self, trainer: False)
     monkeypatch.setattr(LastCheckpoint, "_monitor_candidates", lambda self, trainer: {})
-    monkeypatch.setattr(LastCheckpoint, "_save_topk_checkpoint", lambda self, trainer, _: saved.append(trainer.global_step))
+    monkeypatch.setattr(
+        LastCheckpoint, "_save_topk_checkpoint", lambda self, trainer, _: saved.append(trainer.global_step)
+    )
     callback = LastCheckpoint("checkpoints", every_n_train_steps=2)
     for step, last in [(1, False), (2, False), (3, False), (4, True), (5, False), (6, False)]:
         progress = SimpleNamespace(is_last_batch=last)
-        trainer = SimpleNamespace(global_step=step, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)))
+        trainer = SimpleNamespace(
+            global_step=step, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+        )
         callback.on_train_batch_end(trainer, None, None, None, 0)
     assert saved == [2, 6]
 

@@ -21,7 +21,6 @@ import pytest
 import torch
 
 from cvgtext.commands.train import train
-
 from helpers.city import CITY, write_release
 from helpers.runs import compose_config
 
@@ -87,32 +86,58 @@ SETTINGS = {
     # The city has 26 training pairs. Batches of 8: an epoch takes 3 and drops 2 pairs; a
     # checkpoint every optimizer step of 2 accumulated batches; workers loading ahead.
     "steps_accumulated_workers": [
-        "data.batch_size=8", "callbacks.last_checkpoint.every_n_train_steps=1", "trainer.accumulate_grad_batches=2",
+        "data.batch_size=8",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "trainer.accumulate_grad_batches=2",
         "data.num_workers=2",
     ],
     "one_batch_an_epoch": ["data.batch_size=16"],
-    "limited_batches": ["data.batch_size=4", "callbacks.last_checkpoint.every_n_train_steps=2", "++trainer.limit_train_batches=3"],
+    "limited_batches": [
+        "data.batch_size=4",
+        "callbacks.last_checkpoint.every_n_train_steps=2",
+        "++trainer.limit_train_batches=3",
+    ],
     "epoch_checkpoints_workers": ["data.batch_size=8", "data.num_workers=2"],
     "geo_batches": ["data.batch_size=8", "data.sampler=geo", "callbacks.last_checkpoint.every_n_train_steps=1"],
     # the city's shards (packed by city_dir), streamed by two workers shuffling within windows
     "shards_steps_workers": [
-        "data.batch_size=8", "data.format=shards", "data.shuffle_window=5", "data.num_workers=2",
+        "data.batch_size=8",
+        "data.format=shards",
+        "data.shuffle_window=5",
+        "data.num_workers=2",
         "callbacks.last_checkpoint.every_n_train_steps=1",
     ],
 }
 # make test runs the first setting; make test-slow all of them.
-CASES = [pytest.param(setting, marks=[pytest.mark.slow] + ([pytest.mark.heavy] if i else []))
-         for i, setting in enumerate(SETTINGS)]
+CASES = [
+    pytest.param(setting, marks=[pytest.mark.slow] + ([pytest.mark.heavy] if i else []))
+    for i, setting in enumerate(SETTINGS)
+]
 
 
 def overrides(data_dir: Path, run_dir: Path, setting: str, *extra: str) -> list[str]:
     return [
-        "city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}", f"paths.output_dir={run_dir}",
-        "backbone.model_name=cvg-test", "trainer=cpu", "trainer.max_epochs=2", "++trainer.num_sanity_val_steps=0", "++trainer.log_every_n_steps=1",
-        "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
-        "logger=csv", "data.val_fraction=0.3", "data.num_workers=0", "data.eval_batch_size=4",
-        "~callbacks.rich_progress_bar", "~callbacks.model_summary", "resume=auto", "seed=11",
-        *SETTINGS[setting], *extra,
+        "city=Brisbane",
+        f"city.name={CITY}",
+        f"paths.data_dir={data_dir}",
+        f"paths.output_dir={run_dir}",
+        "backbone.model_name=cvg-test",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "++trainer.num_sanity_val_steps=0",
+        "++trainer.log_every_n_steps=1",
+        "++trainer.enable_progress_bar=false",
+        "++trainer.enable_model_summary=false",
+        "logger=csv",
+        "data.val_fraction=0.3",
+        "data.num_workers=0",
+        "data.eval_batch_size=4",
+        "~callbacks.rich_progress_bar",
+        "~callbacks.model_summary",
+        "resume=auto",
+        "seed=11",
+        *SETTINGS[setting],
+        *extra,
     ]
 
 
@@ -162,8 +187,19 @@ def city_dir(tmp_path_factory, test_backbone) -> Path:
     folder = tmp_path_factory.mktemp("anywhere")
     data_dir = write_release(folder / "data", panoramas=40, photos=12)
     # into data.shards's default folder, in packs of 7
-    pack(compose_config("pack", ["city=Brisbane", f"city.name={CITY}", f"paths.data_dir={data_dir}",
-                                 "data.val_fraction=0.3", "samples_per_shard=7"], folder))
+    pack(
+        compose_config(
+            "pack",
+            [
+                "city=Brisbane",
+                f"city.name={CITY}",
+                f"paths.data_dir={data_dir}",
+                "data.val_fraction=0.3",
+                "samples_per_shard=7",
+            ],
+            folder,
+        )
+    )
     return data_dir
 
 

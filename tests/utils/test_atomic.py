@@ -14,7 +14,6 @@ import torch
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.checkpoints import AtomicCheckpointIO
 from cvgtext.utils.errors import OutputError
-
 from helpers.runs import ROOT
 
 
@@ -22,7 +21,11 @@ def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with the project importable."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, **kwargs,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
     )
 
 

@@ -5,11 +5,11 @@ import open_clip
 import pytest
 import torch
 
-from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
-from cvgtext.model.weights import load_weights
-from cvgtext.utils.errors import CheckpointError
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.positional import resize_state_dict_context_length
+from cvgtext.model.weights import load_weights
+from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.utils.errors import CheckpointError
 from helpers.models import WritesMarker
 from helpers.runs import compose_config
 
@@ -32,8 +32,9 @@ def test_missing_file_and_non_checkpoint_are_named(tmp_path):
     junk.write_text("these are not weights")
     with pytest.raises(CheckpointError) as error:
         read_checkpoint(junk)
-    assert str(error.value) == (f"checkpoint {junk} is not a PyTorch checkpoint (neither the zip archive torch.save "
-                                "writes nor a pickle)")
+    assert str(error.value) == (
+        f"checkpoint {junk} is not a PyTorch checkpoint (neither the zip archive torch.save writes nor a pickle)"
+    )
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError, match=r"^checkpoint .*empty.ckpt is an empty file$"):
@@ -46,7 +47,9 @@ def test_missing_file_and_non_checkpoint_are_named(tmp_path):
     archive = tmp_path / "other.ckpt"
     with zipfile.ZipFile(archive, "w") as stream:
         stream.writestr("readme.txt", "hello")
-    with pytest.raises(CheckpointError, match=r"^checkpoint .*other.ckpt is not a readable PyTorch checkpoint \(") as error:
+    with pytest.raises(
+        CheckpointError, match=r"^checkpoint .*other.ckpt is not a readable PyTorch checkpoint \("
+    ) as error:
         read_checkpoint(archive)
     assert "\n" not in str(error.value)
 
@@ -157,8 +160,17 @@ READERS = {
 def test_a_checkpoint_carrying_code_is_refused_by_every_reader_and_its_code_never_runs(tmp_path, reader):
     marker = tmp_path / "payload-ran"
     path = tmp_path / "downloaded.ckpt"
-    torch.save({"state_dict": {}, "optimizer_states": [], "loops": {}, "payload": WritesMarker(marker),
-                "names": [], "key": {}}, path)
+    torch.save(
+        {
+            "state_dict": {},
+            "optimizer_states": [],
+            "loops": {},
+            "payload": WritesMarker(marker),
+            "names": [],
+            "key": {},
+        },
+        path,
+    )
     read, error, match = READERS[reader]
     if error is None:
         read(path, tmp_path)

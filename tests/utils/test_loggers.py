@@ -45,9 +45,15 @@ def test_an_unreadable_netrc_is_not_a_login(nobody):
     assert not wandb_logged_in()
 
 
-@pytest.mark.parametrize("logged_in, offline, expected", [
-    (False, None, True), (True, None, False), (False, False, False), (True, True, True),
-])
+@pytest.mark.parametrize(
+    "logged_in, offline, expected",
+    [
+        (False, None, True),
+        (True, None, False),
+        (False, False, False),
+        (True, True, True),
+    ],
+)
 def test_the_logger_is_offline_unless_logged_in_or_asked(nobody, monkeypatch, logged_in, offline, expected):
     if logged_in:
         monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")

@@ -17,13 +17,14 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.reports.locations import Candidate, Location
+from cvgtext.utils.errors import ConfigError
 
 if TYPE_CHECKING:
     from cvgtext.commands.locator import Locator
@@ -65,8 +66,10 @@ def read_description(text: Any, max_chars: int) -> tuple[str | None, list[str]]:
     text = " ".join(text.split())
     notes = []
     if len(text) > max_chars:
-        notes.append(f"The description was {len(text):,} characters long; the first {max_chars:,} were read "
-                     "(max_chars in the config).")
+        notes.append(
+            f"The description was {len(text):,} characters long; the first {max_chars:,} were read "
+            "(max_chars in the config)."
+        )
         text = text[:max_chars]
     return text, notes
 
@@ -79,8 +82,10 @@ def answer(locator: Locator, text: Any, max_chars: int = 2000) -> Answer:
         return Answer(notes[0])
     unread = tokens_beyond_context(locator.module.tokenizer, description)
     if unread:
-        notes.append(f"The text encoder reads the first {locator.module.tokenizer.context_length} tokens; "
-                     f"the last {unread} were not read.")
+        notes.append(
+            f"The text encoder reads the first {locator.module.tokenizer.context_length} tokens; "
+            f"the last {unread} were not read."
+        )
     if not any(character.isascii() and character.isalpha() for character in description):
         notes.append("The model was trained on English descriptions; other scripts are read, but rarely well.")
     [location] = locator.locate([description])
@@ -88,8 +93,10 @@ def answer(locator: Locator, text: Any, max_chars: int = 2000) -> Answer:
     if not location.candidates:
         return Answer("The gallery has no tiles to rank.", location, notes, seconds)
     best = location.candidates[0]
-    message = (f"Best match **{best.lat:.5f}, {best.lon:.5f}** (score {best.score:.3f}) among "
-               f"{len(locator.gallery.names):,} tiles, in {1000 * seconds:.0f} ms.")
+    message = (
+        f"Best match **{best.lat:.5f}, {best.lon:.5f}** (score {best.score:.3f}) among "
+        f"{len(locator.gallery.names):,} tiles, in {1000 * seconds:.0f} ms."
+    )
     if location.reranking is not None:
         notes.append(f"Re-ranker: {location.reranking}.")
     return Answer(message, location, notes, seconds)
@@ -118,9 +125,11 @@ def results_html(location: Location | None) -> str:
         for c in location.candidates
     )
     extra = "<th>dual encoder rank</th><th>re-ranker value</th><th>re-ranker reason</th>" if reranked else ""
-    return (f'<table class="candidates" data-query="{html.escape(location.query)}"><thead><tr><th>rank</th>'
-            f"<th>file</th><th>lat</th><th>lon</th><th>score</th><th>metres from 1</th>{extra}</tr></thead>"
-            f"<tbody>{rows}</tbody></table>")
+    return (
+        f'<table class="candidates" data-query="{html.escape(location.query)}"><thead><tr><th>rank</th>'
+        f"<th>file</th><th>lat</th><th>lon</th><th>score</th><th>metres from 1</th>{extra}</tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def words_html(words: Sequence[tuple[str, float]]) -> str:
@@ -215,12 +224,24 @@ class Page:
             notes = result.notes
             if result.location is not None and self.overlays and self.refusal:
                 notes.append(f"No relevance overlays: {self.refusal}")
-            return (status_markdown(result), results_html(result.location), tile_gallery(result.location),
-                    map_image(result.location, self.city), "", result.location)
+            return (
+                status_markdown(result),
+                results_html(result.location),
+                tile_gallery(result.location),
+                map_image(result.location, self.city),
+                "",
+                result.location,
+            )
         except Exception as error:  # the page shows one line; the server log keeps the traceback
             log.exception("The page could not answer %r", text if not isinstance(text, str) else text[:200])
-            return (f"Could not answer: {html.escape(type(error).__name__)}: {html.escape(str(error))[:300]}",
-                    results_html(None), [], None, "", None)
+            return (
+                f"Could not answer: {html.escape(type(error).__name__)}: {html.escape(str(error))[:300]}",
+                results_html(None),
+                [],
+                None,
+                "",
+                None,
+            )
 
     def explain(self, location: Location | None) -> tuple[Any, str]:
         """Step two: the shown tiles under their relevance and the shaded words, or unchanged."""
@@ -246,16 +267,25 @@ def build_page(page: Page, title: str):
     import gradio as gr
 
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
-        gr.Markdown(f"# {html.escape(title)}\nDescribe what you see around you; the tiles of the city that "
-                    "match your words best are shown, best first.")
+        gr.Markdown(
+            f"# {html.escape(title)}\nDescribe what you see around you; the tiles of the city that "
+            "match your words best are shown, best first."
+        )
         with gr.Row():
             text = gr.Textbox(label="Your description", placeholder=EXAMPLE, lines=3, scale=4, elem_id="query")
             ask = gr.Button("Where am I?", variant="primary", scale=1, elem_id="ask")
         status = gr.Markdown(elem_id="status")
         with gr.Row():
             with gr.Column(scale=3):
-                tiles = gr.Gallery(label="Best tiles", columns=5, height=220, elem_id="tiles",
-                                   object_fit="contain", type="pil", format="png")
+                tiles = gr.Gallery(
+                    label="Best tiles",
+                    columns=5,
+                    height=220,
+                    elem_id="tiles",
+                    object_fit="contain",
+                    type="pil",
+                    format="png",
+                )
                 words = gr.HTML(elem_id="words")
                 table = gr.HTML(results_html(None), elem_id="results")
             with gr.Column(scale=2):
@@ -292,10 +322,17 @@ def serve(cfg: Any, block: bool = True):
     blocks = build_page(page, title)
     try:
         blocks.queue(default_concurrency_limit=1).launch(
-            server_name=cfg.server_name, server_port=cfg.port, share=False, inbrowser=False,
-            prevent_thread_lock=not block, theme=page_theme(), footer_links=[], quiet=False,
+            server_name=cfg.server_name,
+            server_port=cfg.port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=not block,
+            theme=page_theme(),
+            footer_links=[],
+            quiet=False,
         )
     except OSError as error:
-        raise ConfigError(f"cannot serve on {cfg.server_name}:{cfg.port} ({error}); give another port=... "
-                          "or server_name=...") from None
+        raise ConfigError(
+            f"cannot serve on {cfg.server_name}:{cfg.port} ({error}); give another port=... or server_name=..."
+        ) from None
     return blocks

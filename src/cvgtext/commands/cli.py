@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
@@ -86,8 +87,10 @@ class CheckLauncher(Callback):
             return
         problem = launcher_problem(
             local="LocalLauncher" in target,
-            tasks=launcher.get("tasks_per_node"), nodes=launcher.get("nodes"),
-            devices=config.trainer.get("devices"), num_nodes=config.trainer.get("num_nodes"),
+            tasks=launcher.get("tasks_per_node"),
+            nodes=launcher.get("nodes"),
+            devices=config.trainer.get("devices"),
+            num_nodes=config.trainer.get("num_nodes"),
         )
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cvgtext.utils.errors import ConfigError
-from cvgtext.retrieval.split import flatten_metrics
-from cvgtext.reports.explanations import report_explanations, write_explanations
-from cvgtext.search.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.model.build import build_module
+from cvgtext.reports.explanations import report_explanations, write_explanations
+from cvgtext.reports.results import run_summary, write_reports
 from cvgtext.rerank.build import build_reranker
 from cvgtext.rerank.compare import rerank_split
+from cvgtext.retrieval.split import flatten_metrics
+from cvgtext.search.gallery import config_index_key, find_index, gallery_tiles, store_index
+from cvgtext.utils.errors import ConfigError
 from cvgtext.utils.instantiate import instantiate_group
 from cvgtext.utils.loggers import finish_wandb
-from cvgtext.reports.results import run_summary, write_reports
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             dataset = datamodule.dataset(split)
             reranking = None
             if reranker is not None:
-                reranking = rerank_split(evaluation, dataset, reranker, reranker.weight, reranker.max_queries,
-                                         cfg.get("seed") or 0)
+                reranking = rerank_split(
+                    evaluation, dataset, reranker, reranker.weight, reranker.max_queries, cfg.get("seed") or 0
+                )
                 reranked = flatten_metrics(reranking.metrics["with"], f"{split}/reranked")
                 metrics.update(reranked)
                 for logger in loggers:
@@ -73,17 +75,26 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             explain = cfg.get("explain") or {}
             start_block = explain.get("start_block", 0)
             write_reports(
-                Path(cfg.paths.output_dir), evaluation, dataset,
-                {**run_summary(cfg, backbone, split), "search": "exact",
-                 "gallery_index": "reused" if stored is not None else "embedded"},
+                Path(cfg.paths.output_dir),
+                evaluation,
+                dataset,
+                {
+                    **run_summary(cfg, backbone, split),
+                    "search": "exact",
+                    "gallery_index": "reused" if stored is not None else "embedded",
+                },
                 loggers,
                 explanations=report_explanations(cfg, module, evaluation, dataset),
                 reranking=reranking,
             )
             if explain.get("enabled"):
                 write_explanations(
-                    cfg.paths.output_dir, module, evaluation, dataset,
-                    max_queries=explain.get("max_queries", 16), start_block=start_block,
+                    cfg.paths.output_dir,
+                    module,
+                    evaluation,
+                    dataset,
+                    max_queries=explain.get("max_queries", 16),
+                    start_block=start_block,
                 )
     finally:
         finish_wandb(loggers)

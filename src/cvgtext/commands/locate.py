@@ -8,8 +8,9 @@ top-k tiles are printed and written to ``locations.json``, ``locations.geojson``
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 from omegaconf import DictConfig
 

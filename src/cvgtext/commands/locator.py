@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -55,7 +56,11 @@ def build_gallery_index(
 
     def embed(tiles):
         return embed_tiles(
-            module.model, module.preprocess, tiles, cfg.data.eval_batch_size, cfg.data.num_workers,
+            module.model,
+            module.preprocess,
+            tiles,
+            cfg.data.eval_batch_size,
+            cfg.data.num_workers,
             cfg.get("device", "cpu"),
         )
 
@@ -68,7 +73,11 @@ def metres_from_first(lat: torch.Tensor, lon: torch.Tensor) -> list[float]:
 
 
 def rank_locations(
-    queries: Sequence[str], query_emb: torch.Tensor, gallery: GalleryIndex, search: SearchIndex, top_k: int,
+    queries: Sequence[str],
+    query_emb: torch.Tensor,
+    gallery: GalleryIndex,
+    search: SearchIndex,
+    top_k: int,
     paths: dict[str, Path] | None = None,
 ) -> list[Location]:
     """Each query's top-k tiles, with their distance from its best one in metres."""
@@ -83,8 +92,13 @@ def rank_locations(
         distance_m = metres_from_first(gallery.lat[at], gallery.lon[at])
         candidates = [
             Candidate(
-                rank=rank, file=gallery.names[i], lat=float(gallery.lat[i]), lon=float(gallery.lon[i]),
-                score=float(score), distance_m=distance, path=(paths or {}).get(gallery.names[i]),
+                rank=rank,
+                file=gallery.names[i],
+                lat=float(gallery.lat[i]),
+                lon=float(gallery.lon[i]),
+                score=float(score),
+                distance_m=distance,
+                path=(paths or {}).get(gallery.names[i]),
             )
             for rank, ((score, i), distance) in enumerate(zip(found, distance_m), start=1)
         ]
@@ -124,8 +138,13 @@ class Locator:
         searched = time.perf_counter()
         log.info(
             "%d queries against %d tiles (index=%s%s): index %.1f ms, text encoding %.1f ms, search %.1f ms",
-            len(queries), len(self.gallery.names), self.search.name, ", approximate" if self.search.approximate else "",
-            self.index_ms, 1000 * (encoded - started), 1000 * (searched - encoded),
+            len(queries),
+            len(self.gallery.names),
+            self.search.name,
+            ", approximate" if self.search.approximate else "",
+            self.index_ms,
+            1000 * (encoded - started),
+            1000 * (searched - encoded),
         )
         if self.reranker is not None:
             rerank_locations(self.reranker, locations)
@@ -150,8 +169,10 @@ class Locator:
 
 def rerank_locations(reranker: Reranker, locations: Sequence[Location]) -> None:
     """Re-order each location's candidates by the re-ranker's judgement; note its reasons."""
-    asked = [Query(location.query, [c.path for c in location.candidates], [c.score for c in location.candidates])
-             for location in locations]
+    asked = [
+        Query(location.query, [c.path for c in location.candidates], [c.score for c in location.candidates])
+        for location in locations
+    ]
     for location, result in zip(locations, rerank(reranker, asked, reranker.weight)):
         candidates = location.candidates
         for position, candidate in enumerate(candidates):
@@ -161,7 +182,9 @@ def rerank_locations(reranker: Reranker, locations: Sequence[Location]) -> None:
         location.candidates = [candidates[old] for old in result.order]
         location.reranking = result.status
         if location.candidates:
-            distance_m = metres_from_first(torch.tensor([c.lat for c in location.candidates], dtype=torch.float64),
-                                           torch.tensor([c.lon for c in location.candidates], dtype=torch.float64))
+            distance_m = metres_from_first(
+                torch.tensor([c.lat for c in location.candidates], dtype=torch.float64),
+                torch.tensor([c.lon for c in location.candidates], dtype=torch.float64),
+            )
             for rank, (candidate, distance) in enumerate(zip(location.candidates, distance_m), start=1):
                 candidate.rank, candidate.distance_m = rank, distance

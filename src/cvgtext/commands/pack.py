@@ -21,13 +21,18 @@ def pack(cfg: Any) -> dict[str, Any]:
     if unknown or not splits:
         raise ConfigError(f"splits={splits!r}: expected some of {', '.join(SPLITS)}")
     description = {
-        "city": cfg.city.name, "img": cfg.img.name, "text": cfg.text.name,
-        "val_fraction": cfg.data.val_fraction, "data_dir": str(cfg.paths.data_dir),
+        "city": cfg.city.name,
+        "img": cfg.img.name,
+        "text": cfg.text.name,
+        "val_fraction": cfg.data.val_fraction,
+        "data_dir": str(cfg.paths.data_dir),
         # what a reader checks against its own settings
-        "versions": list(datamodule.versions), "image_folder": datamodule.image_folder,
+        "versions": list(datamodule.versions),
+        "image_folder": datamodule.image_folder,
     }
-    manifest = pack_splits({split: datamodule.pairs[split] for split in splits}, cfg.out,
-                           cfg.samples_per_shard, description)
+    manifest = pack_splits(
+        {split: datamodule.pairs[split] for split in splits}, cfg.out, cfg.samples_per_shard, description
+    )
     total = sum(entry["samples"] for entry in manifest["splits"].values())
     size = sum(shard["bytes"] for entry in manifest["splits"].values() for shard in entry["shards"])
     print(f"Packed {total:,} samples ({size / 2**20:,.1f} MiB) of {cfg.city.name} {cfg.img.name} into {cfg.out}")

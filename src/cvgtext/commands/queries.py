@@ -23,11 +23,11 @@ def read_queries(query: str | None, queries: str | None, stdin: IO[str] | None =
     if query is not None:
         text = str(query).strip()
         if not text:
-            raise ConfigError("query= is empty; describe the place, e.g. query=\"a church on a roundabout\"")
+            raise ConfigError('query= is empty; describe the place, e.g. query="a church on a roundabout"')
         return [text]
     if queries is None:
         raise ConfigError(
-            "nothing to locate: give query=\"a description\", queries=FILE (one description a line) "
+            'nothing to locate: give query="a description", queries=FILE (one description a line) '
             "or queries=- (read from stdin)"
         )
     source = str(queries)

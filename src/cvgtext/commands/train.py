@@ -14,15 +14,15 @@ from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cvgtext.utils.atomic import atomic_write
-from cvgtext.training.callbacks import LastCheckpoint, SkippedImages
 from cvgtext.commands.cli import in_multirun
-from cvgtext.utils.errors import ConfigError, TrainingError
 from cvgtext.reports.explanations import report_explanations
+from cvgtext.reports.results import metrics_table, run_summary, write_reports
+from cvgtext.training.callbacks import LastCheckpoint, SkippedImages
+from cvgtext.training.resume import continue_run, find_resume
+from cvgtext.utils.atomic import atomic_write
+from cvgtext.utils.errors import ConfigError, TrainingError
 from cvgtext.utils.instantiate import instantiate_group
 from cvgtext.utils.loggers import finish_wandb
-from cvgtext.reports.results import metrics_table, run_summary, write_reports
-from cvgtext.training.resume import continue_run, find_resume
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,12 @@ def best_checkpoint(trainer: L.Trainer) -> str:
 def skipped_images(trainer: L.Trainer, datamodule: Any) -> int:
     """Training images left out as undecodable: found before training (``data.verify_images``)
     plus met while loading batches."""
-    met = {message for callback in trainer.callbacks if isinstance(callback, SkippedImages)
-           for message in callback.messages}
+    met = {
+        message
+        for callback in trainer.callbacks
+        if isinstance(callback, SkippedImages)
+        for message in callback.messages
+    }
     return len(getattr(datamodule, "left_out", ())) + len(met)
 
 

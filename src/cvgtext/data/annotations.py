@@ -87,8 +87,9 @@ def load_pairs(annotation_path: Path, image_dir: Path, missing: str = "raise") -
             raise DataError(f"annotation file {annotation_path}: {error}") from None
         if name not in present:
             if missing == "skip":
-                log.warning("image %s does not exist (annotated in %s): its pair is left out", image_dir / name,
-                            annotation_path)
+                log.warning(
+                    "image %s does not exist (annotated in %s): its pair is left out", image_dir / name, annotation_path
+                )
                 continue
             raise DataError(
                 f"image {image_dir / name} does not exist (annotated in {annotation_path}); "

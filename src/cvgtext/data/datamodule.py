@@ -11,8 +11,9 @@ split; ``val`` is carved out of ``train`` by a hash of the file name. ``test`` i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -118,10 +119,11 @@ class CVGTextDataModule(L.LightningDataModule):
             for setting, bad in refused.items():
                 if bad:
                     raise ConfigError(
-                        f"data.format=shards with {setting}: " + (
+                        f"data.format=shards with {setting}: "
+                        + (
                             "give data.shards, the folder or URL holding pack.py's manifest.json"
-                            if setting.startswith("data.shards") else
-                            "a stream reads shards in order, without random access to the city's images; "
+                            if setting.startswith("data.shards")
+                            else "a stream reads shards in order, without random access to the city's images; "
                             "use data.format=folders for it"
                         )
                     )
@@ -201,9 +203,11 @@ class CVGTextDataModule(L.LightningDataModule):
             if not pairs:
                 carved = ""
                 if split == "val":
-                    carved = (f": validation is carved out of train by a hash of each file name "
-                              f"(data.val_fraction={self.val_fraction} of {len(splits['train'])} training pairs "
-                              "took none); raise data.val_fraction")
+                    carved = (
+                        f": validation is carved out of train by a hash of each file name "
+                        f"(data.val_fraction={self.val_fraction} of {len(splits['train'])} training pairs "
+                        "took none); raise data.val_fraction"
+                    )
                 raise DataError(
                     f"the {split} split of {self.city} ({', '.join(self.versions)}) in {self.data_dir} is empty{carved}"
                 )
@@ -233,8 +237,12 @@ class CVGTextDataModule(L.LightningDataModule):
                     f"{value!r} (data.{key}, or the img / text choice): pack the city again with these settings"
                 )
         splits = {split: self.store.pairs(split) for split in SPLITS}
-        log.info("%s from shards %s: %s", self.city, self.shards,
-                 ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()))
+        log.info(
+            "%s from shards %s: %s",
+            self.city,
+            self.shards,
+            ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()),
+        )
         return splits
 
     def shard_loader(self, split: str, batch_size: int) -> DataLoader:
@@ -246,23 +254,35 @@ class CVGTextDataModule(L.LightningDataModule):
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         training = split == "train"
         stream = ShardStream(
-            self.store, split, self.pairs[split], self.preprocess, self.tokenizer, batch_size, rank, world_size,
-            seed=self.seed, shuffle=self.shuffles_training,
-            window=self.shuffle_window, training=training, images=split not in self.captions_only,
-            on_bad_image=self.on_bad_image, encoded=self.device_preprocess is not None,
+            self.store,
+            split,
+            self.pairs[split],
+            self.preprocess,
+            self.tokenizer,
+            batch_size,
+            rank,
+            world_size,
+            seed=self.seed,
+            shuffle=self.shuffles_training,
+            window=self.shuffle_window,
+            training=training,
+            images=split not in self.captions_only,
+            on_bad_image=self.on_bad_image,
+            encoded=self.device_preprocess is not None,
         )
         return ShardLoader(
-            stream, epoch_now=self._training_epoch if training and self.trainer is not None else None,
-            batch_size=batch_size, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            stream,
+            epoch_now=self._training_epoch if training and self.trainer is not None else None,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
             collate_fn=collate_pairs if training else None,
         )
 
     def verified(self, splits: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
         """``splits`` after ``verify_images``: raises listing every unreadable image, or leaves
         the training pairs among them out with ``on_bad_image="skip"``."""
-        bad = unreadable_images(
-            (pair.image_path for pairs in splits.values() for pair in pairs), self.verify_images
-        )
+        bad = unreadable_images((pair.image_path for pairs in splits.values() for pair in pairs), self.verify_images)
         if not bad:
             return splits
         in_training = {pair.image_path for pair in splits["train"]}
@@ -282,7 +302,9 @@ class CVGTextDataModule(L.LightningDataModule):
         self.left_out = sorted(bad.values())
         log.warning(
             "data.verify_images=%s: left %d training pairs out (data.on_bad_image=skip): %s",
-            self.verify_images, len(self.left_out), "; ".join(self.left_out),
+            self.verify_images,
+            len(self.left_out),
+            "; ".join(self.left_out),
         )
         return {**splits, "train": [pair for pair in splits["train"] if pair.image_path not in bad]}
 
@@ -319,8 +341,7 @@ class CVGTextDataModule(L.LightningDataModule):
         world_size = self.trainer.world_size if self.trainer is not None else 1
         if batch_size % world_size:
             raise ConfigError(
-                f"{key}={batch_size} is the global batch size and must divide by the number of "
-                f"devices ({world_size})"
+                f"{key}={batch_size} is the global batch size and must divide by the number of devices ({world_size})"
             )
         return batch_size // world_size
 
@@ -337,8 +358,14 @@ class CVGTextDataModule(L.LightningDataModule):
             batch = getattr(self, "per_device_batch_size" if split == "train" else "per_device_eval_batch_size", 1)
             return self.shard_loader(split, batch).dataset
         return PairDataset(
-            self.pairs[split], self.preprocess, self.tokenizer, split, self.on_bad_image,
-            images=split not in self.captions_only, tiles=self.tiles, encoded=encoded,
+            self.pairs[split],
+            self.preprocess,
+            self.tokenizer,
+            split,
+            self.on_bad_image,
+            images=split not in self.captions_only,
+            tiles=self.tiles,
+            encoded=encoded,
         )
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
@@ -376,12 +403,20 @@ class CVGTextDataModule(L.LightningDataModule):
         epoch_now = self._training_epoch if self.trainer is not None else None
         if self.sampler == "geo":
             batch_sampler = GeoBatchSampler(
-                ranks, coordinates, self.per_device_batch_size, seed=self.seed, geo_fraction=self.geo_fraction,
+                ranks,
+                coordinates,
+                self.per_device_batch_size,
+                seed=self.seed,
+                geo_fraction=self.geo_fraction,
                 epoch_now=epoch_now,
             )
         else:
             batch_sampler = SeededBatchSampler(
-                ranks, coordinates, self.per_device_batch_size, seed=self.seed, shuffle=self.shuffles_training,
+                ranks,
+                coordinates,
+                self.per_device_batch_size,
+                seed=self.seed,
+                shuffle=self.shuffles_training,
                 epoch_now=epoch_now,
             )
         return ResumableLoader(
@@ -414,8 +449,9 @@ class CVGTextDataModule(L.LightningDataModule):
         if "image_bytes" not in batch:
             return batch
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        images, kept, failed = decode_on_device(batch.pop("image_bytes"), batch.pop("image_file"),
-                                                self.device_preprocess, device)
+        images, kept, failed = decode_on_device(
+            batch.pop("image_bytes"), batch.pop("image_file"), self.device_preprocess, device
+        )
         if failed:
             training = self.trainer is not None and self.trainer.training
             if self.on_bad_image == "raise":

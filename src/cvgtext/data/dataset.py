@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,8 +129,11 @@ class PairDataset(Dataset):
             if self.tiles is not None:
                 return {"image": self.tiles.image(pair.image_path), **item}
             if self.encoded:
-                return {"image_bytes": read_image_bytes(pair.image_path), "image_file": f"image {pair.image_path}",
-                        **item}
+                return {
+                    "image_bytes": read_image_bytes(pair.image_path),
+                    "image_file": f"image {pair.image_path}",
+                    **item,
+                }
             image = load_image(pair.image_path)
         except DataError as error:
             if self.on_bad_image == "raise":
@@ -150,14 +154,22 @@ def needs_every_image(message: str, split: str) -> DataError:
 
 def no_image_decoded(count: int, example: str) -> DataError:
     """The error for a training batch none of whose ``count`` images can be decoded (``example``: one's message)."""
-    return DataError(f"none of the {count} images of a training batch can be decoded, e.g. {example}; "
-                     "check the image folder")
+    return DataError(
+        f"none of the {count} images of a training batch can be decoded, e.g. {example}; check the image folder"
+    )
 
 
 def pair_fields(pair: Pair, index: int, tokens: torch.Tensor) -> dict[str, Any]:
     """An item's fields besides its image: the tokenized caption, the place, the view and the pair's position."""
-    return {"tokens": tokens, "lat": pair.lat, "lon": pair.lon, "is_panorama": pair.is_panorama, "index": index,
-            "name": pair.name, "caption": pair.caption}
+    return {
+        "tokens": tokens,
+        "lat": pair.lat,
+        "lon": pair.lon,
+        "is_panorama": pair.is_panorama,
+        "index": index,
+        "name": pair.name,
+        "caption": pair.caption,
+    }
 
 
 def collate_pairs(items: list[dict[str, Any] | SkippedImage]) -> dict[str, Any]:

@@ -65,7 +65,10 @@ def _tensor_step(step: Any) -> Callable | None:
 
 
 def decode_on_device(
-    data: Sequence[bytes], sources: Sequence[str], preprocess: DevicePreprocess, device: torch.device,
+    data: Sequence[bytes],
+    sources: Sequence[str],
+    preprocess: DevicePreprocess,
+    device: torch.device,
 ) -> tuple[torch.Tensor | None, list[int], list[str]]:
     """Decode and preprocess a batch of image files' bytes on ``device``.
 

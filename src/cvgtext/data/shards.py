@@ -26,12 +26,13 @@ import io
 import json
 import logging
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.annotations import Pair
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,15 @@ VERSION = 1
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 # Image extensions as webdataset names them (open_clip reads "jpg;png;jpeg;webp").
-EXTENSIONS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png", ".webp": "webp", ".bmp": "bmp", ".tif": "tif",
-              ".tiff": "tif"}
+EXTENSIONS = {
+    ".jpg": "jpg",
+    ".jpeg": "jpg",
+    ".png": "png",
+    ".webp": "webp",
+    ".bmp": "bmp",
+    ".tif": "tif",
+    ".tiff": "tif",
+}
 
 
 class _Hashing:
@@ -96,8 +104,14 @@ class ShardWriter:
         self._tar.close()
         name = self._name()
         self._open.close()  # renames the complete shard into place
-        self.shards.append({"file": name, "samples": self._count, "bytes": self._stream.size,
-                            "sha256": self._stream.sha256.hexdigest()})
+        self.shards.append(
+            {
+                "file": name,
+                "samples": self._count,
+                "bytes": self._stream.size,
+                "sha256": self._stream.sha256.hexdigest(),
+            }
+        )
         self._tar, self._stream, self._open, self._count = None, None, None, 0
 
     def abandon(self) -> None:
@@ -111,19 +125,26 @@ def sample_members(pair: Pair, split: str) -> list[tuple[str, bytes]]:
     """The members of one sample: the tile's bytes, the caption and the metadata."""
     extension = EXTENSIONS.get(Path(pair.name).suffix.lower())
     if extension is None:
-        raise DataError(f"{pair.image_path}: cannot pack an image with extension {Path(pair.name).suffix!r} "
-                        f"(packed: {', '.join(sorted(set(EXTENSIONS)))})")
+        raise DataError(
+            f"{pair.image_path}: cannot pack an image with extension {Path(pair.name).suffix!r} "
+            f"(packed: {', '.join(sorted(set(EXTENSIONS)))})"
+        )
     try:
         image = Path(pair.image_path).read_bytes()
     except OSError as error:
         raise DataError(f"{pair.image_path}: cannot be read ({error.strerror})") from None
     meta = {"name": pair.name, "lat": pair.lat, "lon": pair.lon, "panorama": pair.is_panorama, "split": split}
-    return [(extension, image), ("txt", pair.caption.encode("utf-8")),
-            ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+    return [
+        (extension, image),
+        ("txt", pair.caption.encode("utf-8")),
+        ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8")),
+    ]
 
 
 def pack_splits(
-    splits: dict[str, Sequence[Pair]], out_dir: str | Path, samples_per_shard: int = 1000,
+    splits: dict[str, Sequence[Pair]],
+    out_dir: str | Path,
+    samples_per_shard: int = 1000,
     description: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pack ``splits`` (split -> its pairs, in order) into ``out_dir``; returns the manifest."""

@@ -44,14 +44,15 @@ from typing import IO, Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.annotations import Pair
 from cvgtext.data.dataset import SkippedImage, decode_image, pair_fields
 from cvgtext.data.shards import EXTENSIONS, FORMAT, MANIFEST
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.utils.web import url_opener
 
 log = logging.getLogger(__name__)
+
 
 def open_url(url: str, timeout: float = 60.0) -> IO[bytes]:
     """A binary stream of ``url``: a local path, ``http(s)://`` or an fsspec URL (``s3://``, ...)."""
@@ -63,8 +64,10 @@ def open_url(url: str, timeout: float = 60.0) -> IO[bytes]:
     try:
         import fsspec
     except ImportError:
-        raise ConfigError(f"reading {scheme}:// needs fsspec and its package for {scheme} "
-                          f"(pip install fsspec s3fs, or gcsfs for gs://)") from None
+        raise ConfigError(
+            f"reading {scheme}:// needs fsspec and its package for {scheme} "
+            f"(pip install fsspec s3fs, or gcsfs for gs://)"
+        ) from None
     try:
         return fsspec.open(url, "rb").open()
     except (ImportError, ValueError) as error:
@@ -94,7 +97,9 @@ class ShardStore:
     def split(self, split: str) -> dict[str, Any]:
         entry = self.manifest["splits"].get(split)
         if entry is None:
-            raise DataError(f"{self.url(MANIFEST)} holds no {split} split (packed: {', '.join(self.manifest['splits'])})")
+            raise DataError(
+                f"{self.url(MANIFEST)} holds no {split} split (packed: {', '.join(self.manifest['splits'])})"
+            )
         return entry
 
     def counts(self, split: str) -> list[int]:
@@ -104,8 +109,10 @@ class ShardStore:
         """The split's pairs, in order; each image is a :class:`ShardTile` read on first use."""
         with open_url(self.url(self.split(split)["pairs"])) as stream:
             rows = json.loads(stream.read())
-        return [Pair(name, caption, ShardTile(self, split, position, name), lat, lon, panorama)
-                for position, (name, caption, lat, lon, panorama) in enumerate(rows)]
+        return [
+            Pair(name, caption, ShardTile(self, split, position, name), lat, lon, panorama)
+            for position, (name, caption, lat, lon, panorama) in enumerate(rows)
+        ]
 
     def shard_of(self, split: str, positions: np.ndarray) -> np.ndarray:
         """The shard holding each of ``positions`` of ``split``."""
@@ -184,8 +191,16 @@ def rank_share(total: int, batch_size: int, world_size: int, training: bool) -> 
     return total // (batch_size * world_size) * batch_size if training else math.ceil(total / world_size)
 
 
-def rank_positions(counts: Sequence[int], batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
-                   shuffle: bool, training: bool) -> np.ndarray:
+def rank_positions(
+    counts: Sequence[int],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    training: bool,
+) -> np.ndarray:
     """The split positions one rank reads in an epoch, in stream order (see the module's docstring)."""
     starts = np.cumsum([0, *counts])
     total = int(starts[-1])
@@ -193,24 +208,35 @@ def rank_positions(counts: Sequence[int], batch_size: int, rank: int, world_size
     stream = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in order]) if total else np.zeros(0, int)
     share = rank_share(total, batch_size, world_size, training)
     if training:
-        return stream[rank * share: (rank + 1) * share]
+        return stream[rank * share : (rank + 1) * share]
     return stream[np.arange(rank * share, (rank + 1) * share) % max(total, 1)] if total else stream
 
 
-def worker_positions(counts: Sequence[int], batch_size: int, rank: int, world_size: int, worker: int, workers: int,
-                     seed: int, epoch: int, shuffle: bool, window: int, training: bool) -> tuple[np.ndarray, np.ndarray]:
+def worker_positions(
+    counts: Sequence[int],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    worker: int,
+    workers: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    window: int,
+    training: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(read, emitted)``: the positions one loader worker reads, in stream order, and the order
     it yields them in (``read`` shuffled within windows when training with ``shuffle``)."""
     mine = rank_positions(counts, batch_size, rank, world_size, seed, epoch, shuffle, training)
     batches = math.ceil(len(mine) / batch_size)
     first, last = split_runs(batches, workers)[worker]
-    read = mine[first * batch_size: last * batch_size]
+    read = mine[first * batch_size : last * batch_size]
     if not (training and shuffle):
         return read, read
     emitted = read.copy()
     for number, start in enumerate(range(0, len(read), window)):
         rng = np.random.default_rng([seed, epoch, rank, worker, number])
-        emitted[start: start + window] = rng.permutation(read[start: start + window])
+        emitted[start : start + window] = rng.permutation(read[start : start + window])
     return read, emitted
 
 
@@ -219,8 +245,12 @@ def resume_point(batch_counts: Sequence[int], taken: int) -> tuple[list[int], in
     batches: how many of each run it has yielded, and the run of its next batch. It takes one
     batch from each run in turn, passing over runs that have none left."""
     done = [0] * len(batch_counts)
-    order = [run for round_ in range(max(batch_counts, default=0))
-             for run, count in enumerate(batch_counts) if round_ < count]
+    order = [
+        run
+        for round_ in range(max(batch_counts, default=0))
+        for run, count in enumerate(batch_counts)
+        if round_ < count
+    ]
     for run in order[:taken]:
         done[run] += 1
     return done, (order[taken] if taken < len(order) else 0)
@@ -234,16 +264,30 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(
-        self, store: ShardStore, split: str, pairs: Sequence[Pair], preprocess: Callable, tokenizer: Callable,
-        batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0, shuffle: bool = True,
-        window: int = 1000, training: bool = True, images: bool = True, on_bad_image: str = "raise",
+        self,
+        store: ShardStore,
+        split: str,
+        pairs: Sequence[Pair],
+        preprocess: Callable,
+        tokenizer: Callable,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        window: int = 1000,
+        training: bool = True,
+        images: bool = True,
+        on_bad_image: str = "raise",
         encoded: bool = False,
     ):
         self.store, self.split, self.pairs = store, split, list(pairs)
         self.counts = store.counts(split)
         if sum(self.counts) != len(self.pairs):
-            raise DataError(f"{store.url(MANIFEST)}: the {split} shards hold {sum(self.counts)} samples, "
-                            f"its pairs file {len(self.pairs)}")
+            raise DataError(
+                f"{store.url(MANIFEST)}: the {split} shards hold {sum(self.counts)} samples, "
+                f"its pairs file {len(self.pairs)}"
+            )
         self.preprocess, self.tokenizer = preprocess, tokenizer
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.seed, self.shuffle, self.window, self.training = seed, shuffle, window, training
@@ -255,8 +299,19 @@ class ShardStream(IterableDataset):
         return rank_share(sum(self.counts), self.batch_size, self.world_size, self.training)
 
     def plan(self, run: int) -> tuple[np.ndarray, np.ndarray]:
-        return worker_positions(self.counts, self.batch_size, self.rank, self.world_size, run, self.workers,
-                                self.seed, self.epoch, self.shuffle, self.window, self.training)
+        return worker_positions(
+            self.counts,
+            self.batch_size,
+            self.rank,
+            self.world_size,
+            run,
+            self.workers,
+            self.seed,
+            self.epoch,
+            self.shuffle,
+            self.window,
+            self.training,
+        )
 
     def assignment(self, worker: int) -> tuple[int, int]:
         """``(run, samples skipped)`` of a loader worker: the run of batches it reads, and how many
@@ -281,9 +336,9 @@ class ShardStream(IterableDataset):
         # Without shuffling a window is the whole share: samples go out as they are read.
         window = self.window if self.training and self.shuffle else max(1, len(read))
         for start in range(0, len(read), window):
-            needed = sum(1 for position in read[start: start + window].tolist() if position in wanted)
+            needed = sum(1 for position in read[start : start + window].tolist() if position in wanted)
             buffered = dict(next(reader) for _ in range(needed))
-            for position in emitted[start: start + window].tolist():
+            for position in emitted[start : start + window].tolist():
                 if position in wanted:
                     yield self._item(position, buffered.pop(position))
 
@@ -346,17 +401,32 @@ class ShardLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         stream = self.dataset
-        return {"format": "shards", "seed": stream.seed, "epoch": self._iterating, "batches": self.taken,
-                "world_size": stream.world_size, "workers": stream.workers}
+        return {
+            "format": "shards",
+            "seed": stream.seed,
+            "epoch": self._iterating,
+            "batches": self.taken,
+            "world_size": stream.world_size,
+            "workers": stream.workers,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         stream = self.dataset
         same = (state.get("format"), state.get("seed"), state.get("world_size"), state.get("workers")) == (
-            "shards", stream.seed, stream.world_size, stream.workers)
+            "shards",
+            stream.seed,
+            stream.world_size,
+            stream.workers,
+        )
         if not same:
-            log.warning("The checkpoint's data order (%s) differs from this run's (shards, seed %s, %s devices, "
-                        "%s loader workers): the interrupted epoch starts over", state, stream.seed,
-                        stream.world_size, stream.workers)
+            log.warning(
+                "The checkpoint's data order (%s) differs from this run's (shards, seed %s, %s devices, "
+                "%s loader workers): the interrupted epoch starts over",
+                state,
+                stream.seed,
+                stream.world_size,
+                stream.workers,
+            )
             self._resume = (int(state.get("epoch", 0)), 0)
             return
         epoch, batches = int(state["epoch"]), int(state["batches"])

@@ -19,16 +19,16 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.dataset import load_image
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.utils.fingerprint import digest, files_signature, stable_repr
 
@@ -38,7 +38,9 @@ FORMAT = 1  # bump when the stored layout changes
 FOLDER = "tiles"
 
 
-def split_preprocess(preprocess: Callable) -> tuple[Callable[[Image.Image], Image.Image], Callable[[torch.Tensor], torch.Tensor]]:
+def split_preprocess(
+    preprocess: Callable,
+) -> tuple[Callable[[Image.Image], Image.Image], Callable[[torch.Tensor], torch.Tensor]]:
     """The preprocessing before ``ToTensor`` (on PIL images) and after it (on ``[3, H, W]`` floats)."""
     steps = list(getattr(preprocess, "transforms", ()))
     at = next((i for i, step in enumerate(steps) if isinstance(step, T.ToTensor)), None)
@@ -47,7 +49,7 @@ def split_preprocess(preprocess: Callable) -> tuple[Callable[[Image.Image], Imag
             "data.cache=true needs the backbone's preprocessing to be a torchvision Compose with a ToTensor step; "
             f"got {type(preprocess).__name__}: set data.cache=false"
         )
-    return T.Compose(steps[:at]), T.Compose(steps[at + 1:])
+    return T.Compose(steps[:at]), T.Compose(steps[at + 1 :])
 
 
 class TileCache:
@@ -57,8 +59,14 @@ class TileCache:
     raised when it was decoded (an unreadable image is remembered, not stored).
     """
 
-    def __init__(self, data_file: Path, paths: Sequence[str], shape: tuple[int, int, int], bad: dict[str, str],
-                 to_model: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self,
+        data_file: Path,
+        paths: Sequence[str],
+        shape: tuple[int, int, int],
+        bad: dict[str, str],
+        to_model: Callable[[torch.Tensor], torch.Tensor],
+    ):
         self.data_file = Path(data_file)
         self.row = {path: row for row, path in enumerate(paths)}
         self.shape = tuple(shape)
@@ -86,14 +94,18 @@ class TileCache:
         return self.to_model(pixels.permute(2, 0, 1).contiguous().to(torch.get_default_dtype()).div(255))
 
 
-def open_or_build(cache_dir: str | Path, paths: Sequence[str | Path], preprocess: Callable,
-                  build: bool = True) -> TileCache:
+def open_or_build(
+    cache_dir: str | Path, paths: Sequence[str | Path], preprocess: Callable, build: bool = True
+) -> TileCache:
     """The tile cache of ``paths`` under ``cache_dir``: reused when its description matches,
     else built (``build=False`` waits for nobody: it raises if the cache is missing)."""
     geometric, to_model = split_preprocess(preprocess)
     paths = sorted(dict.fromkeys(str(path) for path in paths))
     description = {
-        "format": FORMAT, "count": len(paths), "files": files_signature(paths), "transform": stable_repr(geometric),
+        "format": FORMAT,
+        "count": len(paths),
+        "files": files_signature(paths),
+        "transform": stable_repr(geometric),
     }
     key = digest(description)[:24]
     folder = Path(cache_dir) / FOLDER
@@ -123,7 +135,7 @@ def remove_dead_builds(data_file: Path) -> None:
     this machine, or of another machine sharing the folder, is left alone."""
     host = socket.gethostname()
     for leftover in data_file.parent.glob(f".{glob.escape(data_file.name)}.*.tmp"):
-        builder = leftover.name[len(data_file.name) + 2:-len(".tmp")]
+        builder = leftover.name[len(data_file.name) + 2 : -len(".tmp")]
         builder_host, _, pid = builder.rpartition("-")
         if builder_host == host and pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):

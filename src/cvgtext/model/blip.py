@@ -26,17 +26,18 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.model.family import Encoder
 from cvgtext.model.loss import MatchingPool
+from cvgtext.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,15 @@ log = logging.getLogger(__name__)
 _BERT_BASE = {"text_config": {"num_attention_heads": 12}}
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "blip-base": _BERT_BASE,
-    "blip-large": {**_BERT_BASE, "vision_config": {"hidden_size": 1024, "intermediate_size": 4096,
-                                                   "num_hidden_layers": 24, "num_attention_heads": 16}},
+    "blip-large": {
+        **_BERT_BASE,
+        "vision_config": {
+            "hidden_size": 1024,
+            "intermediate_size": 4096,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 16,
+        },
+    },
 }
 # BLIP normalises images with OpenAI CLIP's statistics, after a bicubic resize without crop.
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -91,8 +99,9 @@ class BlipDualEncoder(nn.Module):
         if image_tokens is not None:
             cross = {
                 "encoder_hidden_states": image_tokens,
-                "encoder_attention_mask": torch.ones(image_tokens.shape[:-1], dtype=torch.long,
-                                                     device=image_tokens.device),
+                "encoder_attention_mask": torch.ones(
+                    image_tokens.shape[:-1], dtype=torch.long, device=image_tokens.device
+                ),
             }
         mask = (text != self.pad_token_id).long()
         return self.blip.text_encoder(input_ids=text, attention_mask=mask, **cross).last_hidden_state
@@ -137,7 +146,7 @@ class BlipDualEncoder(nn.Module):
             torch.cat([image_tokens, image_tokens[rows], pool.image_tokens[negative_image][rows]]),
         )
         labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
-        labels[:pool.batch] = 1
+        labels[: pool.batch] = 1
         return F.cross_entropy(logits.float(), labels)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -164,7 +173,10 @@ class BlipTokenizer:
     def __call__(self, texts: str | Sequence[str], context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         return self.tokenizer(
-            texts, padding="max_length", truncation=True, max_length=context_length or self.context_length,
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=context_length or self.context_length,
             return_tensors="pt",
         ).input_ids
 
@@ -179,7 +191,9 @@ def blip_config(model_name: str, config: dict[str, Any] | None = None):
             f"backbone.model_name={model_name!r} is not a BLIP architecture; choose one of {', '.join(ARCHITECTURES)}"
         )
     transformers = _transformers()
-    fields = {key: dict(value) if isinstance(value, dict) else value for key, value in ARCHITECTURES[model_name].items()}
+    fields = {
+        key: dict(value) if isinstance(value, dict) else value for key, value in ARCHITECTURES[model_name].items()
+    }
     for key, value in (config or {}).items():
         if isinstance(value, dict):
             fields[key] = {**fields.get(key, {}), **value}
@@ -193,12 +207,14 @@ def blip_config(model_name: str, config: dict[str, Any] | None = None):
 
 def preprocess_for(size: tuple[int, int]) -> transforms.Compose:
     """BLIP's evaluation preprocessing: bicubic resize to ``size`` without crop, CLIP's statistics."""
-    return transforms.Compose([
-        transforms.Lambda(_rgb),
-        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGE_MEAN, IMAGE_STD),
-    ])
+    return transforms.Compose(
+        [
+            transforms.Lambda(_rgb),
+            transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGE_MEAN, IMAGE_STD),
+        ]
+    )
 
 
 def _rgb(image):
@@ -273,7 +289,9 @@ def build_blip_encoder(
     hf_tokenizer = _load_tokenizer(source, model_name)
     vocabulary = int(model.config.text_config.vocab_size)
     if len(hf_tokenizer) > vocabulary:
-        raise ConfigError(f"backbone.tokenizer={source!r} has {len(hf_tokenizer)} tokens; the model embeds {vocabulary}")
+        raise ConfigError(
+            f"backbone.tokenizer={source!r} has {len(hf_tokenizer)} tokens; the model embeds {vocabulary}"
+        )
     return Encoder(
         model=BlipDualEncoder(model, hf_tokenizer.pad_token_id, length),
         preprocess=preprocess_for((native, native)),

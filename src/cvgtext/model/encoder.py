@@ -16,15 +16,16 @@ one, the sigmoid loss's bias); the loss is chosen by ``model.loss`` for every fa
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import open_clip
 from torch import nn
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.model.family import FAMILIES, Encoder
 from cvgtext.model.weights import load_weights
+from cvgtext.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,12 @@ def input_size(native: tuple[int, int], image_size: int | list[int] | None, imag
 
 
 def build_encoder(
-    model_name: str = "cvg-tiny", pretrained: str | None = None, *, family: str = "open_clip",
-    loss: str | None = None, **settings: Any
+    model_name: str = "cvg-tiny",
+    pretrained: str | None = None,
+    *,
+    family: str = "open_clip",
+    loss: str | None = None,
+    **settings: Any,
 ) -> Encoder:
     """The encoder of ``backbone.family`` built from the rest of the backbone's settings
     (``loss``, the loss the backbone was trained with, is ``model.loss.kind``'s default)."""
@@ -137,9 +142,7 @@ def build_open_clip_encoder(
         raise ConfigError(f"backbone.pretrained={checkpoint!r}: no such checkpoint file")
     quick = resolve_quick_gelu(model_name, pretrained, quick_gelu)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=tag, force_quick_gelu=quick
-        )
+        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, force_quick_gelu=quick)
     except RuntimeError as error:
         raise ConfigError(
             f"backbone.pretrained={tag!r} could not be loaded for {model_name} ({error}); "
@@ -161,8 +164,12 @@ def build_open_clip_encoder(
             ) from None
         resize_mode = "shortest" if size[0] == size[1] else "squash"  # panoramas: resize, no crop
         preprocess = open_clip.image_transform(
-            size, is_train=False, mean=model.visual.image_mean, std=model.visual.image_std,
-            resize_mode=resize_mode, interpolation="bicubic",
+            size,
+            is_train=False,
+            mean=model.visual.image_mean,
+            std=model.visual.image_std,
+            resize_mode=resize_mode,
+            interpolation="bicubic",
         )
     if checkpoint:
         load_weights(model, checkpoint, context_length=length, context_resize=context_resize)
@@ -170,8 +177,12 @@ def build_open_clip_encoder(
     elif length != native_length:
         set_context_length(model, length, mode=context_resize)
     return Encoder(
-        model=model, preprocess=preprocess, tokenizer=open_clip_tokenizer(model_name, length, tokenizer),
-        context_length=length, image_size=size, resolved={"quick_gelu": quick},
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip_tokenizer(model_name, length, tokenizer),
+        context_length=length,
+        image_size=size,
+        resolved={"quick_gelu": quick},
     )
 
 
@@ -214,14 +225,11 @@ def open_clip_tokenizer(model_name: str, context_length: int, folder: str | None
     try:
         tokenizer = HFTokenizer(folder, context_length=context_length, **text_cfg.get("tokenizer_kwargs", {}))
     except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"backbone.tokenizer={folder!r} holds no tokenizer transformers can load ({error})"
-        ) from None
+        raise ConfigError(f"backbone.tokenizer={folder!r} holds no tokenizer transformers can load ({error})") from None
     vocabulary = len(tokenizer.tokenizer)
     if vocabulary > text_cfg.get("vocab_size", vocabulary):
         raise ConfigError(
-            f"backbone.tokenizer={folder!r} has {vocabulary} tokens; {model_name} embeds "
-            f"{text_cfg['vocab_size']}"
+            f"backbone.tokenizer={folder!r} has {vocabulary} tokens; {model_name} embeds {text_cfg['vocab_size']}"
         )
     return tokenizer
 

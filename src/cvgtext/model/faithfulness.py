@@ -10,8 +10,8 @@ a random order is the baseline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -71,8 +71,9 @@ def _text_features(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model.encode_text(tokens, normalize=True).float()
 
 
-def image_curves(module: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
-                 relevance: Sequence[torch.Tensor], steps: int = 8) -> Curves:
+def image_curves(
+    module: nn.Module, images: torch.Tensor, tokens: torch.Tensor, relevance: Sequence[torch.Tensor], steps: int = 8
+) -> Curves:
     """Deletion and insertion curves over image patches, most relevant first by ``relevance``
     (one ``[grid_h, grid_w]`` map per pair)."""
     model = getattr(module, "model", module)
@@ -89,15 +90,16 @@ def image_curves(module: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
     return Curves(torch.stack(deletion), torch.stack(insertion))
 
 
-def text_curves(module: nn.Module, images: torch.Tensor, tokens: torch.Tensor,
-                relevance: Sequence[torch.Tensor], steps: int = 8) -> Curves:
+def text_curves(
+    module: nn.Module, images: torch.Tensor, tokens: torch.Tensor, relevance: Sequence[torch.Tensor], steps: int = 8
+) -> Curves:
     """Deletion and insertion curves over the caption tokens (those between the start- and
     end-of-text tokens), most relevant first by ``relevance`` (one per caption token)."""
     model = getattr(module, "model", module)
     ranks = torch.full(tokens.shape, -1, dtype=torch.long)  # -1: not a caption token
     lengths = []
     for i, scores in enumerate(relevance):
-        ranks[i, 1: 1 + len(scores)] = _ranks(scores)
+        ranks[i, 1 : 1 + len(scores)] = _ranks(scores)
         lengths.append(len(scores))
     lengths = torch.tensor(lengths)[:, None]
     caption = ranks >= 0

@@ -6,8 +6,9 @@ Training, evaluation, the query tool and the re-rankers use a backbone only thro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn

@@ -171,8 +171,12 @@ class MatchingPool(NamedTuple):
 
 
 def matching_pool(
-    image_tokens: torch.Tensor, text: torch.Tensor, image_features: torch.Tensor, text_features: torch.Tensor,
-    tiles: torch.Tensor | None = None, negatives: Negatives = "global",
+    image_tokens: torch.Tensor,
+    text: torch.Tensor,
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    tiles: torch.Tensor | None = None,
+    negatives: Negatives = "global",
 ) -> MatchingPool:
     """This rank's pairs, with every rank's when ``negatives="global"`` and several processes
     train (BLIP draws its matching negatives from the whole global batch so). ``tiles``: an id
@@ -183,12 +187,17 @@ def matching_pool(
             tiles = torch.arange(batch, device=text.device)
         return MatchingPool(image_tokens, text, image_features.detach(), text_features.detach(), tiles, 0, batch)
     sizes = _batch_sizes(batch, text.device)
-    offset = sum(sizes[:dist.get_rank()])
+    offset = sum(sizes[: dist.get_rank()])
     if tiles is None:
         tiles = torch.arange(offset, offset + batch, device=text.device)
     return MatchingPool(
-        _gather_with_grad(image_tokens, sizes), _gather(text, sizes), _gather(image_features.detach(), sizes),
-        _gather(text_features.detach(), sizes), _gather(tiles, sizes), offset, batch,
+        _gather_with_grad(image_tokens, sizes),
+        _gather(text, sizes),
+        _gather(image_features.detach(), sizes),
+        _gather(text_features.detach(), sizes),
+        _gather(tiles, sizes),
+        offset,
+        batch,
     )
 
 
@@ -239,8 +248,13 @@ class SigmoidLoss(nn.Module):
         return SigLipLoss(rank=rank, world_size=world)(image_features, text_features, logit_scale, logit_bias)
 
 
-def build_loss(kind: str = "contrastive", negatives: Negatives = "global", label_smoothing: float = 0.0,
-               init_logit_bias: float = -10.0, itm_weight: float = 0.0) -> nn.Module:
+def build_loss(
+    kind: str = "contrastive",
+    negatives: Negatives = "global",
+    label_smoothing: float = 0.0,
+    init_logit_bias: float = -10.0,
+    itm_weight: float = 0.0,
+) -> nn.Module:
     """The training loss ``model.loss`` names: ``contrastive`` (InfoNCE) or ``sigmoid`` (SigLIP).
     ``init_logit_bias`` and ``itm_weight`` are the module's (the sigmoid loss's bias, BLIP's
     matching loss)."""
@@ -250,7 +264,9 @@ def build_loss(kind: str = "contrastive", negatives: Negatives = "global", label
         raise ConfigError(f"model.loss.negatives={negatives!r} is not one of {', '.join(NEGATIVES)}")
     if kind == "sigmoid":
         if label_smoothing:
-            raise ConfigError(f"model.loss.label_smoothing={label_smoothing} applies to the contrastive loss only; "
-                              "set it to 0 with model.loss.kind=sigmoid")
+            raise ConfigError(
+                f"model.loss.label_smoothing={label_smoothing} applies to the contrastive loss only; "
+                "set it to 0 with model.loss.kind=sigmoid"
+            )
         return SigmoidLoss(negatives)
     return ContrastiveLoss(negatives, label_smoothing)

@@ -15,14 +15,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from cvgtext.utils.errors import ConfigError
-from cvgtext.retrieval.split import EmbeddedSplit, evaluate_split, flatten_metrics
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.loss import SigmoidLoss, build_loss, matching_pool
+from cvgtext.retrieval.split import EmbeddedSplit, evaluate_split, flatten_metrics
+from cvgtext.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,9 @@ class CrossViewRetrieval(L.LightningModule):
             loss = self.criterion(image_features, text_features, self.model.logit_scale.exp())
         batch_size = len(batch["index"])
         if self.itm_weight:
-            pool = matching_pool(image_tokens, batch["tokens"], image_features, text_features, _tile_ids(batch),
-                                 self.criterion.negatives)
+            pool = matching_pool(
+                image_tokens, batch["tokens"], image_features, text_features, _tile_ids(batch), self.criterion.negatives
+            )
             matching = self.model.matching_loss(pool)
             self.log("train/itm_loss", matching, batch_size=batch_size)
             loss = loss + self.itm_weight * matching
@@ -229,8 +230,7 @@ class CrossViewRetrieval(L.LightningModule):
         make_optimizer = instantiate(self.hparams.optimizer)
         if not isinstance(make_optimizer, functools.partial):
             raise ConfigError(
-                "optim.optimizer must be a partial (_partial_: true): the module completes it with its "
-                "parameter groups"
+                "optim.optimizer must be a partial (_partial_: true): the module completes it with its parameter groups"
             )
         weight_decay = make_optimizer.keywords.get("weight_decay", 0.0)
         optimizer = make_optimizer(
@@ -254,8 +254,9 @@ def _tile_ids(batch: dict[str, Any]) -> torch.Tensor | None:
     names = batch.get("name")
     if names is None:
         return None
-    ids = [int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True)
-           for name in names]
+    ids = [
+        int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little", signed=True) for name in names
+    ]
     return torch.tensor(ids, dtype=torch.int64, device=batch["tokens"].device)
 
 

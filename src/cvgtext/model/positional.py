@@ -206,8 +206,7 @@ def set_image_size(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
     patch_height, patch_width = visual.patch_size
     if height % patch_height or width % patch_width:
         raise ValueError(
-            f"image size {height}x{width} is not a multiple of the patch size "
-            f"{patch_height}x{patch_width}"
+            f"image size {height}x{width} is not a multiple of the patch size {patch_height}x{patch_width}"
         )
     grid = (height // patch_height, width // patch_width)
     old_grid = tuple(visual.grid_size)

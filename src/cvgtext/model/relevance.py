@@ -26,8 +26,9 @@ any input size or aspect, any text length). Other families are refused with a me
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -147,10 +148,10 @@ def attention_gradient(
     heads = attention.num_heads
     batch, length, width = value.shape
     if attention._qkv_same_embed_dim:
-        weight = attention.in_proj_weight[2 * width:]
+        weight = attention.in_proj_weight[2 * width :]
     else:
         weight = attention.v_proj_weight
-    bias = attention.in_proj_bias[2 * width:] if attention.in_proj_bias is not None else None
+    bias = attention.in_proj_bias[2 * width :] if attention.in_proj_bias is not None else None
     v = F.linear(value.float(), weight.float(), None if bias is None else bias.float())
     context_grad = output_grad.float() @ attention.out_proj.weight.float()
     v = v.view(batch, -1, heads, width // heads)
@@ -158,8 +159,9 @@ def attention_gradient(
     return torch.einsum("bihd,bjhd->bhij", context_grad, v)
 
 
-def _propagate(records: Sequence[_Record], grads: Sequence[torch.Tensor], attentions: Sequence[nn.Module],
-               start_block: int) -> torch.Tensor:
+def _propagate(
+    records: Sequence[_Record], grads: Sequence[torch.Tensor], attentions: Sequence[nn.Module], start_block: int
+) -> torch.Tensor:
     """``R`` ``[B, L, L]`` after the relevance rule over the blocks from ``start_block`` on."""
     first = records[0].weights
     batch, _, length, _ = first.shape
@@ -210,8 +212,10 @@ def explain_pairs(
     model = getattr(module, "model", module)
     visual, text_model = _towers(model)
     if images.ndim != 4 or tokens.ndim != 2 or len(images) != len(tokens):
-        raise ValueError(f"explain_pairs needs images [B, 3, H, W] and tokens [B, L]; got {list(images.shape)} "
-                         f"and {list(tokens.shape)}")
+        raise ValueError(
+            f"explain_pairs needs images [B, 3, H, W] and tokens [B, L]; got {list(images.shape)} "
+            f"and {list(tokens.shape)}"
+        )
     image_depth, text_depth = len(visual.transformer.resblocks), len(text_model.transformer.resblocks)
     image_start = _start_index(start_block, image_depth, "image")
     text_start = _start_index(start_block, text_depth, "text")
@@ -224,8 +228,12 @@ def explain_pairs(
     model.eval()
     try:
         # Compiled encoders (model.compile) run eagerly here: the hooks must see each block's tensors.
-        with torch.enable_grad(), torch.compiler.set_stance("force_eager"), \
-                _recording(visual.transformer, image_records), _recording(text_model.transformer, text_records):
+        with (
+            torch.enable_grad(),
+            torch.compiler.set_stance("force_eager"),
+            _recording(visual.transformer, image_records),
+            _recording(text_model.transformer, text_records),
+        ):
             image_features = model.encode_image(images, normalize=True)
             text_features = model.encode_text(tokens, normalize=True)
             similarity = (image_features * text_features).sum(dim=-1).float()  # [B]
@@ -256,15 +264,17 @@ def explain_pairs(
     for i in range(batch):
         position = int(end[i])
         token_ids = tokens[i, 1:position].detach().cpu()
-        explanations.append(Explanation(
-            image=image_relevance[i].reshape(grid_h, grid_w).detach().cpu(),
-            text=text_relevance[i, 1:position].detach().cpu(),
-            token_ids=token_ids,
-            words=_words(tokenizer, token_ids.tolist()),
-            similarity=float(similarity[i].detach()),
-            start_block=start_block,
-            method=method,
-        ))
+        explanations.append(
+            Explanation(
+                image=image_relevance[i].reshape(grid_h, grid_w).detach().cpu(),
+                text=text_relevance[i, 1:position].detach().cpu(),
+                token_ids=token_ids,
+                words=_words(tokenizer, token_ids.tolist()),
+                similarity=float(similarity[i].detach()),
+                start_block=start_block,
+                method=method,
+            )
+        )
     return explanations
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
-from cvgtext.utils.errors import CheckpointError
 from cvgtext.model.positional import (
     resize_state_dict_context_length,
     resize_vision_positional_embedding,
     set_context_length,
     vision_grid,
 )
+from cvgtext.utils.checkpoints import model_state_dict, read_checkpoint
+from cvgtext.utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +78,16 @@ def load_state(
     if result.missing_keys:
         log.warning(
             "checkpoint %s lacks %d weights, left as initialised: %s",
-            source, len(result.missing_keys), ", ".join(result.missing_keys[:10]),
+            source,
+            len(result.missing_keys),
+            ", ".join(result.missing_keys[:10]),
         )
     if result.unexpected_keys:
         log.warning(
             "checkpoint %s has %d weights this model does not use: %s",
-            source, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:10]),
+            source,
+            len(result.unexpected_keys),
+            ", ".join(result.unexpected_keys[:10]),
         )
 
 
@@ -115,11 +119,17 @@ def merge_long_clip_positions(state: dict[str, torch.Tensor], source: str = "che
             f"match its positional_embedding ({None if kept is None else tuple(kept.shape)}); it is not "
             "Long-CLIP's layout"
         )
-    log.info("checkpoint %s: Long-CLIP text positions (the first %d of positional_embedding, the rest of "
-             "positional_embedding_res)", source, LONG_CLIP_KEPT)
+    log.info(
+        "checkpoint %s: Long-CLIP text positions (the first %d of positional_embedding, the rest of "
+        "positional_embedding_res)",
+        source,
+        LONG_CLIP_KEPT,
+    )
     merged = torch.cat([kept[:LONG_CLIP_KEPT], rest[LONG_CLIP_KEPT:]])
-    return {**{key: value for key, value in state.items() if key != "positional_embedding_res"},
-            "positional_embedding": merged}
+    return {
+        **{key: value for key, value in state.items() if key != "positional_embedding_res"},
+        "positional_embedding": merged,
+    }
 
 
 def fit_vision_grid(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

@@ -12,19 +12,20 @@ from __future__ import annotations
 import io
 import logging
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.dataset import PairDataset, load_image
-from cvgtext.retrieval.split import Evaluation
 from cvgtext.model.relevance import Explanation, explain_pairs, refusal
 from cvgtext.reports.overlays import heat_overlay, plot_shaded_words, word_relevance
 from cvgtext.reports.results import example_queries
+from cvgtext.retrieval.split import Evaluation
+from cvgtext.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +126,24 @@ def write_explanations(
         explanation, tile, tile_pair = found
         pair = dataset.pairs[evaluation.query_index[query]]
         correct = tile_pair.name == pair.name
-        title = (f"query {query}: top-1 {'right' if correct else 'wrong'}, cosine {explanation.similarity:.3f}\n"
-                 f"{textwrap.shorten(tile_pair.name, 70, placeholder='...')}")
+        title = (
+            f"query {query}: top-1 {'right' if correct else 'wrong'}, cosine {explanation.similarity:.3f}\n"
+            f"{textwrap.shorten(tile_pair.name, 70, placeholder='...')}"
+        )
         stem = folder / f"query_{query:03d}"
         draw_explanation(stem.with_suffix(".png"), tile, explanation, pair.caption, title)
         buffer = io.BytesIO()
         np.savez(
-            buffer, image=explanation.image.numpy(), text=explanation.text.numpy(),
-            token_ids=explanation.token_ids.numpy(), words=np.array(explanation.words),
-            similarity=explanation.similarity, correct=correct,
+            buffer,
+            image=explanation.image.numpy(),
+            text=explanation.text.numpy(),
+            token_ids=explanation.token_ids.numpy(),
+            words=np.array(explanation.words),
+            similarity=explanation.similarity,
+            correct=correct,
         )
         with atomic_write(stem.with_suffix(".npz"), "wb") as stream:
             stream.write(buffer.getvalue())
         written.append(stem.with_suffix(".png"))
     log.info("Relevance maps of %d queries written to %s", len(written), folder)
     return written
-

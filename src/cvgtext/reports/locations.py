@@ -12,12 +12,13 @@ import json
 import logging
 import math
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from cvgtext.utils.atomic import atomic_write
 from cvgtext.retrieval.geo import EARTH_RADIUS_KM
+from cvgtext.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,14 @@ class Location:
 
 
 def candidate_content(c: Candidate) -> dict:
-    content = {"rank": c.rank, "file": c.file, "lat": c.lat, "lon": c.lon, "score": c.score,
-               "distance_m": round(c.distance_m, 1)}
+    content = {
+        "rank": c.rank,
+        "file": c.file,
+        "lat": c.lat,
+        "lon": c.lon,
+        "score": c.score,
+        "distance_m": round(c.distance_m, 1),
+    }
     if c.dual_rank is not None:
         content.update(dual_encoder_rank=c.dual_rank, value=c.value, reason=c.reason)
     return content
@@ -80,8 +87,13 @@ def geojson_content(locations: Sequence[Location]) -> dict:
         {
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
-            "properties": {"query": location.query, "query_index": number, "rank": c.rank, "file": c.file,
-                           "score": c.score},
+            "properties": {
+                "query": location.query,
+                "query_index": number,
+                "rank": c.rank,
+                "file": c.file,
+                "score": c.score,
+            },
         }
         for number, location in enumerate(locations)
         for c in location.candidates
@@ -136,8 +148,9 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
         words = word_relevance(explanation) if explanation is not None else []
         if words:  # the caption's words shaded by relevance, over the row as a title would be
             line_height = 1.45 * 8 * figure.dpi / 72 / first.bbox.height
-            plot_shaded_words(first, words, y=1.06 + 2 * line_height, right=columns * 1.15 - 0.2, fontsize=8,
-                              max_lines=2)
+            plot_shaded_words(
+                first, words, y=1.06 + 2 * line_height, right=columns * 1.15 - 0.2, fontsize=8, max_lines=2
+            )
         else:
             first.set_title("\n".join(textwrap.wrap(caption, line)), loc="left", fontsize=8, pad=8)
         for column, candidate in enumerate(location.candidates):

@@ -7,7 +7,8 @@ come from :mod:`cvgtext.model.relevance`; this module only draws them.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -77,7 +78,11 @@ def heat_overlay(tile: Image.Image, relevance: Any, alpha: float = HEAT_ALPHA) -
 
 
 def draw_shaded_words(
-    draw: ImageDraw.ImageDraw, origin: tuple[int, int], words: Sequence[tuple[str, float]], width: int, font: Any,
+    draw: ImageDraw.ImageDraw,
+    origin: tuple[int, int],
+    words: Sequence[tuple[str, float]],
+    width: int,
+    font: Any,
     max_lines: int,
 ) -> int:
     """Lay ``words`` out from ``origin`` within ``width`` pixels, each on a background shaded by its
@@ -103,7 +108,11 @@ def draw_shaded_words(
 
 
 def plot_shaded_words(
-    axes: Any, words: Sequence[tuple[str, float]], y: float = 1.0, right: float = 1.0, fontsize: float = 9,
+    axes: Any,
+    words: Sequence[tuple[str, float]],
+    y: float = 1.0,
+    right: float = 1.0,
+    fontsize: float = 9,
     max_lines: int | None = None,
 ) -> float:
     """Lay ``words`` out on matplotlib ``axes`` from ``(0, y)`` (axes fraction, top of the first
@@ -114,8 +123,16 @@ def plot_shaded_words(
     inverse = axes.transAxes.inverted()
     x, line, line_height, start = 0.0, 1, None, y
     for word, score in words:
-        label = axes.text(x, y, word, fontsize=fontsize, va="top", transform=axes.transAxes, clip_on=False,
-                          bbox={"facecolor": word_colour(score, top), "edgecolor": "none", "pad": 1.0})
+        label = axes.text(
+            x,
+            y,
+            word,
+            fontsize=fontsize,
+            va="top",
+            transform=axes.transAxes,
+            clip_on=False,
+            bbox={"facecolor": word_colour(score, top), "edgecolor": "none", "pad": 1.0},
+        )
         extent = label.get_window_extent(renderer).transformed(inverse)
         line_height = line_height or 1.45 * extent.height
         if x > 0 and extent.x1 > right:  # wrap: start the word on the next line

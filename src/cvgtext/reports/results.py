@@ -9,21 +9,22 @@ import csv
 import json
 import logging
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
-from cvgtext.utils.atomic import atomic_write
 from cvgtext.data.dataset import PairDataset, load_image
-from cvgtext.retrieval.split import Evaluation
-from cvgtext.retrieval.geo import haversine_km
 from cvgtext.model.relevance import Explanation
 from cvgtext.reports.overlays import draw_shaded_words, heat_overlay, word_relevance
 from cvgtext.rerank.compare import SplitReranking, comparison_table
+from cvgtext.retrieval.geo import haversine_km
 from cvgtext.retrieval.ranking import NOT_RANKED
+from cvgtext.retrieval.split import Evaluation
+from cvgtext.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,7 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str = "") -> str:
     header = f"{'queries':<10}" + "".join(f"{column:>14}" for column in TABLE_COLUMNS)
     lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
     for group, values in metrics.items():
-        cells = [
-            f"{int(values[c]):>14d}" if c == "count" else f"{values[c]:>14.2f}" for c in TABLE_COLUMNS
-        ]
+        cells = [f"{int(values[c]):>14d}" if c == "count" else f"{values[c]:>14.2f}" for c in TABLE_COLUMNS]
         lines.append(f"{group:<10}" + "".join(cells))
     return "\n".join(lines)
 
@@ -59,8 +58,9 @@ def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[s
     }
 
 
-def write_metrics(path: Path, evaluation: Evaluation, summary: dict[str, Any],
-                  reranking: SplitReranking | None = None) -> None:
+def write_metrics(
+    path: Path, evaluation: Evaluation, summary: dict[str, Any], reranking: SplitReranking | None = None
+) -> None:
     """``metrics.json``: the metrics of both protocols and what produced them; with a
     re-ranking, its settings, counts and the metrics of its queries without and with it."""
     content = {
@@ -96,15 +96,18 @@ def reranked_columns(reranking: SplitReranking, evaluation: Evaluation, dataset:
         for rank, old in enumerate(result.order[:TOP]):
             position = int(after.indices[row, rank])
             judged = result.judged[old] if old < len(result.judged) else None
-            values += [dataset.pairs[evaluation.gallery_index[position]].name,
-                       "" if judged is None or judged.value is None else round(judged.value, 4),
-                       "" if judged is None else judged.reason]
+            values += [
+                dataset.pairs[evaluation.gallery_index[position]].name,
+                "" if judged is None or judged.value is None else round(judged.value, 4),
+                "" if judged is None else judged.reason,
+            ]
         cells[query] = values
     return cells
 
 
-def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset,
-                      reranking: SplitReranking | None = None) -> None:
+def write_predictions(
+    path: Path, evaluation: Evaluation, dataset: PairDataset, reranking: SplitReranking | None = None
+) -> None:
     """``predictions.csv``: per query, its top-5 tiles with scores and distances from the true
     place; with a re-ranking, also its new top-5 with the re-ranker's values and reasons."""
     header = ["query", "caption", "lat", "lon", "view", "correct", "true_rank", "top1_error_m"]
@@ -122,13 +125,20 @@ def write_predictions(path: Path, evaluation: Evaluation, dataset: PairDataset,
             pair = dataset.pairs[index]
             true_rank = int(evaluation.ranking.true_rank[query])
             row: list[Any] = [
-                pair.name, pair.caption, pair.lat, pair.lon, "panorama" if pair.is_panorama else "single",
-                int(true_rank == 1), true_rank or "", round(float(evaluation.ranking.top1_error_km[query]) * 1000, 1),
+                pair.name,
+                pair.caption,
+                pair.lat,
+                pair.lon,
+                "panorama" if pair.is_panorama else "single",
+                int(true_rank == 1),
+                true_rank or "",
+                round(float(evaluation.ranking.top1_error_km[query]) * 1000, 1),
             ]
             for candidate, score in _top_candidates(evaluation, dataset, query):
                 tile = dataset.pairs[candidate]
-                distance_km = haversine_km(*(torch.tensor(value, dtype=torch.float64)
-                                             for value in (pair.lat, pair.lon, tile.lat, tile.lon)))
+                distance_km = haversine_km(
+                    *(torch.tensor(value, dtype=torch.float64) for value in (pair.lat, pair.lon, tile.lat, tile.lon))
+                )
                 row += [tile.name, round(score, 5), round(float(distance_km) * 1000, 1)]
             if reranking is not None:
                 row += [""] * (8 + 3 * TOP - len(row))  # fewer than TOP candidates
@@ -143,8 +153,9 @@ def example_queries(evaluation: Evaluation, count: int = EXAMPLES) -> list[int]:
     ranks = evaluation.ranking.true_rank.tolist()
     order = sorted(range(len(ranks)), key=lambda query: (ranks[query] == NOT_RANKED, ranks[query], query))
     shown = min(count, len(order))
-    return [order[position] for position in sorted({round(i * (len(order) - 1) / max(1, shown - 1))
-                                                     for i in range(shown)})]
+    return [
+        order[position] for position in sorted({round(i * (len(order) - 1) / max(1, shown - 1)) for i in range(shown)})
+    ]
 
 
 def true_rank_label(rank: int) -> str:
@@ -154,7 +165,11 @@ def true_rank_label(rank: int) -> str:
 
 
 def draw_examples(
-    path: Path, evaluation: Evaluation, dataset: PairDataset, count: int = EXAMPLES, tile: int = 128,
+    path: Path,
+    evaluation: Evaluation,
+    dataset: PairDataset,
+    count: int = EXAMPLES,
+    tile: int = 128,
     explanations: Mapping[int, Explanation] | None = None,
 ) -> None:
     """``examples.png``: a few queries (:func:`example_queries`), caption wrapped on the left
@@ -178,13 +193,16 @@ def draw_examples(
         explanation = explanations.get(query)
         words = word_relevance(explanation) if explanation is not None else []
         if words:
-            draw_shaded_words(draw, (margin, top), words, text_width - 2 * margin, font, max_lines=max(1, tile // 13 - 1))
+            draw_shaded_words(
+                draw, (margin, top), words, text_width - 2 * margin, font, max_lines=max(1, tile // 13 - 1)
+            )
         else:
             lines = textwrap.wrap(pair.caption, width=58)[: max(1, tile // 12 - 1)]
             draw.multiline_text((margin, top), "\n".join(lines), fill="black", font=font, spacing=2)
         rank = int(evaluation.ranking.true_rank[query])
-        draw.text((margin, top + tile - 12), true_rank_label(rank), font=font,
-                  fill="green" if rank == 1 else "firebrick")
+        draw.text(
+            (margin, top + tile - 12), true_rank_label(rank), font=font, fill="green" if rank == 1 else "firebrick"
+        )
         for column, (candidate, score) in enumerate(_top_candidates(evaluation, dataset, query)):
             left = text_width + column * (tile + margin)
             image = load_image(dataset.pairs[candidate].image_path)
@@ -195,7 +213,8 @@ def draw_examples(
             correct = dataset.pairs[candidate].name == pair.name
             draw.rectangle(
                 [left - 3, top - 3, left + image.width + 2, top + image.height + 2],
-                outline="limegreen" if correct else "red", width=3 if correct else 1,
+                outline="limegreen" if correct else "red",
+                width=3 if correct else 1,
             )
             draw.text((left, top + image.height + 1), f"{column + 1}: {score:.3f}", fill="black", font=font)
     with atomic_write(path, "wb") as stream:

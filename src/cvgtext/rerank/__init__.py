@@ -15,9 +15,10 @@ with fewer than two judged candidates keeps its order and is reported as not re-
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 RERANKED = "re-ranked"
 

@@ -40,5 +40,6 @@ def build_reranker(cfg: Any, module: Any) -> Reranker | None:
             evidence = overlay_evidence(module, (cfg.get("explain") or {}).get("start_block", 0))
         else:
             log.warning("The re-ranker gets the tiles without relevance overlays: %s", reason)
-    return instantiate(settings, cache_dir=cfg.paths.get("cache_dir"), view=cfg.img.name, evidence=evidence,
-                       _convert_="all")
+    return instantiate(
+        settings, cache_dir=cfg.paths.get("cache_dir"), view=cfg.img.name, evidence=evidence, _convert_="all"
+    )

@@ -8,15 +8,16 @@ with a paired bootstrap interval for each difference.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from cvgtext.data.dataset import PairDataset
-from cvgtext.retrieval.split import Evaluation
 from cvgtext.rerank import Query, Reranked, Reranker, failure_counts, rerank, status_counts
 from cvgtext.retrieval.ranking import LOCALIZED_WITHIN_M, NOT_RANKED, RECALL_AT, Ranking, summarize, top1_error
+from cvgtext.retrieval.split import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,14 @@ def sample_queries(count: int, max_queries: int | None, seed: int) -> list[int]:
 
 def select(ranking: Ranking, rows: Sequence[int]) -> Ranking:
     at = torch.tensor(list(rows), dtype=torch.long)
-    return Ranking(ranking.indices[at], ranking.scores[at], ranking.true_rank[at], ranking.top1_error_km[at],
-                   ranking.nearest)
+    return Ranking(
+        ranking.indices[at], ranking.scores[at], ranking.true_rank[at], ranking.top1_error_km[at], ranking.nearest
+    )
 
 
-def apply_order(ranking: Ranking, results: Sequence[Reranked], query_places: torch.Tensor,
-                gallery_places: torch.Tensor) -> Ranking:
+def apply_order(
+    ranking: Ranking, results: Sequence[Reranked], query_places: torch.Tensor, gallery_places: torch.Tensor
+) -> Ranking:
     """``ranking`` (of the re-ranked queries) with each row's candidates in its new order.
 
     A true tile among the re-ordered candidates moves with them; one below them keeps its rank.
@@ -63,8 +66,9 @@ def apply_order(ranking: Ranking, results: Sequence[Reranked], query_places: tor
         old = int(ranking.true_rank[row])
         if old != NOT_RANKED and old <= width:
             true_rank[row] = result.order.index(old - 1) + 1
-    return Ranking(indices, scores, true_rank, top1_error(indices, true_rank, query_places, gallery_places),
-                   ranking.nearest)
+    return Ranking(
+        indices, scores, true_rank, top1_error(indices, true_rank, query_places, gallery_places), ranking.nearest
+    )
 
 
 def per_query_values(ranking: Ranking) -> dict[str, torch.Tensor]:
@@ -76,8 +80,9 @@ def per_query_values(ranking: Ranking) -> dict[str, torch.Tensor]:
     return values
 
 
-def paired_bootstrap(before: Ranking, after: Ranking, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-                     level: float = 0.95) -> dict[str, dict[str, float]]:
+def paired_bootstrap(
+    before: Ranking, after: Ranking, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95
+) -> dict[str, dict[str, float]]:
     """Per metric: the difference after - before and its percentile bootstrap interval, the
     queries resampled with replacement (the same resample for both rankings)."""
     first, second = per_query_values(before), per_query_values(after)
@@ -97,7 +102,11 @@ def paired_bootstrap(before: Ranking, after: Ranking, samples: int = BOOTSTRAP_S
 
 
 def rerank_split(
-    evaluation: Evaluation, dataset: PairDataset, reranker: Reranker, weight: float, max_queries: int | None,
+    evaluation: Evaluation,
+    dataset: PairDataset,
+    reranker: Reranker,
+    weight: float,
+    max_queries: int | None,
     seed: int = 0,
 ) -> SplitReranking:
     """Re-rank a sample of ``evaluation``'s queries and compare the metrics on them."""
@@ -106,11 +115,13 @@ def rerank_split(
     asked = []
     for row in chosen:
         candidates = [position for position in ranking.indices[row, : reranker.top_k].tolist() if position >= 0]
-        asked.append(Query(
-            dataset.pairs[evaluation.query_index[row]].caption,
-            [dataset.pairs[evaluation.gallery_index[p]].image_path for p in candidates],
-            ranking.scores[row, : len(candidates)].tolist(),
-        ))
+        asked.append(
+            Query(
+                dataset.pairs[evaluation.query_index[row]].caption,
+                [dataset.pairs[evaluation.gallery_index[p]].image_path for p in candidates],
+                ranking.scores[row, : len(candidates)].tolist(),
+            )
+        )
     log.info("Re-ranking the top %d of %d queries with %s", reranker.top_k, len(chosen), reranker.name)
     results = rerank(reranker, asked, weight)
     query_pairs = [dataset.pairs[evaluation.query_index[row]] for row in chosen]
@@ -134,8 +145,12 @@ def rerank_split(
         "difference": paired_bootstrap(before, after, seed=seed),
     }
     if reranked < len(chosen):
-        log.warning("%d of %d queries were re-ranked; the others kept their order: %s", reranked, len(chosen),
-                    ", ".join(f"{status} {count}" for status, count in metrics["queries_by_status"].items()))
+        log.warning(
+            "%d of %d queries were re-ranked; the others kept their order: %s",
+            reranked,
+            len(chosen),
+            ", ".join(f"{status} {count}" for status, count in metrics["queries_by_status"].items()),
+        )
     return SplitReranking(chosen, results, before, after, metrics)
 
 
@@ -151,11 +166,17 @@ def comparison_table(reranking: SplitReranking, keys: Sequence[str] = ("R@1", "R
         difference = metrics["difference"].get(key)
         interval = f"[{difference['low']:+.2f}, {difference['high']:+.2f}]" if difference else ""
         change = f"{difference['difference']:+.2f}" if difference else ""
-        lines.append(f"{key:<14}{metrics['without']['all'][key]:>10.2f}{metrics['with']['all'][key]:>10.2f}"
-                     f"{change:>12}{interval:>22}")
+        lines.append(
+            f"{key:<14}{metrics['without']['all'][key]:>10.2f}{metrics['with']['all'][key]:>10.2f}"
+            f"{change:>12}{interval:>22}"
+        )
     if metrics["reranked"] < metrics["queries"]:
-        lines.append("kept their order: " + ", ".join(
-            f"{count} {status}" for status, count in metrics["queries_by_status"].items() if status != "re-ranked"))
+        lines.append(
+            "kept their order: "
+            + ", ".join(
+                f"{count} {status}" for status, count in metrics["queries_by_status"].items() if status != "re-ranked"
+            )
+        )
     if metrics["failed_requests"]:
         lines.append("failed requests: " + ", ".join(f"{k} {v}" for k, v in metrics["failed_requests"].items()))
     return "\n".join(lines)

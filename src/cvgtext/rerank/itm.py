@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from cvgtext.data.dataset import load_image
-from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.rerank import Judged, Query
+from cvgtext.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,15 @@ class ITMReranker:
 
     uses_model = True  # built with the run's module rather than an endpoint
 
-    def __init__(self, module: Any, name: str = "blip_itm", top_k: int = 16, weight: float = 1.0,
-                 max_queries: int | None = None, batch_size: int = 16):
+    def __init__(
+        self,
+        module: Any,
+        name: str = "blip_itm",
+        top_k: int = 16,
+        weight: float = 1.0,
+        max_queries: int | None = None,
+        batch_size: int = 16,
+    ):
         model = getattr(module, "model", None)
         if not hasattr(model, "match"):
             backbone = getattr(module, "hparams", {}).get("backbone", {}).get("name")
@@ -44,20 +52,29 @@ class ITMReranker:
                 f"backbone={backbone} has none"
             )
         if top_k < 2 or batch_size < 1:
-            raise ConfigError(f"reranker.top_k={top_k} must be at least 2 and reranker.batch_size={batch_size} at least 1")
+            raise ConfigError(
+                f"reranker.top_k={top_k} must be at least 2 and reranker.batch_size={batch_size} at least 1"
+            )
         self.module, self.name, self.top_k, self.weight = module, name, int(top_k), float(weight)
         self.max_queries, self.batch_size = max_queries, int(batch_size)
 
     def settings(self) -> dict[str, Any]:
-        return {"reranker": self.name, "mode": "itm", "top_k": self.top_k, "weight": self.weight,
-                "batch_size": self.batch_size}
+        return {
+            "reranker": self.name,
+            "mode": "itm",
+            "top_k": self.top_k,
+            "weight": self.weight,
+            "batch_size": self.batch_size,
+        }
 
     @torch.no_grad()
     def judge(self, queries: Sequence[Query]) -> list[list[Judged]]:
         # Pairs in order of their tiles, so that descriptions sharing a candidate (neighbours
         # share many) meet in one batch and the image tower reads that tile once.
-        pairs = sorted(((q, c) for q, query in enumerate(queries) for c in range(len(query.tiles))),
-                       key=lambda pair: str(queries[pair[0]].tiles[pair[1]]))
+        pairs = sorted(
+            ((q, c) for q, query in enumerate(queries) for c in range(len(query.tiles))),
+            key=lambda pair: str(queries[pair[0]].tiles[pair[1]]),
+        )
         values: dict[tuple[int, int], Judged] = {}
         model = self.module.model
         device = next(model.parameters()).device
@@ -65,7 +82,7 @@ class ITMReranker:
         model.eval()
         try:
             for start in range(0, len(pairs), self.batch_size):
-                chunk = pairs[start: start + self.batch_size]
+                chunk = pairs[start : start + self.batch_size]
                 tiles: dict[Path, int] = {}  # each readable tile of the batch and its row
                 images, kept = [], []
                 for q, c in chunk:

@@ -31,17 +31,18 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
+from cvgtext.rerank import Judged, Query
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, OutputError
-from cvgtext.rerank import Judged, Query
 from cvgtext.utils.web import url_opener
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def read_json_object(content: str) -> dict | None:
     if start < 0 or stop < start:
         return None
     try:
-        found = json.loads(text[start: stop + 1])
+        found = json.loads(text[start : stop + 1])
     except json.JSONDecodeError:
         return None
     return found if isinstance(found, dict) else None
@@ -126,7 +127,12 @@ class ChatEndpoint:
     """
 
     def __init__(
-        self, url: str, api_key_env: str | None, timeout_s: float, retries: int, backoff_s: float,
+        self,
+        url: str,
+        api_key_env: str | None,
+        timeout_s: float,
+        retries: int,
+        backoff_s: float,
         cache_dir: str | Path | None,
     ):
         url = url.rstrip("/")
@@ -193,7 +199,7 @@ class ChatEndpoint:
                     continue
                 log.warning("The re-ranker's endpoint %s answered HTTP %d", self.url, error.code)
                 return Reply(None, failure)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 failure = "timeout"
                 continue
             except (urllib.error.URLError, ConnectionError, OSError) as error:
@@ -244,9 +250,20 @@ class LMMReranker:
         evidence: Evidence | None = None,
         **unused: Any,
     ):
-        check_settings(url=url, model=model, mode=mode, top_k=top_k, weight=weight, max_queries=max_queries,
-                       image_size=image_size, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
-                       concurrency=concurrency, api_key_env=api_key_env)
+        check_settings(
+            url=url,
+            model=model,
+            mode=mode,
+            top_k=top_k,
+            weight=weight,
+            max_queries=max_queries,
+            image_size=image_size,
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            concurrency=concurrency,
+            api_key_env=api_key_env,
+        )
         self.model, self.mode, self.top_k, self.weight = model, mode, top_k, weight
         self.max_queries, self.overlay, self.image_size = max_queries, overlay, image_size
         self.prompt, self.pair_prompt, self.overlay_prompt = prompt, pair_prompt, overlay_prompt
@@ -259,8 +276,14 @@ class LMMReranker:
     def settings(self) -> dict[str, Any]:
         """What the re-ranking was, for metrics.json (never the API key)."""
         return {
-            "reranker": self.name, "url": self.endpoint.url, "model": self.model, "mode": self.mode,
-            "top_k": self.top_k, "weight": self.weight, "overlay": self.overlay, "image_size": self.image_size,
+            "reranker": self.name,
+            "url": self.endpoint.url,
+            "model": self.model,
+            "mode": self.mode,
+            "top_k": self.top_k,
+            "weight": self.weight,
+            "overlay": self.overlay,
+            "image_size": self.image_size,
             "temperature": self.temperature,
             "prompt": self.prompt if self.mode == "pointwise" else self.pair_prompt,
             **({"overlay_prompt": self.overlay_prompt} if self.overlay else {}),
@@ -285,8 +308,10 @@ class LMMReranker:
         content = [{"type": "text", "text": text}]
         content += [{"type": "image_url", "image_url": {"url": url}} for url in images]
         body: dict[str, Any] = {
-            "model": self.model, "messages": [{"role": "user", "content": content}],
-            "max_tokens": self.max_tokens, "temperature": self.temperature,
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
         }
         if self.json_mode:
             body["response_format"] = {"type": "json_object"}
@@ -335,8 +360,9 @@ class LMMReranker:
         reasons: list[list[str]] = [[] for _ in range(count)]
         failures: list[Counter] = [Counter() for _ in range(count)]
         for (a, b), reply in answered:
-            better, reason, failure = parse_choice(reply.content) if reply.content is not None else (
-                None, "", reply.failure)
+            better, reason, failure = (
+                parse_choice(reply.content) if reply.content is not None else (None, "", reply.failure)
+            )
             if better is None:
                 failures[a][failure] += 1  # one failed request, counted once
                 continue
@@ -346,8 +372,7 @@ class LMMReranker:
             played[b] += 1
             reasons[winner].append(f"over #{loser + 1}: {reason}" if reason else f"over #{loser + 1}")
         return [
-            Judged(wins[i] / played[i] if played[i] else None, "; ".join(reasons[i]), failures[i])
-            for i in range(count)
+            Judged(wins[i] / played[i] if played[i] else None, "; ".join(reasons[i]), failures[i]) for i in range(count)
         ]
 
 
@@ -361,6 +386,7 @@ def _is_number(value: Any) -> bool:
 
 def check_settings(**settings: Any) -> None:
     """Stop with one message naming the ``reranker.*`` key of a bad value."""
+
     def bad(key: str, expected: str) -> ConfigError:
         return ConfigError(f"reranker.{key}={settings[key]!r}: expected {expected}")
 
@@ -387,5 +413,7 @@ def check_settings(**settings: Any) -> None:
     name = settings["api_key_env"]
     if name is not None and (not isinstance(name, str) or not name.replace("_", "").isalnum()):
         # Not echoed: it may be the key itself.
-        raise ConfigError("reranker.api_key_env: expected the NAME of an environment variable holding the API key "
-                          "(e.g. OPENAI_API_KEY), never the key itself")
+        raise ConfigError(
+            "reranker.api_key_env: expected the NAME of an environment variable holding the API key "
+            "(e.g. OPENAI_API_KEY), never the key itself"
+        )

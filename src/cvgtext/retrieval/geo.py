@@ -14,8 +14,12 @@ def haversine_km(lat1: torch.Tensor, lon1: torch.Tensor, lat2: torch.Tensor, lon
 
 
 def haversine_radians_km(
-    lat1: torch.Tensor, lon1: torch.Tensor, cos_lat1: torch.Tensor,
-    lat2: torch.Tensor, lon2: torch.Tensor, cos_lat2: torch.Tensor,
+    lat1: torch.Tensor,
+    lon1: torch.Tensor,
+    cos_lat1: torch.Tensor,
+    lat2: torch.Tensor,
+    lon2: torch.Tensor,
+    cos_lat2: torch.Tensor,
 ) -> torch.Tensor:
     """:func:`haversine_km` of float64 radians with their latitudes' cosines given (computed once per point).
 

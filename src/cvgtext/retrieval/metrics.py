@@ -31,7 +31,13 @@ def geo_retrieval_metrics(
     # The names are this function's data: places and views are read from them here, once.
     places = parse_places([*query_names, *gallery_names])
     ranking = rank_similarity(
-        sim, query_names, gallery_names, places[: len(query_names)], places[len(query_names):],
-        nearest=nearest, k=1, chunk_size=chunk_size,
+        sim,
+        query_names,
+        gallery_names,
+        places[: len(query_names)],
+        places[len(query_names) :],
+        nearest=nearest,
+        k=1,
+        chunk_size=chunk_size,
     )
     return summarize(ranking, [is_panorama(name) for name in query_names])

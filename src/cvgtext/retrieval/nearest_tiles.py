@@ -194,7 +194,7 @@ def _nearest_in_box(
     # The m-th smallest of each row (numpy's partition is several times faster than topk here).
     partitioned = _buffer(workspace[5], term.shape).copy_(term).numpy()
     partitioned.partition(m - 1, axis=1)
-    kth = torch.from_numpy(partitioned[:, m - 1:m].copy())
+    kth = torch.from_numpy(partitioned[:, m - 1 : m].copy())
     chosen = term <= kth  # at least m in each row
     nearest = _flat_nonzero(chosen)
     if nearest.numel() > chosen.shape[0] * m:  # more entries at the m-th distance than places left

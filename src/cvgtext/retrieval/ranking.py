@@ -114,10 +114,12 @@ def rank_gallery(
             return query_emb[start:stop] @ gallery_emb.T
         # A batched product with each query's own candidates: far less work than the full row.
         rows = max(1, budget // (columns.shape[1] * gallery_emb.shape[1]))
-        return torch.cat([
-            (gallery_emb[part] @ queries[:, :, None]).squeeze(2)
-            for queries, part in zip(query_emb[start:stop].split(rows), columns.split(rows))
-        ])
+        return torch.cat(
+            [
+                (gallery_emb[part] @ queries[:, :, None]).squeeze(2)
+                for queries, part in zip(query_emb[start:stop].split(rows), columns.split(rows))
+            ]
+        )
 
     return _rank(
         scores, query_names, gallery_names, query_places, gallery_places, nearest, k, chunk_size, query_emb.device
@@ -264,8 +266,9 @@ def _rank(
             top_scores = top_scores.to(chunk_scores.dtype)
         indices[start:stop], top_scores[start:stop], true_rank[start:stop] = chunk_entries, chunk_scores, chunk_rank
 
-    return Ranking(indices, top_scores, true_rank, top1_error(indices, true_rank, query_places, gallery_places),
-                   nearest)
+    return Ranking(
+        indices, top_scores, true_rank, top1_error(indices, true_rank, query_places, gallery_places), nearest
+    )
 
 
 def top1_error(
@@ -371,5 +374,5 @@ def _best_columns(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
     if take > n:  # the (n+1)-th best is there too: where it ties with the n-th, take every tie
         ranked = best.sort(dim=1, descending=True).values
         if (ranked[:, n] == ranked[:, n - 1]).any():
-            return scores.topk(int((scores >= ranked[:, n - 1:n]).sum(1).max()), dim=1)
+            return scores.topk(int((scores >= ranked[:, n - 1 : n]).sum(1).max()), dim=1)
     return best, columns

@@ -8,8 +8,9 @@ true place) and the whole city as gallery.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -56,7 +57,9 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
     if nearest is not None and len(gallery_names) < nearest:
         log.info(
             "The %s gallery has %d tiles, fewer than the protocol's %d nearest: every query ranks all of them",
-            dataset.split, len(gallery_names), nearest,
+            dataset.split,
+            len(gallery_names),
+            nearest,
         )
 
     def rank(nearest: int | None) -> Ranking:

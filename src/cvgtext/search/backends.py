@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from cvgtext.utils.errors import ConfigError
 from cvgtext.commands.queries import INDEXES, check_index_name
+from cvgtext.utils.errors import ConfigError
 
 _CHUNK_ELEMENTS = 1 << 26  # scores per query chunk: 256 MiB of float32
 

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cvgtext.utils.atomic import atomic_write
+from cvgtext.commands.queries import GALLERY_SPLITS
 from cvgtext.data.dataset import load_image
 from cvgtext.data.names import parse_coordinates
+from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError, OutputError
-from cvgtext.commands.queries import GALLERY_SPLITS
 from cvgtext.utils.fingerprint import changed_parts, digest, file_digest, files_signature, stable_repr
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ def gallery_tiles(datamodule: Any, split: str) -> list[Tile]:
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(GALLERY_SPLITS)}")
     if getattr(datamodule, "format", "folders") != "folders":
-        raise ConfigError("the query tool and the web page read the city's folders (they show its tiles); "
-                          "set data.format=folders")
+        raise ConfigError(
+            "the query tool and the web page read the city's folders (they show its tiles); set data.format=folders"
+        )
     datamodule.prepare_data()
     tiles: dict[str, Tile] = {}
     if split != "all":
@@ -167,7 +169,13 @@ class GalleryIndex:
 
 
 def index_key(
-    weights: dict[str, Any], city: str, img: str, text: str, split: str, preprocess: Callable, tiles: Sequence[Tile],
+    weights: dict[str, Any],
+    city: str,
+    img: str,
+    text: str,
+    split: str,
+    preprocess: Callable,
+    tiles: Sequence[Tile],
     decode: str = "cpu",
 ) -> dict[str, Any]:
     """The description a stored index must match to be reused. ``decode``: where the tiles were
@@ -189,7 +197,12 @@ def index_key(
 
 
 def config_index_key(
-    cfg: Any, backbone: dict[str, Any], preprocess: Callable, split: str, tiles: Sequence[Tile], decode: str = "cpu",
+    cfg: Any,
+    backbone: dict[str, Any],
+    preprocess: Callable,
+    split: str,
+    tiles: Sequence[Tile],
+    decode: str = "cpu",
 ) -> dict[str, Any]:
     """:func:`index_key` for a run's configuration (``eval.py``, ``locate.py``)."""
     weights = weights_identity(cfg.get("ckpt_path"), backbone, cfg.get("seed"))

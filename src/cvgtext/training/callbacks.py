@@ -31,8 +31,13 @@ class LastCheckpoint(ModelCheckpoint):
         if every_n_train_steps < 0:
             raise ValueError(f"every_n_train_steps must be 0 or more, got {every_n_train_steps}")
         super().__init__(
-            dirpath=dirpath, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-            enable_version_counter=False, **kwargs,
+            dirpath=dirpath,
+            filename="last",
+            monitor=None,
+            save_top_k=1,
+            every_n_epochs=1,
+            enable_version_counter=False,
+            **kwargs,
         )
         self.step_interval = every_n_train_steps
 
@@ -79,7 +84,9 @@ class SkippedImages(L.Callback):
     def __init__(self) -> None:
         self.messages: set[str] = set()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         for message in batch.get("skipped", ()) if isinstance(batch, dict) else ():
             if message not in self.messages:
                 self.messages.add(message)

@@ -17,9 +17,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cvgtext.model.encoder import resolve_quick_gelu
 from cvgtext.utils.checkpoints import check_backbone, read_checkpoint
 from cvgtext.utils.errors import CheckpointError, ConfigError
-from cvgtext.model.encoder import resolve_quick_gelu
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,10 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, path: Path) -> 
         longer = ""
         saved_epochs = (checkpoint.get("config") or {}).get("trainer", {}).get("max_epochs")
         if saved_epochs is not None and saved_epochs != cfg.trainer.get("max_epochs"):
-            longer = (f"; trainer.max_epochs={saved_epochs} set the length of its learning-rate schedule: to train "
-                      f"on under a new schedule, start a new run from its weights with backbone.pretrained={path}")
+            longer = (
+                f"; trainer.max_epochs={saved_epochs} set the length of its learning-rate schedule: to train "
+                f"on under a new schedule, start a new run from its weights with backbone.pretrained={path}"
+            )
         raise CheckpointError(
             f"checkpoint {path} was trained with {', '.join(changed)}: resume with the settings it was trained "
             f"with{longer}"
@@ -127,8 +129,11 @@ def recipe_changes(hyper_parameters: dict[str, Any], cfg: DictConfig) -> list[st
         if not isinstance(saved, dict) or now is None:
             continue
         now = OmegaConf.to_container(now, resolve=True) if OmegaConf.is_config(now) else dict(now)
-        changes += [f"{name}.{field}={saved.get(field)} (this run: {now.get(field)})"
-                    for field in sorted(set(saved) | set(now)) if saved.get(field) != now.get(field)]
+        changes += [
+            f"{name}.{field}={saved.get(field)} (this run: {now.get(field)})"
+            for field in sorted(set(saved) | set(now))
+            if saved.get(field) != now.get(field)
+        ]
     return changes
 
 

@@ -7,8 +7,9 @@ import errno
 import glob
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from cvgtext.utils.errors import OutputError
 

@@ -23,7 +23,6 @@ from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import CheckpointError
 
 
-
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Load a checkpoint file as plain tensors and containers, or raise CheckpointError.
 

@@ -13,8 +13,9 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 _CHUNK = 1 << 20
 # Memory addresses in a repr (``<function f at 0x7f..>``) differ between processes.

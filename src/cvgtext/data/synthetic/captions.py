@@ -90,8 +90,11 @@ _HEIGHT = {
 }
 _DENSITY = {
     True: ("packed tightly together", "standing shoulder to shoulder", "in a dense, continuous row"),
-    False: ("spread out with gardens between them", "scattered with plenty of open space",
-            "set far apart on large plots"),
+    False: (
+        "spread out with gardens between them",
+        "scattered with plenty of open space",
+        "set far apart on large plots",
+    ),
 }
 _BUILDINGS = (
     "Most buildings are {c} {h}, {d}.",
@@ -135,10 +138,16 @@ _WATER = (
     "On the {side} side the street ends at the riverbank.",
 )
 _TREES = {
-    True: ("Trees line both sides of the road.", "The street is shaded by a row of trees.",
-           "Rows of street trees grow along the sidewalks."),
-    False: ("There are hardly any trees along the street.", "The road has no street trees.",
-            "Few trees are visible along the sidewalks."),
+    True: (
+        "Trees line both sides of the road.",
+        "The street is shaded by a row of trees.",
+        "Rows of street trees grow along the sidewalks.",
+    ),
+    False: (
+        "There are hardly any trees along the street.",
+        "The road has no street trees.",
+        "Few trees are visible along the sidewalks.",
+    ),
 }
 _CARS = (  # indexed by the car count, the last entry for four or more
     ("The road is empty, without any cars.", "No vehicles are on the street."),
@@ -152,20 +161,34 @@ _SHOP = (
     "A {s} with a {c} shop sign is visible on one corner.",
     "One of the buildings houses a {s}; its sign is {c}.",
 )
-_SHOP_COLOUR = {"cafe": "brown", "pharmacy": "green", "bank": "blue", "bakery": "yellow",
-                "convenience store": "red", "hotel": "purple"}
+_SHOP_COLOUR = {
+    "cafe": "brown",
+    "pharmacy": "green",
+    "bank": "blue",
+    "bakery": "yellow",
+    "convenience store": "red",
+    "hotel": "purple",
+}
 _WEATHER = {
     "sunny": ("The sky is clear and blue.", "It is a bright, sunny day."),
     "overcast": ("The sky is grey and overcast.", "Clouds cover the whole sky."),
     "hazy": ("The light is soft and hazy.", "A pale haze hangs in the air."),
-    "evening": ("The picture seems to be taken in the late afternoon, with warm orange light.",
-                "The sky glows orange in the evening."),
+    "evening": (
+        "The picture seems to be taken in the late afternoon, with warm orange light.",
+        "The sky glows orange in the evening.",
+    ),
 }
 _FILLER = (
-    "A few pedestrians walk on the sidewalk.", "A cyclist waits at the kerb.", "Street lamps stand along the pavement.",
-    "Overhead power lines cross the street.", "A bus stop with a small shelter is near the camera.",
-    "The sidewalks are wide and clean.", "Some road markings are faded.", "Traffic signs are visible at the corner.",
-    "The atmosphere is calm.", "A person with a dog walks past.",
+    "A few pedestrians walk on the sidewalk.",
+    "A cyclist waits at the kerb.",
+    "Street lamps stand along the pavement.",
+    "Overhead power lines cross the street.",
+    "A bus stop with a small shelter is near the camera.",
+    "The sidewalks are wide and clean.",
+    "Some road markings are faded.",
+    "Traffic signs are visible at the corner.",
+    "The atmosphere is calm.",
+    "A person with a dog walks past.",
 )
 _COMPASS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
 
@@ -199,8 +222,10 @@ def _corner_sentence(scene: Scene, corner: str, rng: np.random.Generator) -> str
 
 
 def _fact_sentences(scene: Scene, corners: list[str], water: bool, rng: np.random.Generator) -> list[str]:
-    colour, height, density = (pick(rng, table[key]) for table, key in
-                               ((_COLOUR, scene.colour), (_HEIGHT, scene.high_rise), (_DENSITY, scene.dense)))
+    colour, height, density = (
+        pick(rng, table[key])
+        for table, key in ((_COLOUR, scene.colour), (_HEIGHT, scene.high_rise), (_DENSITY, scene.dense))
+    )
     facts = [_road_sentence(scene, rng), pick(rng, _BUILDINGS).format(c=colour, h=height, d=density)]
     facts += [_corner_sentence(scene, corner, rng) for corner in corners]
     if water:
@@ -224,6 +249,7 @@ def panorama_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def photo_caption(scene: Scene, rng: np.random.Generator) -> str:
     """The facts one photo shows: what lies within its field of view, plus one or two others."""
+
     def in_view(bearing: float, margin: float) -> bool:
         return abs((bearing - scene.heading + 180) % 360 - 180) <= scene.fov / 2 + margin
 

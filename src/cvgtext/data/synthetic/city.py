@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cvgtext.utils.atomic import STORAGE_ERRORS
-from cvgtext.data.synthetic import render
 from cvgtext.data.names import check_plain_name
-from cvgtext.data.synthetic.scene import Scene
+from cvgtext.data.synthetic import render
 from cvgtext.data.synthetic.captions import SHAPE_WORDS, panorama_caption, photo_caption, pick
+from cvgtext.data.synthetic.scene import Scene
+from cvgtext.utils.atomic import STORAGE_ERRORS
 from cvgtext.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,12 @@ _PANOID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 ROADS = ("crossroads", "straight", "tjunction", "diagonal", "curve", "roundabout")
 _ROAD_DIRS = {
-    "crossroads": ("",), "roundabout": ("",), "straight": ("north-south", "east-west"),
-    "tjunction": tuple(render.SIDE_BEARING), "diagonal": ("north-east", "north-west"), "curve": tuple(render.CORNERS),
+    "crossroads": ("",),
+    "roundabout": ("",),
+    "straight": ("north-south", "east-west"),
+    "tjunction": tuple(render.SIDE_BEARING),
+    "diagonal": ("north-east", "north-west"),
+    "curve": tuple(render.CORNERS),
 }
 _CORNERS_UNDER_WATER = {side: {c for c in render.CORNERS if side in c} for side in render.SIDE_BEARING}
 
@@ -84,12 +88,18 @@ def _district_styles(rng: np.random.Generator) -> list[dict]:
     styles = []
     for _ in range(_DISTRICTS):
         road = pick(rng, ROADS)
-        styles.append({
-            "road": road, "road_dir": pick(rng, _ROAD_DIRS[road]), "wide": rng.uniform(0.1, 0.8),
-            "colours": tuple(str(c) for c in rng.permutation(list(render.BUILDING_RGB))[:2]),
-            "dense": rng.random() < 0.6, "high_rise": rng.choice([0.1, 0.75]), "trees": rng.uniform(0.1, 0.9),
-            "park": rng.uniform(0.25, 0.55),
-        })
+        styles.append(
+            {
+                "road": road,
+                "road_dir": pick(rng, _ROAD_DIRS[road]),
+                "wide": rng.uniform(0.1, 0.8),
+                "colours": tuple(str(c) for c in rng.permutation(list(render.BUILDING_RGB))[:2]),
+                "dense": rng.random() < 0.6,
+                "high_rise": rng.choice([0.1, 0.75]),
+                "trees": rng.uniform(0.1, 0.9),
+                "park": rng.uniform(0.25, 0.55),
+            }
+        )
     return styles
 
 
@@ -110,20 +120,33 @@ def _scene(style: dict, to_river: np.ndarray, fov: int, rng: np.random.Generator
         landmark = (pick(rng, list(SHAPE_WORDS)), pick(rng, list(render.LANDMARK_RGB)))
     dense = style["dense"] if rng.random() < 0.85 else not style["dense"]
     return Scene(
-        road=road, road_dir=road_dir, wide_road=bool(rng.random() < style["wide"]),
-        colour=style["colours"][0] if rng.random() < 0.7 else style["colours"][1], dense=dense,
-        high_rise=bool(rng.random() < style["high_rise"]), water=water, corners=corners, landmark=landmark,
-        trees=bool(rng.random() < style["trees"]), cars=int(rng.integers(0, 6 if dense else 3)),
+        road=road,
+        road_dir=road_dir,
+        wide_road=bool(rng.random() < style["wide"]),
+        colour=style["colours"][0] if rng.random() < 0.7 else style["colours"][1],
+        dense=dense,
+        high_rise=bool(rng.random() < style["high_rise"]),
+        water=water,
+        corners=corners,
+        landmark=landmark,
+        trees=bool(rng.random() < style["trees"]),
+        cars=int(rng.integers(0, 6 if dense else 3)),
         shop=pick(rng, list(render.SHOP_RGB)) if rng.random() < 0.8 else None,
-        weather=pick(rng, list(render.SKY_RGB)), heading=int(rng.integers(360)), fov=fov,
+        weather=pick(rng, list(render.SKY_RGB)),
+        heading=int(rng.integers(360)),
+        fov=fov,
     )
 
 
 def _folders(root: Path, name: str) -> list[Path]:
     folders = []
     for version in (name, f"{name}-photos"):
-        folders += [root / "annotation" / version, root / "reference" / f"{version}-satellite",
-                    root / "reference" / f"{version}-OSM", root / "query" / f"{version}-ground"]
+        folders += [
+            root / "annotation" / version,
+            root / "reference" / f"{version}-satellite",
+            root / "reference" / f"{version}-OSM",
+            root / "query" / f"{version}-ground",
+        ]
     return folders
 
 
@@ -138,12 +161,26 @@ def _arguments(name: str, places: int, seed: int, test_fraction: float, photo_fr
         raise ConfigError(
             f"test_fraction and photo_fraction must lie in [0, 1], got {test_fraction} and {photo_fraction}"
         )
-    return {"format": _FORMAT, "name": name, "places": places, "seed": seed, "test_fraction": test_fraction,
-            "photo_fraction": photo_fraction, "tile_size": tile_size}
+    return {
+        "format": _FORMAT,
+        "name": name,
+        "places": places,
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "photo_fraction": photo_fraction,
+        "tile_size": tile_size,
+    }
 
 
-def generate_city(root, name: str = "Synthetic", places: int = 2000, seed: int = 0, test_fraction: float = 0.1,
-                  photo_fraction: float = 0.2, tile_size: int = 256) -> None:
+def generate_city(
+    root,
+    name: str = "Synthetic",
+    places: int = 2000,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+    photo_fraction: float = 0.2,
+    tile_size: int = 256,
+) -> None:
     """Write a synthetic city of ``places`` places under ``root`` in the release's layout.
 
     The output depends only on the arguments. About ``photo_fraction`` of the places become
@@ -201,8 +238,15 @@ def generate_city(root, name: str = "Synthetic", places: int = 2000, seed: int =
     stamp.write_text(json.dumps(arguments, indent=1) + "\n", encoding="utf-8")
 
 
-def ensure_city(root, name: str = "Synthetic", places: int = 2000, seed: int = 0, test_fraction: float = 0.1,
-                photo_fraction: float = 0.2, tile_size: int = 256) -> bool:
+def ensure_city(
+    root,
+    name: str = "Synthetic",
+    places: int = 2000,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+    photo_fraction: float = 0.2,
+    tile_size: int = 256,
+) -> bool:
     """Generate the synthetic city unless ``root`` already holds one made with these arguments.
 
     Returns True when it generated. A missing stamp (never generated, or interrupted) or one

@@ -11,6 +11,7 @@ model sees the images at 64x64 pixels.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -22,25 +23,42 @@ CORNER_BEARING = {"north-east": 45, "south-east": 135, "south-west": 225, "north
 SIDE_BEARING = {"north": 0, "east": 90, "south": 180, "west": 270}
 
 BUILDING_RGB = {
-    "red": (170, 72, 55), "grey": (128, 128, 134), "white": (226, 224, 216),
-    "yellow": (214, 180, 90), "brown": (112, 78, 56),
+    "red": (170, 72, 55),
+    "grey": (128, 128, 134),
+    "white": (226, 224, 216),
+    "yellow": (214, 180, 90),
+    "brown": (112, 78, 56),
 }
 LANDMARK_RGB = {
-    "blue": (30, 80, 220), "purple": (140, 40, 180), "orange": (250, 130, 20),
-    "pink": (245, 110, 190), "teal": (20, 170, 160),
+    "blue": (30, 80, 220),
+    "purple": (140, 40, 180),
+    "orange": (250, 130, 20),
+    "pink": (245, 110, 190),
+    "teal": (20, 170, 160),
 }
 SHOP_RGB = {
-    "cafe": (120, 70, 40), "pharmacy": (30, 160, 60), "bank": (30, 60, 170),
-    "bakery": (235, 200, 40), "convenience store": (210, 30, 30), "hotel": (90, 30, 120),
+    "cafe": (120, 70, 40),
+    "pharmacy": (30, 160, 60),
+    "bank": (30, 60, 170),
+    "bakery": (235, 200, 40),
+    "convenience store": (210, 30, 30),
+    "hotel": (90, 30, 120),
 }
 SKY_RGB = {"sunny": (110, 165, 230), "overcast": (168, 172, 178), "hazy": (200, 205, 200), "evening": (235, 170, 120)}
 
 _CORNER_HALF = 0.19  # half-size of the square a corner feature occupies; its centre is at (+-0.25, +-0.25)
 _WATER_DEPTH = 0.22  # how far the river reaches into the tile from its side
 _OSM = {
-    "land": (242, 239, 233), "building": (217, 208, 201), "building_edge": (196, 182, 171),
-    "road": (255, 255, 255), "road_edge": (187, 187, 187), "avenue": (247, 250, 191), "avenue_edge": (160, 160, 90),
-    "park": (200, 250, 204), "water": (170, 211, 223), "pitch": (170, 224, 203),
+    "land": (242, 239, 233),
+    "building": (217, 208, 201),
+    "building_edge": (196, 182, 171),
+    "road": (255, 255, 255),
+    "road_edge": (187, 187, 187),
+    "avenue": (247, 250, 191),
+    "avenue_edge": (160, 160, 90),
+    "park": (200, 250, 204),
+    "water": (170, 211, 223),
+    "pitch": (170, 224, 203),
     "parking": (222, 222, 226),  # darker than OpenStreetMap's own, which would vanish at 64 pixels
     "tree": (160, 210, 150),
 }
@@ -117,8 +135,12 @@ def _in_water(u: np.ndarray, v: np.ndarray, side: str | None) -> np.ndarray:
 
 def _water_box(side: str) -> tuple[float, float, float, float]:
     edge = 0.5 - _WATER_DEPTH
-    return {"north": (-0.5, -0.5, 0.5, -edge), "south": (-0.5, edge, 0.5, 0.5),
-            "west": (-0.5, -0.5, -edge, 0.5), "east": (edge, -0.5, 0.5, 0.5)}[side]
+    return {
+        "north": (-0.5, -0.5, 0.5, -edge),
+        "south": (-0.5, edge, 0.5, 0.5),
+        "west": (-0.5, -0.5, -edge, 0.5),
+        "east": (edge, -0.5, 0.5, 0.5),
+    }[side]
 
 
 def _corner_box(corner: str) -> tuple[float, float, float, float]:
