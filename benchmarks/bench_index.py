@@ -65,7 +65,7 @@ def text_encoding_latency(names: list[str], repeats: int) -> dict[str, float]:
         model = encoder.model.eval()
         tokens = encoder.tokenizer([CAPTION])
         with torch.inference_mode():
-            latency[name] = timed(lambda: model.encode_text(tokens, normalize=True), repeats)
+            latency[name] = timed(lambda model=model, tokens=tokens: model.encode_text(tokens, normalize=True), repeats)
         del encoder, model
     return latency
 
@@ -134,10 +134,11 @@ def measure(gallery: torch.Tensor, queries: torch.Tensor, indexes: list[str], re
         one = queries[:1]
         latency_s = (
             statistics.median(
-                timed(lambda q=queries[i : i + 1]: index.search(q, 10), 1) for i in range(min(repeats, len(queries)))
+                timed(lambda q=queries[i : i + 1], index=index: index.search(q, 10), 1)
+                for i in range(min(repeats, len(queries)))
             )
             if name != "exact" or gallery.shape[0] <= 10**6
-            else timed(lambda: index.search(one, 10), 3)
+            else timed(lambda index=index, one=one: index.search(one, 10), 3)
         )
         _, found = index.search(queries, 10)
         rows.append(

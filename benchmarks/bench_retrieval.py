@@ -125,9 +125,13 @@ def bench_protocol(queries: int, tiles: int, repeats: int) -> list[list[str]]:
     sim = unit_rows(queries, 512, generator) @ unit_rows(tiles, 512, generator).T  # [queries, gallery]
     rows = []
     for nearest in (100, None):
-        ours_s, ours, _ = timed(lambda: geo_retrieval_metrics(sim, query_names, gallery_names, nearest), repeats)
+        ours_s, ours, _ = timed(
+            lambda nearest=nearest: geo_retrieval_metrics(sim, query_names, gallery_names, nearest), repeats
+        )
         rows_as_lists = sim.tolist()
-        plain_s, plain, _ = timed(lambda: reference_metrics(rows_as_lists, query_names, gallery_names, nearest))
+        plain_s, plain, _ = timed(
+            lambda rows=rows_as_lists, nearest=nearest: reference_metrics(rows, query_names, gallery_names, nearest)
+        )
         rows.append(
             [
                 f"{queries:,} x {tiles:,}, nearest={nearest}",
@@ -157,7 +161,7 @@ def bench_large(queries: int, tiles: int, dim: int) -> list[list[str]]:
     rows = [[f"bare mm + topk(10), chunks of {chunk}", f"{base_s:.2f} s", f"{base_bytes / 2**20:.0f} MiB", "1.00x"]]
     for nearest in (None, 100):
         ranked_s, _, ranked_bytes = timed(
-            lambda: rank_gallery(
+            lambda nearest=nearest: rank_gallery(
                 query_emb,
                 gallery_emb,
                 query_names,

@@ -79,9 +79,10 @@ def small_split(tmp_path):
     caption of A); the embedded rows come in the order 2, 0, 3, 1.
 
     Text -> ranking over the whole gallery (scores up to a common factor): C's caption -> C 1.0,
-    B 0.2, A 0.1 (correct); A's first -> A 1.0, B 0.3, C 0.2 (correct); A's second -> B 1.0, A 0.2,
-    C 0.1 (true rank 2, 30 m off); B's -> C 1.0, B 0.5, A 0.1 (true rank 2, 1 km off). Among each place's 2 nearest tiles, B's
-    caption has only B and A to choose from and is right.
+    B 0.2, A 0.1 (correct); A's first -> A 1.0, B 0.3, C 0.2 (correct); A's second -> B 1.0, A
+    0.2, C 0.1 (true rank 2, 30 m off); B's -> C 1.0, B 0.5, A 0.1 (true rank 2, 1 km off).
+    Among each place's 2 nearest tiles, B's caption has only B and A to choose from and is
+    right.
     """
     import torch
     from PIL import Image

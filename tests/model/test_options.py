@@ -1,4 +1,5 @@
-"""Memory, speed and fine-tuning options of the module: gradient checkpointing, channels-last,\ncompiled encoders, locked towers."""
+"""Memory, speed and fine-tuning options of the module: gradient checkpointing, channels-last,
+compiled encoders, locked towers."""
 
 from __future__ import annotations
 

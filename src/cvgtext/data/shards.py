@@ -11,11 +11,12 @@ split, ``000000042``):
 - ``<key>.json``: ``{"name", "lat", "lon", "panorama", "split"}``: the file name (the
   protocol's identity of a tile), its coordinates and whether the caption describes a panorama.
 
-``<split>-pairs.json`` lists each sample's name, caption, coordinates and panorama flag (what
-a reader needs of a split before it reads an image). ``manifest.json``, written last, lists every shard with its sample count, size and SHA-256,
-and what was packed (city, image type, texts, validation share). Shards are written to a
-temporary file and renamed; a pack stopped part-way leaves no manifest, so nothing reads it
-as complete. Members carry fixed owners and times: the same data packs to the same bytes.
+``<split>-pairs.json`` lists each sample's name, caption, coordinates and panorama flag (what a
+reader needs of a split before it reads an image). ``manifest.json``, written last, lists every
+shard with its sample count, size and SHA-256, and what was packed (city, image type, texts,
+validation share). Shards are written to a temporary file and renamed; a pack stopped part-way
+leaves no manifest, so nothing reads it as complete. Members carry fixed owners and times: the
+same data packs to the same bytes.
 """
 
 from __future__ import annotations

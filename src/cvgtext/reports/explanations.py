@@ -1,6 +1,7 @@
 """Relevance maps of retrieved pairs: the overlays of examples.png and ``explanations/``.
 
-``example_explanations`` explains the queries examples.png shows (``explain.overlays``). For each of the first ``explain.max_queries`` queries of the split, the caption and its top-1
+``example_explanations`` explains the queries examples.png shows (``explain.overlays``). For
+each of the first ``explain.max_queries`` queries of the split, the caption and its top-1
 retrieved tile are explained (``model/relevance.py``): ``explanations/query_NNN.png`` shows the
 tile under its patch relevance and the caption with each word shaded by its relevance (the sum
 over its tokens); ``explanations/query_NNN.npz`` holds the arrays. Each query costs a backward

@@ -93,7 +93,7 @@ def draw_shaded_words(
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (10, 2)
     line_height = ascent + descent + 3
     x, line = left, 1
-    for number, (word, score) in enumerate(words):
+    for word, score in words:
         length = draw.textlength(word, font=font)
         if x > left and x + length > left + width:
             if line == max_lines:

@@ -6,7 +6,8 @@ river gives water to the places beside it. Each place is one :class:`Scene`; its
 tile, map-like tile and street view (:mod:`cvgtext.data.synthetic.render`) and its caption
 (:mod:`cvgtext.data.synthetic.captions`) are all drawn from that scene, so the caption is the
 only link a model needs to learn. Captions of panoramas are long (most pass CLIP's 77 tokens)
-and those of single-view photos short, like the real ones. Layout under ``root`` (``{v}`` is ``{name}`` for panoramas, ``{name}-photos`` for photos)::
+and those of single-view photos short, like the real ones. Layout under ``root`` (``{v}`` is
+``{name}`` for panoramas, ``{name}-photos`` for photos)::
 
     annotation/{v}/train.json, test.json     one JSON object {image_file_name: caption}
     reference/{v}-satellite/, {v}-OSM/       square tiles, named like the caption's key
