@@ -47,7 +47,7 @@ def newest_checkpoint() -> str | None:
 def truth_of(data_dir: Path, city: str) -> dict[str, str]:
     """Each test caption of the city and the data URL of its true tile, as the re-ranker sends it."""
     from cvgtext.data.dataset import load_image
-    from cvgtext.rerank.lmm import encode_image
+    from cvgtext.utils.chat import encode_image
 
     truth = {}
     for version in (city, f"{city}-photos"):

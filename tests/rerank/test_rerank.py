@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from cvgtext.rerank import Judged, reorder
-from cvgtext.rerank.lmm import LMMReranker, encode_image, parse_choice, parse_confidence
+from cvgtext.rerank.lmm import LMMReranker, parse_choice, parse_confidence
+from cvgtext.utils.chat import encode_image
 from cvgtext.utils.errors import ConfigError
 from helpers.chat_server import ChatServer
 from helpers.city import CITY, annotation_path, image_path, repaint_tiles

@@ -1,7 +1,7 @@
-"""A large multimodal model as re-ranker, behind an OpenAI-compatible chat-completions endpoint.
+"""A large multimodal model as re-ranker: the prompts and how its replies become judgements.
 
-What vLLM (``vllm serve``), llama.cpp's ``llama-server``, Ollama and hosted APIs serve at
-``<url>/chat/completions``. Two ways of asking:
+Two ways of asking a chat model (through :class:`~cvgtext.utils.chat.ChatEndpoint`, any
+OpenAI-compatible endpoint):
 
 - ``pointwise`` (the paper's): one request per candidate with the description and the tile,
   asking for ``{"reason": ..., "confidence": 0..1}``; the confidence is the candidate's value.
@@ -12,28 +12,16 @@ What vLLM (``vllm serve``), llama.cpp's ``llama-server``, Ollama and hosted APIs
 Tiles are sent as JPEG data URLs (never their file names, which hold their coordinates), with
 their relevance overlay as a second image when ``overlay`` is on. Replies are cached on disk,
 keyed by the whole request (model, prompt, description, images, sampling), so a re-run asks
-nothing again. The API key is read from the environment variable named by ``api_key_env`` and
-goes into no file.
+nothing again.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import json
 import logging
 import math
-import os
-import socket
-import threading
-import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -41,57 +29,16 @@ from typing import Any
 from PIL import Image
 
 from cvgtext.rerank import Judged, Query
-from cvgtext.utils.atomic import atomic_write
-from cvgtext.utils.errors import ConfigError, OutputError
-from cvgtext.utils.web import url_opener
+from cvgtext.utils.chat import ChatEndpoint, Reply, encode_image, read_json_object, request_key
+from cvgtext.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MODES = ("pointwise", "pairwise")
 # What a candidate tile is called in the prompts, per gallery (img.name).
 VIEWS = {"sat": "satellite image", "osm": "OpenStreetMap map tile", "stv": "street-view panorama"}
-# Failures retried with backoff: the server may answer next time.
-RETRIED_STATUS = {408, 409, 429}
-
 # Builds the relevance overlays of a description with its tiles: (description, paths) -> images.
 Evidence = Callable[[str, Sequence[Path]], Sequence[Image.Image]]
-
-
-@dataclass
-class Reply:
-    """The text a request got back, or why there is none."""
-
-    content: str | None
-    failure: str | None = None  # timeout, unreachable, http_error, bad_response
-    cached: bool = False
-
-
-def request_key(body: dict) -> str:
-    """The digest of a whole request: what the reply cache is keyed by."""
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def encode_image(image: Image.Image, size: int) -> str:
-    """A JPEG data URL of ``image``, its longer side at most ``size`` pixels."""
-    image = image.convert("RGB")
-    image.thumbnail((size, size))
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def read_json_object(content: str) -> dict | None:
-    """The JSON object of a reply, also inside a Markdown code fence or after a sentence; None
-    when there is none."""
-    text = content.strip()
-    start, stop = text.find("{"), text.rfind("}")
-    if start < 0 or stop < start:
-        return None
-    try:
-        found = json.loads(text[start : stop + 1])
-    except json.JSONDecodeError:
-        return None
-    return found if isinstance(found, dict) else None
 
 
 def parse_confidence(content: str) -> tuple[float | None, str, str | None]:
@@ -117,106 +64,6 @@ def parse_choice(content: str) -> tuple[str | None, str, str | None]:
     if better not in ("A", "B"):
         return None, reason, "out_of_range"
     return better, reason, None
-
-
-class ChatEndpoint:
-    """Requests to one chat-completions endpoint: timeouts, retries with backoff, a reply cache.
-
-    After a request finds nothing listening (all its retries refused), the endpoint is taken as
-    unreachable and later requests fail at once instead of each waiting through its retries.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        api_key_env: str | None,
-        timeout_s: float,
-        retries: int,
-        backoff_s: float,
-        cache_dir: str | Path | None,
-    ):
-        url = url.rstrip("/")
-        self.url = url if url.endswith("/chat/completions") else f"{url}/chat/completions"
-        self.api_key_env = api_key_env
-        self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
-        self.cache_dir = Path(cache_dir) / "reranker" if cache_dir else None
-        self.opener = url_opener(self.url)
-        self.unreachable = threading.Event()
-        self.sent = 0
-        self.cached = 0
-        self._count = threading.Lock()
-
-    def _cache_path(self, body: dict) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        key = request_key(body)
-        return self.cache_dir / key[:2] / f"{key}.json"
-
-    def ask(self, body: dict) -> Reply:
-        """The content of the first choice of ``body``'s completion."""
-        path = self._cache_path(body)
-        if path is not None and path.is_file():
-            try:
-                content = json.loads(path.read_text())["content"]
-                with self._count:
-                    self.cached += 1
-                return Reply(content, cached=True)
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # a damaged entry is asked again and rewritten
-        reply = self._post(body)
-        if reply.content is not None and path is not None:
-            try:
-                with atomic_write(path) as stream:
-                    json.dump({"content": reply.content}, stream)
-            except (OSError, OutputError) as error:  # the reply is still used; only the cache misses it
-                log.warning("The re-ranker's reply cache could not be written: %s", error)
-        return reply
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _post(self, body: dict) -> Reply:
-        data = json.dumps(body).encode()
-        failure = "unreachable"
-        for attempt in range(self.retries + 1):
-            if self.unreachable.is_set():
-                return Reply(None, "unreachable")
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            with self._count:
-                self.sent += 1
-            request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
-            try:
-                with self.opener.open(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as error:
-                failure = "http_error"
-                if error.code in RETRIED_STATUS or error.code >= 500:
-                    continue
-                log.warning("The re-ranker's endpoint %s answered HTTP %d", self.url, error.code)
-                return Reply(None, failure)
-            except TimeoutError:
-                failure = "timeout"
-                continue
-            except (urllib.error.URLError, ConnectionError, OSError) as error:
-                reason = getattr(error, "reason", error)
-                failure = "timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "unreachable"
-                continue
-            try:
-                content = json.loads(raw)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                return Reply(None, "bad_response")
-            if not isinstance(content, str):
-                return Reply(None, "bad_response")
-            return Reply(content)
-        if failure == "unreachable" and not self.unreachable.is_set():
-            self.unreachable.set()
-            log.warning("The re-ranker's endpoint %s is unreachable: no candidate is judged", self.url)
-        return Reply(None, failure)
 
 
 class LMMReranker:
@@ -271,7 +118,8 @@ class LMMReranker:
         self.concurrency = concurrency
         self.view = VIEWS.get(view, view)
         self.evidence = evidence
-        self.endpoint = ChatEndpoint(url, api_key_env, timeout_s, retries, backoff_s, cache_dir)
+        replies = Path(cache_dir) / "reranker" if cache_dir else None
+        self.endpoint = ChatEndpoint(url, api_key_env, timeout_s, retries, backoff_s, replies)
 
     def settings(self) -> dict[str, Any]:
         """What the re-ranking was, for metrics.json (never the API key)."""

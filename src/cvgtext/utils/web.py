@@ -1,4 +1,4 @@
-"""Opening http(s) URLs for the re-ranker's endpoint and for shards served over the web."""
+"""Opening http(s) URLs: chat endpoints (the re-ranker's model) and shards served over the web."""
 
 from __future__ import annotations
 
