@@ -1,4 +1,5 @@
-"""The config files state each value once: what several options share is composed, not copied."""
+"""The config files state each value and each defaults entry once: what several options or
+commands share is composed, not copied."""
 
 from __future__ import annotations
 
@@ -50,3 +51,59 @@ def test_a_copied_value_is_found(tmp_path):
     for name in ("a", "b"):
         (tmp_path / f"{name}.yaml").write_text("optimizer:\n  lr: 0.1\nname: x\n")
     assert repeated_values(tmp_path) == {("optimizer.lr", "0.1"): {"a.yaml", "b.yaml"}}
+
+
+# Defaults entries that two files state alike on purpose, with the reason.
+REPEATED_DEFAULTS = {
+    # each stack's last entry (pack's own, and the model commands'), so that its values win
+    "debug: null": {"pack.yaml", "shared/stack.yaml"},
+}
+
+
+def defaults_entries(path: Path) -> list[str]:
+    """The entries of a config file's defaults list, as ``group: option`` or ``config``, without
+    ``override`` and the leading ``/``. Left out: ``_self_``, and the shared configs of
+    ``conf/shared/``, which files compose precisely so that they do not copy them."""
+    entries = []
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, dict):
+            for group, option in entry.items():
+                entries.append(f"{group.removeprefix('override ').lstrip('/')}: {'null' if option is None else option}")
+        elif entry != "_self_" and not str(entry).lstrip("/").startswith("shared/"):
+            entries.append(str(entry).lstrip("/"))
+    return entries
+
+
+def repeated_defaults(conf: Path) -> dict[str, set[str]]:
+    """``entry -> files`` for every defaults entry stated in two or more files, unless the files
+    are options of one group (those may all make the same choice)."""
+    where = collections.defaultdict(set)
+    for path in sorted(conf.rglob("*.yaml")):
+        for entry in defaults_entries(path):
+            where[entry].add(str(path.relative_to(conf)))
+    return {entry: files for entry, files in where.items() if len(files) > 1 and not options_of_one_group(files)}
+
+
+def options_of_one_group(files: set[str]) -> bool:
+    folders = {Path(file).parent for file in files}
+    return len(folders) == 1 and folders != {Path(".")}
+
+
+def test_no_defaults_entry_is_stated_in_two_config_files():
+    repeated = {
+        entry: files for entry, files in repeated_defaults(CONF).items() if REPEATED_DEFAULTS.get(entry) != files
+    }
+    assert not repeated, f"defaults entries stated in several files (extend conf/shared/stack.yaml): {repeated}"
+
+
+def test_a_copied_defaults_entry_is_found(tmp_path):
+    (tmp_path / "group").mkdir()
+    for name in ("train", "eval"):
+        (tmp_path / f"{name}.yaml").write_text("defaults:\n  - _self_\n  - /paths: default\n  - logger: none\n")
+    for option in ("a", "b"):  # options of one group composing the same file: not a copy
+        (tmp_path / "group" / f"{option}.yaml").write_text("defaults:\n  - /shared/base@_here_\n")
+    (tmp_path / "stack.yaml").write_text("defaults:\n  - override /logger: wandb\n")
+    assert repeated_defaults(tmp_path) == {
+        "paths: default": {"train.yaml", "eval.yaml"},
+        "logger: none": {"train.yaml", "eval.yaml"},
+    }

@@ -37,7 +37,9 @@ class CrossViewRetrieval(L.LightningModule):
     """Text -> gallery-image retrieval with an open_clip dual encoder.
 
     ``optimizer`` and ``scheduler`` are Hydra configs (``_target_`` + arguments) completed with the
-    parameters and the optimizer here; the scheduler steps once per epoch, as in the paper.
+    parameters and the optimizer here; the scheduler steps once per epoch, as in the paper. Only
+    training needs them (``train.yaml`` sets them from the ``optim`` group); a module built to
+    evaluate or search has none.
     ``nearest`` is the evaluation protocol: rank the ``nearest`` tiles closest to the query's true
     place (the paper's 100), or the whole gallery when ``None``. ``grad_checkpointing``
     recomputes each transformer block's activations in the backward pass instead of keeping them:
@@ -51,7 +53,7 @@ class CrossViewRetrieval(L.LightningModule):
     def __init__(
         self,
         backbone: dict,
-        optimizer: dict,
+        optimizer: dict | None = None,
         scheduler: dict | None = None,
         loss: dict | None = None,
         nearest: int | None = 100,
@@ -227,6 +229,8 @@ class CrossViewRetrieval(L.LightningModule):
                 continue
             # As open_clip: no weight decay on gains, biases, embeddings' scale and temperature.
             (no_decay if parameter.ndim < 2 or "logit_scale" in name else decay).append(parameter)
+        if not self.hparams.optimizer:
+            raise ConfigError("model.optimizer is not set: train.py composes it from the optim group (fast or paper)")
         make_optimizer = instantiate(self.hparams.optimizer)
         if not isinstance(make_optimizer, functools.partial):
             raise ConfigError(
