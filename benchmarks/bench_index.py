@@ -94,7 +94,7 @@ def city_embeddings(data_dir: Path, places: int, ckpt: str | None) -> tuple[torc
     module, backbone = build_module(cfg)
     gallery, _ = build_gallery_index(cfg, module, backbone, "all")
     datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
-    captions = [pair.caption for pair in datamodule.read_splits()["test"]]
+    captions = [pair.caption for pair in datamodule.source.read_splits()["test"]]
     return gallery.embeddings, embed_captions(module.model, module.tokenizer, captions)
 
 

@@ -149,3 +149,24 @@ def test_overfitting_a_few_batches_turns_shuffling_off(release_dir):
     assert datamodule.shuffles_training
     datamodule.shuffle = False
     assert not datamodule.shuffles_training
+
+
+def test_the_source_is_chosen_once_by_the_format(release_dir, tmp_path):
+    from cvgtext.data.folders import FolderSource
+    from cvgtext.data.shards.source import ShardSource
+
+    assert isinstance(tiny_datamodule(release_dir).source, FolderSource)
+    streamed = tiny_datamodule(release_dir, format="shards", shards=str(tmp_path / "shards"))
+    assert isinstance(streamed.source, ShardSource) and streamed.source.location == str(tmp_path / "shards")
+    with pytest.raises(ConfigError, match="data.format=shards with data.sampler=geo: a stream reads shards in order"):
+        tiny_datamodule(release_dir, format="shards", shards=str(tmp_path), sampler="geo")
+
+
+def test_a_split_with_a_known_gallery_reads_its_captions_only(release_dir):
+    datamodule = tiny_datamodule(release_dir, known_gallery={"test": object()})
+    datamodule.setup()
+    test, val = next(iter(datamodule.test_dataloader())), next(iter(datamodule.val_dataloader()))
+    assert "image" not in test and "tokens" in test
+    assert "image" in val
+    with pytest.raises(ConfigError, match=r"known_gallery names \['gallery'\], not splits"):
+        tiny_datamodule(release_dir, known_gallery={"gallery": object()})

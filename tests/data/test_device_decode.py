@@ -143,7 +143,7 @@ def test_shard_streams_carry_the_bytes_and_decode_as_the_cpu_path(release_dir, t
     import open_clip
 
     from cvgtext.data.datamodule import CVGTextDataModule
-    from cvgtext.data.shards import pack_splits
+    from cvgtext.data.shards.write import pack_splits
     from helpers.city import CITY, tiny_datamodule
 
     folders = tiny_datamodule(release_dir)
@@ -164,7 +164,7 @@ def test_shard_streams_carry_the_bytes_and_decode_as_the_cpu_path(release_dir, t
             tokenizer=lambda texts: torch.tensor([[len(text), 0, 0] for text in texts]),
         )
         datamodule.setup()
-        return datamodule, next(iter(datamodule.shard_loader("test", 4)))
+        return datamodule, next(iter(datamodule.loader("test", 4)))
 
     device, encoded = stream("device")
     assert "image" not in encoded and len(encoded["image_bytes"]) == 4

@@ -78,7 +78,7 @@ def test_the_same_data_packs_to_the_same_bytes_and_the_manifest_checks_them(rele
 
 
 def test_a_pack_stopped_part_way_leaves_no_manifest_and_no_half_shard(release_dir, tmp_path, monkeypatch):
-    from cvgtext.data import shards
+    from cvgtext.data.shards import write as shards
 
     out, _ = packed(release_dir, tmp_path, "samples_per_shard=4")
     calls = {"n": 0}
@@ -104,7 +104,7 @@ def test_bad_settings_and_images_are_named(release_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"^splits=\['train', 'holdout'\]: expected some of train, val, test"):
         packed(release_dir, tmp_path, "splits=[train,holdout]")
     from cvgtext.data.annotations import Pair
-    from cvgtext.data.shards import sample_members
+    from cvgtext.data.shards.write import sample_members
 
     gif = tmp_path / "-27.4,153.0_x.gif"
     gif.write_bytes(b"GIF89a")
@@ -191,7 +191,7 @@ def test_shards_train_to_the_same_losses_and_metrics_as_folders(release_dir, tmp
 
 
 def stream_of(release_dir, tmp_path, split="train", batch=4, workers=0, **settings):
-    from cvgtext.data.shards import pack_splits
+    from cvgtext.data.shards.write import pack_splits
     from helpers.city import tiny_datamodule
 
     out = tmp_path / "packed"
@@ -209,7 +209,7 @@ def stream_of(release_dir, tmp_path, split="train", batch=4, workers=0, **settin
         **settings,
     )
     datamodule.setup()
-    return datamodule, datamodule.shard_loader(split, batch)
+    return datamodule, datamodule.loader(split, batch)
 
 
 def batches(loader, count=None):
@@ -223,7 +223,7 @@ def batches(loader, count=None):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_stream_resumed_after_any_batch_continues_with_the_same_batches(release_dir, tmp_path, workers):
-    from cvgtext.data.streams import ShardLoader
+    from cvgtext.data.shards.read import ShardLoader
 
     datamodule, loader = stream_of(release_dir, tmp_path, workers=workers, shuffle_window=3)
     loader.epoch_now = lambda: 1
@@ -264,7 +264,7 @@ def test_an_image_that_cannot_be_decoded_is_skipped_in_training_and_named_in_eva
         "such as a JPEG)"
     )
     with pytest.raises(DataError, match=r"test sample 1 \(.*\) cannot be decoded \(an empty file"):
-        batches(datamodule.shard_loader("test", 4))
+        batches(datamodule.loader("test", 4))
 
 
 def test_https_shards_read_as_local_ones(release_dir, tmp_path):
@@ -289,7 +289,7 @@ def test_https_shards_read_as_local_ones(release_dir, tmp_path):
             eval_batch_size=4,
         )
         remote.setup()
-        served = remote.shard_loader("val", 4)
+        served = remote.loader("val", 4)
         assert [p.name for p in remote.pairs["val"]] == [p.name for p in local.pairs["val"]]
         for ours, theirs in zip(served, loader, strict=True):
             assert ours["index"].tolist() == theirs["index"].tolist()
@@ -342,7 +342,7 @@ def test_every_rank_and_worker_gets_its_share_for_any_sizes():
     import math
     import random
 
-    from cvgtext.data.streams import worker_positions
+    from cvgtext.data.shards.read import worker_positions
 
     draw = random.Random(0)
     for _ in range(300):

@@ -80,7 +80,7 @@ def test_a_killed_build_leaves_no_cache(release_dir, encoder, tmp_path, monkeypa
         datamodule(release_dir, encoder, tmp_path / "cache")
     assert list((tmp_path / "cache" / tile_cache.FOLDER).iterdir()) == []  # no data, no description, no temporary
     monkeypatch.setattr(tile_cache, "load_image", real)
-    assert datamodule(release_dir, encoder, tmp_path / "cache").tiles is not None
+    assert datamodule(release_dir, encoder, tmp_path / "cache").source.tiles is not None
 
 
 def test_a_build_removes_what_killed_builds_left_and_nothing_else(release_dir, encoder, tmp_path):
@@ -89,7 +89,7 @@ def test_a_build_removes_what_killed_builds_left_and_nothing_else(release_dir, e
     import sys
 
     first = datamodule(release_dir, encoder, tmp_path / "cache")
-    data_file = first.tiles.data_file
+    data_file = first.source.tiles.data_file
     data_file.unlink()  # the cache must be built again
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
@@ -99,12 +99,12 @@ def test_a_build_removes_what_killed_builds_left_and_nothing_else(release_dir, e
     }
     for leftover in left.values():
         leftover.write_bytes(b"\0" * 1000)  # a SIGKILL skips the build's own clean-up
-    assert datamodule(release_dir, encoder, tmp_path / "cache").tiles is not None
+    assert datamodule(release_dir, encoder, tmp_path / "cache").source.tiles is not None
     assert sorted(path for path in left.values() if path.exists()) == sorted(list(left.values())[1:])
 
 
 def test_workers_get_the_path_not_the_pixels(release_dir, encoder, tmp_path):
-    tiles = datamodule(release_dir, encoder, tmp_path / "cache").tiles
+    tiles = datamodule(release_dir, encoder, tmp_path / "cache").source.tiles
     path = next(iter(tiles.row))
     tiles.image(path)  # maps the file in this process
     copy = pickle.loads(pickle.dumps(tiles))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
 
 
+def data_of(cfg: DictConfig, module: Any, **arguments: Any) -> Any:
+    """The configured datamodule, reading with the module's preprocessing and tokenizer."""
+    return instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer, **arguments)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` (or zero-shot weights) on ``cfg.split``; write the reports."""
     split = cfg.get("split", "test")
@@ -34,7 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     module, backbone = build_module(cfg)
     reranker = build_reranker(cfg, module)  # its settings checked before the split is embedded
-    datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
+    datamodule = data_of(cfg, module)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=[])
     try:
@@ -48,8 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             stored = find_index(cache_dir, index_key, tiles)
             if stored is not None:
                 # The gallery's embeddings are known: only the captions are read and embedded.
-                module.known_gallery = ({name: row for row, name in enumerate(stored.names)}, stored.embeddings)
-                datamodule.captions_only.add(split)
+                datamodule = data_of(cfg, module, known_gallery={split: stored})
         if split == "test":
             trainer.test(module, datamodule=datamodule)
         else:

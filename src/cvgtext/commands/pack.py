@@ -7,7 +7,7 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from cvgtext.data.shards import SPLITS, pack_splits
+from cvgtext.data.shards.write import SPLITS, pack_splits
 from cvgtext.utils.errors import ConfigError
 
 

@@ -1,34 +1,34 @@
-"""The LightningDataModule of one city, gallery type and text version, in the CVG-Text layout.
-
-    {data_dir}/annotation/{version}/{train,test}.json     {file_name: caption}
-    {data_dir}/reference/{version}-satellite/{file_name}  (or -OSM; query/{version}-ground for street views)
+"""The LightningDataModule of one city, gallery type and text version.
 
 ``versions`` lists the text versions read together: ``[{city}]`` for panorama texts,
-``[{city}-photos]`` for single-view texts, both for ``mixed``. The release has no validation
-split; ``val`` is carved out of ``train`` by a hash of the file name. ``test`` is only reported.
+``[{city}-photos]`` for single-view texts, both for ``mixed``. The pairs come from one source,
+chosen once by ``format``: the release layout's folders (``folders.py``) or ``pack.py``'s shards
+(``shards/source.py``). Every split is read and checked when the module is set up, so a broken
+test file stops the run before training. ``test`` is only reported.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
-from cvgtext.data.dataset import BAD_IMAGE_POLICIES, PairDataset, collate_pairs, needs_every_image, no_image_decoded
+from cvgtext.data.annotations import Pair
+from cvgtext.data.dataset import BAD_IMAGE_POLICIES, needs_every_image, no_image_decoded
 from cvgtext.data.device_decode import DevicePreprocess, check_decode, decode_on_device
-from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
-from cvgtext.data.verify import VERIFY_LEVELS, unreadable_images
+from cvgtext.data.folders import FolderSource
+from cvgtext.data.sampler import SeededBatchSampler
+from cvgtext.data.source import SPLITS, PairSource, Reading
+from cvgtext.data.verify import VERIFY_LEVELS
 from cvgtext.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 SAMPLERS = ("random", "geo")
 FORMATS = ("folders", "shards")
 
@@ -37,15 +37,15 @@ class CVGTextDataModule(L.LightningDataModule):
     """Batches of captions and their gallery images for ``train``, ``val`` and ``test``.
 
     ``batch_size`` is global: each of the ``world_size`` devices loads ``batch_size / world_size``.
-    ``synthetic``, when given, is the generator's arguments: the city is generated into
-    ``data_dir`` on first use. ``sampler`` chooses the training batches: ``random`` (shuffled)
-    or ``geo`` (places near each other, a share ``geo_fraction`` of them; see ``sampler.py``),
-    deterministic given ``seed`` and the epoch. ``on_bad_image`` is what an image that cannot be
-    decoded does: ``raise`` stops the run, ``skip`` leaves the pair out of its training batch
-    (see ``dataset.py``). ``verify_images`` (``off``, ``header`` or ``full``) checks every image
-    of every split before training and lists all unreadable ones in one message; with
-    ``on_bad_image="skip"`` the training pairs among them are left out up front instead
-    (``left_out`` names them).
+    ``format`` chooses the source of the pairs (``folders`` or ``shards``, read from ``shards``);
+    the folder source's settings (``synthetic``, ``sampler``, ``geo_fraction``, ``verify_images``,
+    ``cache``) are described in ``folders.py``. ``on_bad_image`` is what an image that cannot be
+    decoded does: ``raise`` stops the run, ``skip`` leaves the pair out of its training batch (see
+    ``dataset.py``). ``decode="device"`` has the loaders carry the image files' bytes, decoded and
+    preprocessed where the model runs (``device_decode.py``). ``known_gallery`` maps a split to its
+    gallery's embeddings computed beforehand (a cached gallery index: ``names`` and
+    ``embeddings``): that split's loader reads the captions only, and the module ranks them
+    against those embeddings.
     """
 
     def __init__(
@@ -75,6 +75,7 @@ class CVGTextDataModule(L.LightningDataModule):
         decode: str = "cpu",
         preprocess: Callable | None = None,
         tokenizer: Callable | None = None,
+        known_gallery: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         if not 0.0 < val_fraction < 1.0:
@@ -91,237 +92,83 @@ class CVGTextDataModule(L.LightningDataModule):
             verify_images = "off"
         if verify_images not in VERIFY_LEVELS:
             raise ConfigError(f"data.verify_images={verify_images!r} is not one of {', '.join(VERIFY_LEVELS)}")
-        self.data_dir = Path(data_dir)
-        self.city = city
-        self.versions = [template.format(city=city) for template in versions]
-        self.image_folder = image_folder
-        self.annotation_file = annotation_file
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.val_fraction = val_fraction
-        self.pin_memory = pin_memory
-        self.synthetic = dict(synthetic) if synthetic else None
-        self.sampler = sampler
-        self.geo_fraction = geo_fraction
-        self.seed = seed or 0
-        self.on_bad_image = on_bad_image
-        self.verify_images = verify_images
-        self.left_out: list[str] = []  # reasons of the training pairs verify_images left out
         if format not in FORMATS:
             raise ConfigError(f"data.format={format!r} is not one of {', '.join(FORMATS)}")
+        if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
+            raise ConfigError(f"data.shuffle_window={shuffle_window!r} must be a positive number of samples")
+        known_gallery = dict(known_gallery or {})
+        unknown = sorted(set(known_gallery) - set(SPLITS))
+        if unknown:
+            raise ConfigError(f"known_gallery names {unknown}, not splits ({', '.join(SPLITS)})")
         if format == "shards":
-            refused = {
-                "data.shards=null": not shards,
-                f"data.sampler={sampler}": sampler == "geo",
-                f"data.verify_images={verify_images}": verify_images != "off",
-            }
-            for setting, bad in refused.items():
-                if bad:
-                    raise ConfigError(
-                        f"data.format=shards with {setting}: "
-                        + (
-                            "give data.shards, the folder or URL holding pack.py's manifest.json"
-                            if setting.startswith("data.shards")
-                            else "a stream reads shards in order, without random access to the city's images; "
-                            "use data.format=folders for it"
-                        )
-                    )
+            check_streamable(shards, sampler, verify_images)
             if cache:
                 log.info("data.cache does not apply to data.format=shards: the stream decodes each tile")
                 cache = False
         if check_decode(decode) == "device" and cache:
             log.info("data.cache does not apply with data.decode=device: the device decodes each tile")
             cache = False
-        if isinstance(shuffle_window, bool) or not isinstance(shuffle_window, int) or shuffle_window < 1:
-            raise ConfigError(f"data.shuffle_window={shuffle_window!r} must be a positive number of samples")
         if cache and not cache_dir:
             raise ConfigError("data.cache=true needs paths.cache_dir: the folder the decoded tiles are stored in")
-        self.cache = bool(cache)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.tiles = None  # the TileCache of every split's images, with data.cache=true
-        self.format = format
-        self.shards = str(shards) if shards else None
+        self.city = city
+        self.versions = [template.format(city=city) for template in versions]
+        self.image_folder = image_folder
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed or 0
+        self.on_bad_image = on_bad_image
         self.shuffle = bool(shuffle)
-        self.shuffle_window = shuffle_window
-        self.store = None  # the ShardStore, with data.format=shards
+        self.format = format
+        self.decode = decode
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         # data.decode=device: loaders carry the image files' bytes, decoded once the batch is on the device
-        self.decode = decode
         self.device_preprocess = DevicePreprocess(preprocess) if decode == "device" and preprocess else None
+        self.known_gallery = known_gallery
+        self.source: PairSource
+        if format == "shards":
+            from cvgtext.data.shards.source import ShardSource
+
+            self.source = ShardSource(
+                str(shards), city, self.versions, image_folder, val_fraction, cache_dir, shuffle_window
+            )
+        else:
+            self.source = FolderSource(
+                data_dir,
+                city,
+                self.versions,
+                image_folder,
+                annotation_file,
+                val_fraction,
+                on_bad_image,
+                verify_images,
+                synthetic,
+                bool(cache),
+                cache_dir,
+                sampler,
+                geo_fraction,
+            )
         self.pairs: dict[str, list[Pair]] = {}
-        # Splits evaluated against a gallery whose embeddings are known: their loaders read no image.
-        self.captions_only: set[str] = set()
+
+    @property
+    def left_out(self) -> list[str]:
+        """The reasons of the training pairs left out before training (``data.verify_images``)."""
+        return self.source.left_out
 
     def prepare_data(self) -> None:
-        if self.synthetic is not None:
-            from cvgtext.data.synthetic.city import ensure_city
-
-            ensure_city(self.data_dir, name=self.city, **self.synthetic)
+        self.source.prepare()
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check every split at once, so a broken test file stops the run before training."""
         if not self.pairs:
-            self.pairs = self.read_splits() if self.format == "shards" else self.verified(self.read_splits())
+            self.pairs = self.source.splits()
         if stage == "fit":
             self.check_trainable()
-        if self.cache and self.tiles is None:
-            self.tiles = self.tile_cache()
+        self.source.setup(self.pairs, self.preprocess, self.trainer)
         self.per_device_batch_size = self._per_device(self.batch_size, "data.batch_size")
         self.per_device_eval_batch_size = self._per_device(self.eval_batch_size, "data.eval_batch_size")
-
-    def read_splits(self) -> dict[str, list[Pair]]:
-        """All pairs of the configured versions, by split; checks files, names and images.
-
-        Also refuses an image annotated for both training and test (``check_test_names_unseen``).
-        With ``format="shards"`` they come from the shards' manifest instead.
-        """
-        if self.format == "shards":
-            return self.shard_splits()
-        if self.synthetic is None and not self.data_dir.is_dir():
-            raise DataError(
-                f"data folder {self.data_dir} does not exist; point paths.data_dir at the CVG-Text "
-                "download (the folder holding annotation/, reference/ and query/)"
-            )
-        splits: dict[str, list[Pair]] = {"train": [], "val": [], "test": []}
-        annotated_in: dict[str, dict[str, Path]] = {"train": {}, "test": {}}  # source -> name -> annotation file
-        for version in self.versions:
-            image_dir = self.data_dir / self.image_folder.format(version=version, city=self.city)
-            for source in ("train", "test"):
-                path = self.data_dir / self.annotation_file.format(version=version, split=source, city=self.city)
-                # A missing training image may be skipped; a missing test tile would change the gallery.
-                missing = self.on_bad_image if source == "train" else "raise"
-                for pair in load_pairs(path, image_dir, missing):
-                    annotated_in[source].setdefault(pair.name, path)
-                    if source == "test":
-                        splits["test"].append(pair)
-                    else:
-                        splits["val" if in_validation(pair.name, self.val_fraction) else "train"].append(pair)
-        check_test_names_unseen(annotated_in["train"], annotated_in["test"])
-        for split, pairs in splits.items():
-            if not pairs:
-                carved = ""
-                if split == "val":
-                    carved = (
-                        f": validation is carved out of train by a hash of each file name "
-                        f"(data.val_fraction={self.val_fraction} of {len(splits['train'])} training pairs "
-                        "took none); raise data.val_fraction"
-                    )
-                raise DataError(
-                    f"the {split} split of {self.city} ({', '.join(self.versions)}) in {self.data_dir} is empty{carved}"
-                )
-        log.info(
-            "%s %s: %s",
-            self.city,
-            "+".join(self.versions),
-            ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()),
-        )
-        return splits
-
-    def shard_splits(self) -> dict[str, list[Pair]]:
-        """The pairs of every split from the shards of ``data.shards``."""
-        from cvgtext.data.streams import ShardStore
-
-        if self.store is None:
-            tile_dir = self.cache_dir / "shard-tiles" / self.city if self.cache_dir else None
-            self.store = ShardStore(self.shards, tile_dir=tile_dir)
-        manifest = self.store.manifest
-        if manifest.get("city") != self.city:
-            raise ConfigError(f"data.shards={self.shards} holds {manifest.get('city')}, not city {self.city}")
-        ours = {"val_fraction": self.val_fraction, "versions": self.versions, "image_folder": self.image_folder}
-        for key, value in ours.items():
-            if key in manifest and manifest[key] != value:
-                raise ConfigError(
-                    f"data.shards={self.shards} was packed with {key}={manifest[key]!r}, this run asks for "
-                    f"{value!r} (data.{key}, or the img / text choice): pack the city again with these settings"
-                )
-        splits = {split: self.store.pairs(split) for split in SPLITS}
-        log.info(
-            "%s from shards %s: %s",
-            self.city,
-            self.shards,
-            ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()),
-        )
-        return splits
-
-    def shard_loader(self, split: str, batch_size: int) -> DataLoader:
-        """A stream of ``split``'s shards (training, or an evaluation split read whole)."""
-        from cvgtext.data.streams import ShardLoader, ShardStream
-
-        if not self.pairs:
-            self.setup()
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        training = split == "train"
-        stream = ShardStream(
-            self.store,
-            split,
-            self.pairs[split],
-            self.preprocess,
-            self.tokenizer,
-            batch_size,
-            rank,
-            world_size,
-            seed=self.seed,
-            shuffle=self.shuffles_training,
-            window=self.shuffle_window,
-            training=training,
-            images=split not in self.captions_only,
-            on_bad_image=self.on_bad_image,
-            encoded=self.device_preprocess is not None,
-        )
-        return ShardLoader(
-            stream,
-            epoch_now=self._training_epoch if training and self.trainer is not None else None,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            collate_fn=collate_pairs if training else None,
-        )
-
-    def verified(self, splits: dict[str, list[Pair]]) -> dict[str, list[Pair]]:
-        """``splits`` after ``verify_images``: raises listing every unreadable image, or leaves
-        the training pairs among them out with ``on_bad_image="skip"``."""
-        bad = unreadable_images((pair.image_path for pairs in splits.values() for pair in pairs), self.verify_images)
-        if not bad:
-            return splits
-        in_training = {pair.image_path for pair in splits["train"]}
-        needed = {path: reason for path, reason in bad.items() if path not in in_training}
-        if self.on_bad_image == "raise" or needed:
-            listed = bad if self.on_bad_image == "raise" else needed
-            advice = (
-                "; replace them, or set data.on_bad_image=skip to leave training pairs out"
-                if self.on_bad_image == "raise"
-                else "; validation and test need every image"
-            )
-            raise DataError(
-                f"{len(listed)} images of {self.city} cannot be used (data.verify_images={self.verify_images}): "
-                + "; ".join(listed.values())
-                + advice
-            )
-        self.left_out = sorted(bad.values())
-        log.warning(
-            "data.verify_images=%s: left %d training pairs out (data.on_bad_image=skip): %s",
-            self.verify_images,
-            len(self.left_out),
-            "; ".join(self.left_out),
-        )
-        return {**splits, "train": [pair for pair in splits["train"] if pair.image_path not in bad]}
-
-    def tile_cache(self):
-        """Every split's images decoded once (``data.cache=true``); under several processes the
-        first builds it while the others wait, then they open it."""
-        from cvgtext.data.tile_cache import open_or_build
-
-        if self.preprocess is None:
-            raise ConfigError("the datamodule needs the backbone's preprocess to cache the tiles")
-        paths = [pair.image_path for pairs in self.pairs.values() for pair in pairs]
-        trainer = self.trainer
-        if trainer is None or trainer.world_size == 1:
-            return open_or_build(self.cache_dir, paths, self.preprocess)
-        tiles = open_or_build(self.cache_dir, paths, self.preprocess) if trainer.is_global_zero else None
-        trainer.strategy.barrier("tile_cache")
-        return tiles or open_or_build(self.cache_dir, paths, self.preprocess, build=False)
 
     def check_trainable(self) -> None:
         """Refuse a training split that does not fill one global batch: it would train nothing."""
@@ -333,10 +180,6 @@ class CVGTextDataModule(L.LightningDataModule):
                 f"would make a pair its own negative); set data.batch_size to at most {size}"
             )
 
-    def _training_epoch(self) -> int:
-        """The epoch the training loop is in: the number of epochs it has finished."""
-        return self.trainer.fit_loop.epoch_progress.current.processed
-
     def _per_device(self, batch_size: int, key: str) -> int:
         world_size = self.trainer.world_size if self.trainer is not None else 1
         if batch_size % world_size:
@@ -345,91 +188,68 @@ class CVGTextDataModule(L.LightningDataModule):
             )
         return batch_size // world_size
 
-    def dataset(self, split: str, encoded: bool = False) -> PairDataset:
-        """The dataset of one split (``train``, ``val`` or ``test``); with ``encoded``, of the
-        image files' bytes for :meth:`on_after_batch_transfer` to decode (``data.decode=device``)."""
-        if split not in SPLITS:
-            raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-        if not self.pairs:
-            self.setup()
-        if self.preprocess is None or self.tokenizer is None:
-            raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
-        if self.format == "shards":
-            batch = getattr(self, "per_device_batch_size" if split == "train" else "per_device_eval_batch_size", 1)
-            return self.shard_loader(split, batch).dataset
-        return PairDataset(
-            self.pairs[split],
-            self.preprocess,
-            self.tokenizer,
-            split,
-            self.on_bad_image,
-            images=split not in self.captions_only,
-            tiles=self.tiles,
-            encoded=encoded,
-        )
-
-    def _loader(self, split: str, batch_size: int) -> DataLoader:
-        if self.format == "shards":
-            return self.shard_loader(split, batch_size)
-        return DataLoader(
-            self.dataset(split, encoded=self.device_preprocess is not None),
-            batch_size=batch_size,
-            shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
     @property
     def shuffles_training(self) -> bool:
         """Whether training batches are shuffled: as ``shuffle`` says, except when overfitting a few
         batches (``trainer.overfit_batches``), which means the same batches every epoch."""
         return bool(self.shuffle and not (self.trainer and self.trainer.overfit_batches))
 
-    def train_dataloader(self) -> DataLoader:
-        """Training batches, the same for a given seed and epoch; each rank loads its share.
-
-        The ``DistributedSampler`` only carries rank, world size and epoch to the batch sampler;
-        under DDP Lightning swaps in its own (same rank, its ``set_epoch`` called each epoch).
-        The loader's position in the epoch goes into checkpoints, so a resumed run continues the
-        interrupted epoch where it stopped.
-        """
-        if self.format == "shards":
-            return self.shard_loader("train", self.per_device_batch_size)
-        dataset = self.dataset("train", encoded=self.device_preprocess is not None)
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        ranks = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=False)
-        coordinates = [(pair.lat, pair.lon) for pair in self.pairs["train"]]
-        epoch_now = self._training_epoch if self.trainer is not None else None
-        if self.sampler == "geo":
-            batch_sampler = GeoBatchSampler(
-                ranks,
-                coordinates,
-                self.per_device_batch_size,
-                seed=self.seed,
-                geo_fraction=self.geo_fraction,
-                epoch_now=epoch_now,
-            )
-        else:
-            batch_sampler = SeededBatchSampler(
-                ranks,
-                coordinates,
-                self.per_device_batch_size,
-                seed=self.seed,
-                shuffle=self.shuffles_training,
-                epoch_now=epoch_now,
-            )
-        return ResumableLoader(
-            dataset,
-            batch_sampler=batch_sampler,
+    def reading(self, split: str, encoded: bool | None = None) -> Reading:
+        """How this run reads ``split`` (``encoded``: the files' bytes, for the device to decode;
+        by default as ``data.decode`` says)."""
+        if self.preprocess is None or self.tokenizer is None:
+            raise ConfigError("the datamodule needs the backbone's preprocess and tokenizer")
+        trainer = self.trainer
+        return Reading(
+            preprocess=self.preprocess,
+            tokenizer=self.tokenizer,
+            on_bad_image=self.on_bad_image,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=collate_pairs,
-            # Worker seeds come from this generator, not from the global one: creating the
-            # loader's iterator then draws nothing that training would otherwise have drawn.
-            generator=torch.Generator().manual_seed(self.seed),
+            seed=self.seed,
+            shuffle=self.shuffles_training,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            epoch_now=self._training_epoch if trainer is not None else None,
+            images=split not in self.known_gallery,
+            encoded=self.device_preprocess is not None if encoded is None else encoded,
         )
+
+    def _training_epoch(self) -> int:
+        """The epoch the training loop is in: the number of epochs it has finished."""
+        return self.trainer.fit_loop.epoch_progress.current.processed
+
+    def _batch_size(self, split: str) -> int:
+        return self.per_device_batch_size if split == "train" else self.per_device_eval_batch_size
+
+    def dataset(self, split: str, encoded: bool = False) -> Dataset:
+        """The dataset of one split (``train``, ``val`` or ``test``); with ``encoded``, of the
+        image files' bytes for :meth:`on_after_batch_transfer` to decode (``data.decode=device``)."""
+        if split not in SPLITS:
+            raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+        if not self.pairs:
+            self.setup()
+        return self.source.dataset(split, self.pairs[split], self.reading(split, encoded), self._batch_size(split))
+
+    def loader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """The loader of one split, at this process's share of the configured batch size unless
+        ``batch_size`` is given."""
+        if not self.pairs:
+            self.setup()
+        size = batch_size or self._batch_size(split)
+        return self.source.loader(split, self.pairs[split], self.reading(split), size)
+
+    def train_dataloader(self) -> DataLoader:
+        """Training batches, the same for a given seed and epoch; each rank loads its share. The
+        loader's position in the epoch goes into checkpoints, so a resumed run continues the
+        interrupted epoch where it stopped."""
+        return self.loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count the training batches the loop takes: the position a checkpoint saves."""
@@ -465,11 +285,24 @@ class CVGTextDataModule(L.LightningDataModule):
         batch["image"] = images
         return batch
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.per_device_eval_batch_size)
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.per_device_eval_batch_size)
+def check_streamable(shards: Any, sampler: str, verify_images: str) -> None:
+    """Refuse, for ``data.format=shards``, what a stream cannot do (or a missing location)."""
+    if not shards:
+        raise ConfigError(
+            "data.format=shards with data.shards=null: give data.shards, the folder or URL holding pack.py's "
+            "manifest.json"
+        )
+    needs_random_access = {
+        f"data.sampler={sampler}": sampler == "geo",
+        f"data.verify_images={verify_images}": verify_images != "off",
+    }
+    for setting, refused in needs_random_access.items():
+        if refused:
+            raise ConfigError(
+                f"data.format=shards with {setting}: a stream reads shards in order, without random access to "
+                "the city's images; use data.format=folders for it"
+            )
 
 
 def _rows(batch: dict[str, Any], rows: list[int]) -> dict[str, Any]:

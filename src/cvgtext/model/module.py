@@ -108,9 +108,6 @@ class CrossViewRetrieval(L.LightningModule):
         self._embedded: list[dict[str, torch.Tensor]] = []
         self.best_metrics: dict[str, float] = {}
         self.last_evaluation: dict[str, Any] = {}
-        # Tile name -> embedding row of a gallery embedded beforehand (a cached gallery index):
-        # evaluation then embeds only the captions. None: embed each pair's tile.
-        self.known_gallery: tuple[dict[str, int], torch.Tensor] | None = None
 
     def _lock_towers(self, image_tower: tuple[str, ...], lock_image: bool, lock_text: bool) -> None:
         """Freeze a tower's parameters (``image_tower``: the image tower's name prefixes; the
@@ -181,7 +178,7 @@ class CrossViewRetrieval(L.LightningModule):
 
     test_step = validation_step
 
-    def _gather_embeddings(self, dataset: Any) -> EmbeddedSplit:
+    def _gather_embeddings(self, dataset: Any, stage: str) -> EmbeddedSplit:
         text = torch.cat([part["text"] for part in self._embedded]).float()
         index = torch.cat([part["index"] for part in self._embedded])
         known = self._embedded[0]["image"] is None
@@ -191,16 +188,19 @@ class CrossViewRetrieval(L.LightningModule):
             image, text, index = (self.all_gather(t).flatten(0, 1) for t in (image, text, index))
         index, keep = _first_occurrence(index)
         if known:
-            if self.known_gallery is None:
-                raise RuntimeError("a split of captions only was evaluated without a known gallery")
-            row_of_name, gallery = self.known_gallery
+            # A split of captions only: its gallery's embeddings were known beforehand (a cached
+            # gallery index), and the datamodule was given them (data known_gallery).
+            gallery = getattr(self.trainer.datamodule, "known_gallery", {}).get(stage)
+            if gallery is None:
+                raise RuntimeError(f"the {stage} split was read without images, and no gallery of it is known")
+            row_of_name = {name: row for row, name in enumerate(gallery.names)}
             rows = torch.tensor([row_of_name[dataset.pairs[i].name] for i in index.tolist()], dtype=torch.long)
-            return EmbeddedSplit(image=gallery[rows].to(text.device), text=text[keep], index=index)
+            return EmbeddedSplit(image=gallery.embeddings[rows].to(text.device), text=text[keep], index=index)
         return EmbeddedSplit(image=image[keep], text=text[keep], index=index)
 
     def _evaluate(self, stage: str) -> None:
         dataset = getattr(self.trainer, f"{stage}_dataloaders").dataset
-        embedded = self._gather_embeddings(dataset)
+        embedded = self._gather_embeddings(dataset, stage)
         self._embedded = []
         evaluation = evaluate_split(embedded, dataset, nearest=self.hparams.nearest)
         # Validation logs the overall figures; the test also breaks them down by text view.

@@ -50,19 +50,19 @@ def gallery_tiles(datamodule: Any, split: str) -> list[Tile]:
     """
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(GALLERY_SPLITS)}")
-    if getattr(datamodule, "format", "folders") != "folders":
+    source = datamodule.source
+    if source.format != "folders":
         raise ConfigError(
             "the query tool and the web page read the city's folders (they show its tiles); set data.format=folders"
         )
-    datamodule.prepare_data()
+    source.prepare()
     tiles: dict[str, Tile] = {}
     if split != "all":
-        if not datamodule.pairs:
-            datamodule.pairs = datamodule.read_splits()
-        for pair in datamodule.pairs[split]:
+        pairs = datamodule.pairs or source.read_splits()
+        for pair in pairs[split]:
             tiles.setdefault(pair.name, Tile(pair.name, pair.image_path, pair.lat, pair.lon))
         return list(tiles.values())
-    folders = [gallery_folder(datamodule, version) for version in datamodule.versions]
+    folders = [source.image_dir(version) for version in source.versions]
     for folder in folders:
         try:
             entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
@@ -84,10 +84,6 @@ def gallery_tiles(datamodule: Any, split: str) -> list[Tile]:
             f"no image named 'lat,lon_...' in {', '.join(map(str, folders))}; expected the city's gallery tiles"
         )
     return list(tiles.values())
-
-
-def gallery_folder(datamodule: Any, version: str) -> Path:
-    return datamodule.data_dir / datamodule.image_folder.format(version=version, city=datamodule.city)
 
 
 class _TileImages(Dataset):

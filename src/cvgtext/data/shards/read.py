@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from cvgtext.data.annotations import Pair
 from cvgtext.data.dataset import SkippedImage, decode_image, pair_fields
-from cvgtext.data.shards import EXTENSIONS, FORMAT, MANIFEST
+from cvgtext.data.shards.write import EXTENSIONS, FORMAT, MANIFEST
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.utils.web import url_opener
