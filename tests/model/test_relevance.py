@@ -143,6 +143,62 @@ def test_attention_gradient_equals_autograd_through_the_weights():
     torch.testing.assert_close(reference, output, rtol=1e-5, atol=1e-6)
 
 
+def explicit_block(block: nn.Module, x: torch.Tensor, mask: torch.Tensor | None = None):
+    """One residual attention block with its attention written out: ``(output, A)``, ``A`` the
+    per-head weights ``[B, H, L, L]`` in the autograd graph."""
+    attention = block.attn
+    batch, length, width = x.shape
+    heads = attention.num_heads
+    q, k, v = nn.functional.linear(block.ln_1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+    split = lambda t: t.view(batch, length, heads, width // heads).transpose(1, 2)  # noqa: E731
+    logits = split(q) @ split(k).transpose(-1, -2) / (width // heads) ** 0.5
+    weights = (logits if mask is None else logits + mask).softmax(dim=-1)
+    context = (weights @ split(v)).transpose(1, 2).reshape(batch, length, width)
+    x = x + block.ls_1(attention.out_proj(context))
+    return x + block.ls_2(block.mlp(block.ln_2(x))), weights
+
+
+def relevance_by_hand(model: CLIP, image: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chefer et al.'s rule computed directly: the towers' forward with explicit attention maps,
+    ``dS/dA`` from autograd, ``R <- R + mean_heads(max(0, dS/dA * A)) R`` over every block."""
+    visual = model.visual
+    x, image_maps = visual._embeds(image[None]), []
+    for block in visual.transformer.resblocks:
+        x, weights = explicit_block(block, x)
+        image_maps.append(weights)
+    image_features = nn.functional.normalize(visual._pool(x)[0] @ visual.proj, dim=-1)
+    t, text_maps = model.token_embedding(tokens[None]) + model.positional_embedding, []
+    for block in model.transformer.resblocks:
+        t, weights = explicit_block(block, t, model.attn_mask)
+        text_maps.append(weights)
+    end = int(tokens.argmax())
+    text_features = nn.functional.normalize(model.ln_final(t)[:, end] @ model.text_projection, dim=-1)
+    score = model.logit_scale.exp() * (image_features * text_features).sum()
+    gradients = torch.autograd.grad(score, image_maps + text_maps)
+
+    def rule(maps, grads):
+        relevance = torch.eye(maps[0].shape[-1])
+        for weights, grad in zip(maps, grads):
+            relevance = relevance + (grad * weights).clamp(min=0).mean(dim=1)[0] @ relevance
+        return relevance
+
+    image_relevance = rule(image_maps, gradients[: len(image_maps)])[0, 1:]
+    return image_relevance, rule(text_maps, gradients[len(image_maps) :])[end, 1:end]
+
+
+def test_the_maps_follow_the_rule_computed_by_hand_through_autograd(tmp_path):
+    module = make_module(two_layer_config(tmp_path, "cvg-tiny"))
+    image, tokens = torch.randn(3, 64, 64), module.tokenizer([CAPTION])[0]
+    explained = explain_pair(module, image, tokens)
+    with torch.enable_grad():
+        image_relevance, text_relevance = relevance_by_hand(module.model.eval(), image, tokens)
+    torch.testing.assert_close(explained.image.flatten(), image_relevance, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(explained.text, text_relevance, rtol=1e-4, atol=1e-6)
+    # the gradient factor matters: the same image explained for another caption is shaded otherwise
+    other = explain_pair(module, image, module.tokenizer(["A wide river and a green park to the north."])[0])
+    assert not torch.allclose(other.image, explained.image, rtol=1e-3, atol=1e-6)
+
+
 def test_other_families_are_refused():
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
     resnet = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, image_size=32), text_cfg=text)

@@ -39,6 +39,17 @@ def test_reorder_adds_the_normalised_values_and_keeps_failed_candidates_in_place
     assert reorder(scores, judged(0, 0, 0, 0), weight=10).order == [0, 1, 2, 3]
 
 
+def test_the_values_are_normalised_by_their_sum_whatever_their_scale():
+    scores = [0.50, 0.47, 0.30]
+    # 0.1 : 0.3 : 0.2 -> shares 1/6, 1/2, 1/3 of the weight 0.12: 0.52, 0.53, 0.34
+    result = reorder(scores, judged(0.1, 0.3, 0.2), weight=0.12)
+    assert result.scores == pytest.approx([0.52, 0.53, 0.34])
+    assert result.order == [1, 0, 2]  # unnormalised values (0.512, 0.506) would keep 0 first
+    # Only the ratios of the values matter: the same judgements at a tenth of the scale re-rank alike.
+    tenth = reorder(scores, judged(0.01, 0.03, 0.02), weight=0.12)
+    assert tenth.order == result.order and tenth.scores == pytest.approx(result.scores)
+
+
 @pytest.mark.parametrize(
     "reply, expected",
     [
