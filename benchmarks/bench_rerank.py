@@ -10,7 +10,7 @@ paired bootstrap interval of the difference, requests sent and the wall time of 
 
     python benchmarks/bench_rerank.py --ckpt outputs/train/runs/<run>/checkpoints/best.ckpt
 
-A real model, served locally (see the README), measured the same way:
+A real model, served locally (see docs/reranking.md), measured the same way:
     python eval.py ckpt_path=CKPT reranker=lmm reranker.url=http://127.0.0.1:8000/v1 reranker.model=NAME
 """
 
