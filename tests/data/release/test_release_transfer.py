@@ -4,6 +4,7 @@ resumed from any byte a killed run left, checked against the hub's digests."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 
@@ -67,6 +68,18 @@ def test_a_transfer_killed_at_any_byte_resumes_from_it(hub, tmp_path, kept):
         assert transfers == []  # whole already: checked and renamed
     else:
         assert [request["range"] for request in transfers] == ([f"bytes={kept}-"] if kept else [None])
+
+
+def test_a_part_file_of_another_version_is_deleted_not_resumed(hub, tmp_path):
+    listing = list_repository(REPO, "dataset", endpoint=hub.url)
+    (file,) = [file for file in listing.files if file.path.endswith("Brisbane-satellite.zip")]
+    destination = tmp_path / file.path
+    destination.parent.mkdir(parents=True)
+    older = replace(file, sha256="0" * 64)  # the same path at an earlier commit
+    part_path(destination, older).write_bytes(b"the start of an older version")
+    fetch(listing, [file], tmp_path, endpoint=hub.url)
+    assert [request["range"] for request in hub.fetched(file.sha256)] == [None]
+    assert not part_path(destination, older).exists()
 
 
 def test_a_part_file_of_wrong_bytes_is_deleted_and_named(hub, tmp_path):

@@ -15,6 +15,7 @@ retries and in-run resumption, progress bar); what it leaves to its callers is d
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import threading
@@ -115,6 +116,9 @@ def fetch_one(listing: Listing, file: RemoteFile, path: Path, progress_class: ty
 
     part = part_path(path, file)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for other in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        if other != part:  # what a run left of another version of the file: never resumed
+            other.unlink(missing_ok=True)
     if part.exists() and part.stat().st_size > file.size:
         part.unlink()
     url = hf_hub_url(
