@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cvgtext.data.release.choose import Request
-from cvgtext.data.release.unpack import marker_path, unpack, unpack_all
+from cvgtext.data.release.unpack import marker_path, read_marker, unpack, unpack_all
 from cvgtext.utils.errors import DataError
 from helpers.releases import archived, hub_layout, tarred, write_files, zipped
 
@@ -53,6 +53,16 @@ def test_a_second_run_reads_an_archive_again_only_for_a_new_request(packed):
     assert json.loads(marker_path(archive).read_text())["requests"] == ["Brisbane", "Tokyo"]
 
 
+def test_an_archive_replaced_by_another_is_read_again(tmp_path):
+    archive = tmp_path / "Brisbane-satellite.zip"
+    archive.write_bytes(zipped({"-27.1,153.1_a.png": b"old"}))
+    unpack(archive, REQUEST.wants, "Brisbane")
+    archive.write_bytes(zipped({"-27.1,153.1_a.png": b"new", "-27.2,153.2_b.png": b"more"}))  # fetched again
+    unpack(archive, REQUEST.wants, "Brisbane")
+    assert (tmp_path / "Brisbane-satellite/-27.1,153.1_a.png").read_bytes() == b"new"  # the same size
+    assert (tmp_path / "Brisbane-satellite/-27.2,153.2_b.png").read_bytes() == b"more"
+
+
 @pytest.mark.parametrize("suffix, pack", [(".zip", zipped), (".tar.gz", tarred)])
 @pytest.mark.parametrize("kept", [0.5, 0.9])
 def test_a_truncated_archive_is_named(tmp_path, suffix, pack, kept):
@@ -62,7 +72,7 @@ def test_a_truncated_archive_is_named(tmp_path, suffix, pack, kept):
     archive.write_bytes(content[: int(len(content) * kept)])
     with pytest.raises(DataError, match=f"archive {archive} is truncated or damaged .* run the download again"):
         unpack(archive, lambda path: True, "key")
-    assert not marker_path(archive).exists()
+    assert read_marker(archive)["requests"] == []  # read again by the next run
 
 
 @pytest.mark.parametrize("member", ["../evil.json", "/etc/evil.json", "a/../../evil.json"])

@@ -3,9 +3,10 @@
 An archive ``<folder>/<stem>.zip`` (or ``.tar``, ``.tar.gz``, ...) is unpacked into
 ``<folder>/<stem>/``, so that the archive's own name gives its members the context a flat archive
 of images lacks (``Brisbane-satellite.zip`` holding bare ``lat,lon_....png`` files). Each member is
-written to a temporary file and renamed, so an interrupted run leaves no half member; a member
-already in place with its size is not written again, and ``.<archive>.unpacked.json`` records the
-requests an archive was unpacked for, so a rerun does not read it again. Archives found inside
+written to a temporary file and renamed, so an interrupted run leaves no half member.
+``.<archive>.unpacked.json`` records the archive (size and time) and the requests it was unpacked
+for: a rerun does not read it again for those, and after an interruption keeps the members of
+this archive already written (by their size); an archive fetched again is unpacked anew. Archives found inside
 archives are unpacked in turn. Only regular files are written, never outside their folder.
 """
 
@@ -34,12 +35,24 @@ def marker_path(archive: Path) -> Path:
     return archive.with_name(f".{archive.name}.unpacked.json")
 
 
+def identity(archive: Path) -> dict:
+    """What tells this archive from one fetched again in its place."""
+    stat = archive.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def read_marker(archive: Path) -> dict:
+    """The archive's marker, or ``{}`` when there is none or it was written for another archive."""
     try:
         marker = json.loads(marker_path(archive).read_text())
     except (FileNotFoundError, ValueError):
         return {}
-    return marker if marker.get("size") == archive.stat().st_size else {}
+    return marker if marker.get("archive") == identity(archive) else {}
+
+
+def write_marker(archive: Path, requests: list[str]) -> None:
+    with atomic_write(marker_path(archive)) as stream:
+        json.dump({"archive": identity(archive), "requests": sorted(set(requests))}, stream)
 
 
 def members(archive: Path) -> Iterator[tuple[str, int, Callable[[], IO[bytes]]]]:
@@ -82,6 +95,10 @@ def unpack(archive: Path, wanted: Callable[[str], bool], key: str) -> list[Path]
     marker = read_marker(archive)
     if key in marker.get("requests", []):
         return []
+    # Members already on disk are this archive's (an interrupted run's) only when the marker says
+    # so; after the archive was fetched again, every wanted member is written anew.
+    trusted = bool(marker)
+    write_marker(archive, marker.get("requests", []))
     stem = Path(archive_stem(archive.name)).name
     target = archive.parent / stem
     nested = []
@@ -91,7 +108,7 @@ def unpack(archive: Path, wanted: Callable[[str], bool], key: str) -> list[Path]
             if not wanted(relative):
                 continue
             destination = archive.parent.joinpath(*relative.split("/"))
-            if not (destination.is_file() and destination.stat().st_size == size):
+            if not (trusted and destination.is_file() and destination.stat().st_size == size):
                 with open_member() as source:
                     write_member(source, destination)
             if is_archive(destination.name):
@@ -101,8 +118,7 @@ def unpack(archive: Path, wanted: Callable[[str], bool], key: str) -> list[Path]
             f"archive {archive} is truncated or damaged ({type(error).__name__}: {error}); what was unpacked "
             f"from it is in {target}; delete the archive and run the download again, or fetch it elsewhere"
         ) from None
-    with atomic_write(marker_path(archive)) as stream:
-        json.dump({"size": archive.stat().st_size, "requests": sorted({*marker.get("requests", []), key})}, stream)
+    write_marker(archive, [*marker.get("requests", []), key])
     return nested
 
 
