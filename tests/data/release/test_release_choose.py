@@ -43,6 +43,7 @@ def test_the_official_layout_is_chosen_by_the_same_rules():
         ("CVG-text.tar.gz", True),  # every city's annotations
         ("data/all.zip", True),  # names nothing: may hold anything
         ("annotations_Tokyo.zip", False),
+        ("Brisbane_and_Tokyo-satellite.zip", True),  # names ours too
         ("images/Brisbane-OSM.zip", False),
         ("images/Tokyo-satellite.zip", False),
         ("street_view/Brisbane-ground.tar", False),
