@@ -12,6 +12,7 @@ Errors carry the hub's ``X-Error-Code`` (RepoNotFound, EntryNotFound, RevisionNo
 ``token`` set, the repositories answer only requests that carry it. Every request is recorded
 (method, path, Range, Authorization). ``stall[path] = n`` sends the first n bytes of that file
 and then holds the connection open until ``release()``: a transfer to kill mid-file.
+``latency_s`` delays every answer, as a far hub's round trip does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -31,9 +33,12 @@ def blob_id(content: bytes) -> str:
 
 
 class FakeHub:
-    def __init__(self, token: str | None = None, page_size: int = 7):
+    def __init__(self, token: str | None = None, page_size: int = 7, latency_s: float = 0.0):
         self.repos: dict[tuple[str, str], dict[str, bytes]] = {}  # (type, id) -> path -> content
-        self.token, self.page_size = token, page_size
+        self.entries: dict[tuple[str, str], dict[str, dict]] = {}  # (type, id) -> path -> tree entry
+        self.commits: dict[tuple[str, str], str] = {}
+        self.by_sha256: dict[str, tuple[str, bytes]] = {}  # what the CDN serves
+        self.token, self.page_size, self.latency_s = token, page_size, latency_s
         self.requests: list[dict] = []
         self.stall: dict[str, int] = {}
         self.stalled = threading.Event()
@@ -44,7 +49,14 @@ class FakeHub:
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def add(self, repo_type: str, repo_id: str, files: dict[str, bytes]) -> None:
-        self.repos[(repo_type, repo_id)] = dict(sorted(files.items()))
+        key = (repo_type, repo_id)
+        self.repos[key] = dict(sorted(files.items()))
+        self.entries[key] = {path: self.entry(path, content) for path, content in self.repos[key].items()}
+        self.commits[key] = hashlib.sha1(
+            json.dumps({path: entry["oid"] for path, entry in self.entries[key].items()}).encode()
+        ).hexdigest()
+        for path, content in self.repos[key].items():
+            self.by_sha256[hashlib.sha256(content).hexdigest()] = (path, content)
 
     @property
     def url(self) -> str:
@@ -63,8 +75,7 @@ class FakeHub:
         self.released.set()
 
     def commit(self, key: tuple[str, str]) -> str:
-        files = self.repos[key]
-        return hashlib.sha1(json.dumps({path: blob_id(data) for path, data in files.items()}).encode()).hexdigest()
+        return self.commits[key]
 
     def entry(self, path: str, content: bytes) -> dict:
         entry = {"type": "file", "path": path, "size": len(content), "oid": blob_id(content)}
@@ -102,6 +113,7 @@ class FakeHub:
                             "authorization": self.headers.get("Authorization"),
                         }
                     )
+                time.sleep(hub.latency_s)  # a far hub's round trip
                 try:
                     self.route(path, body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -110,11 +122,9 @@ class FakeHub:
             def route(self, path: str, body: bool) -> None:
                 cdn = re.fullmatch(r"/cdn/([0-9a-f]{64})", path)
                 if cdn:
-                    for files in hub.repos.values():
-                        for repo_path, content in files.items():
-                            if hashlib.sha256(content).hexdigest() == cdn[1]:
-                                return self.send_content(repo_path, content, body)
-                    return self.error(404, "EntryNotFound")
+                    if cdn[1] not in hub.by_sha256:
+                        return self.error(404, "EntryNotFound")
+                    return self.send_content(*hub.by_sha256[cdn[1]], body)
                 api = re.fullmatch(r"/api/(datasets|models)/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path)
                 resolve = re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
                 if api:
@@ -147,7 +157,7 @@ class FakeHub:
                     {path.rsplit("/", depth)[0] for path in files for depth in range(1, path.count("/") + 1)}
                 )
                 entries = [{"type": "directory", "path": folder, "oid": blob_id(folder.encode())} for folder in folders]
-                entries += [hub.entry(path, content) for path, content in files.items()]
+                entries += list(hub.entries[key].values())
                 page = entries[start : start + hub.page_size]
                 headers = {}
                 if start + hub.page_size < len(entries):
@@ -156,7 +166,7 @@ class FakeHub:
                 self.send_json(page, headers)
 
             def send_file(self, key: tuple[str, str], path: str, content: bytes, body: bool) -> None:
-                entry = hub.entry(path, content)
+                entry = hub.entries[key][path]
                 if "lfs" in entry:
                     self.send_response(302)
                     self.send_header(
