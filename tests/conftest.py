@@ -37,6 +37,15 @@ def release_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def online(monkeypatch):
+    """huggingface_hub allowed to make requests, as if HF_HUB_OFFLINE were unset: for the fake hub
+    on 127.0.0.1 (``helpers.fake_hub``), reached in this process through ``endpoint=``."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.fixture
 def read_only_dir(tmp_path: Path):
     """An empty folder that this process cannot write to.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable
@@ -95,6 +96,103 @@ class CheckLauncher(Callback):
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(1)
+
+
+class CheckDataPresent(Callback):
+    """Stop with one line when a run's city is not on disk at all, naming the missing file and the
+    download command, before Hydra creates the run folder and before any logger starts.
+
+    A sweep's jobs are composed here as the basic sweeper will compose them, so that a sweep
+    over cities without data stops before its sweep folder exists. ``enabled: false`` (what
+    download.py sets) turns it off.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.enabled:
+            CheckRunFolder.resolved(config, "run")
+            self.stop_if_missing(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        from hydra.core.hydra_config import HydraConfig
+
+        CheckRunFolder.resolved(config, "sweep")
+        outer = HydraConfig.instance().cfg
+        messages = []
+        try:
+            for job in sweep_job_configs(config):
+                HydraConfig.instance().set_config(job)
+                messages.append(self.missing(job))
+        finally:
+            HydraConfig.instance().cfg = outer
+        messages = [message for message in messages if message is not None]
+        if messages:
+            more = f" (and {len(messages) - 1} more of the sweep's data choices are not there either)"
+            self.stop(messages[0] + (more if len(messages) > 1 else ""))
+
+    def stop_if_missing(self, config: DictConfig) -> None:
+        message = self.missing(config)
+        if message is not None:
+            self.stop(message)
+
+    @staticmethod
+    def stop(message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+    @staticmethod
+    def missing(config: DictConfig) -> str | None:
+        """The message for a job whose city is not on disk, or None."""
+        from cvgtext.data.release.presence import missing_release
+
+        data = config.get("data")
+        if data is None or data.get("synthetic") is not None or data.get("format", "folders") != "folders":
+            return None
+        choices = config.hydra.runtime.choices
+        return missing_release(
+            Path(data.data_dir),
+            str(data.city),
+            list(data.versions),
+            str(data.annotation_file),
+            str(data.image_folder),
+            img=choices.get("img") or config.img.name,
+            text=choices.get("text"),
+            overrides=list(config.hydra.overrides.task),
+        )
+
+
+# The override roots that can change where a job's data is: only the distinct combinations of
+# these are composed (a sweep over seeds or learning rates checks its data once).
+DATA_ROOTS = ("city", "img", "text", "data", "paths", "experiment")
+
+
+def sweep_job_configs(config: DictConfig) -> list[DictConfig]:
+    """The configs of a sweep's jobs that differ in where their data is, as Hydra's basic sweeper
+    makes them; other sweepers choose their jobs as they go, so for them the sweep's own config."""
+    if "BasicSweeper" not in str(config.hydra.sweeper.get("_target_", "")):
+        return [config]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader()
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params + list(config.hydra.overrides.task))
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0]
+
+    def about_data(override: str) -> bool:
+        return re.split(r"[./@]", key(override).lstrip("+~"), maxsplit=1)[0] in DATA_ROOTS
+
+    first = {key(override): override for override in jobs[0]}
+    distinct = dict.fromkeys(tuple(o if about_data(o) else first.get(key(o), o) for o in job) for job in jobs)
+    return [loader.load_sweep_config(config, list(job)) for job in distinct]
 
 
 def launcher_problem(local: bool, tasks: Any, nodes: Any, devices: Any, num_nodes: Any) -> str | None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,14 @@ def read_annotation(path: Path) -> dict[str, str]:
     return content
 
 
-def load_pairs(annotation_path: Path, image_dir: Path, missing: str = "raise") -> list[Pair]:
+def load_pairs(
+    annotation_path: Path, image_dir: Path, missing: str = "raise", known_missing: Collection[str] = ()
+) -> list[Pair]:
     """Read an annotation file and link each caption to its image in ``image_dir``, checking both.
 
     An annotated image that is not in ``image_dir`` raises, or with ``missing="skip"`` leaves
-    its pair out with a warning (the release has a training text without its tile).
+    its pair out with a warning. ``known_missing`` names images the release is known to lack
+    (its training text without a tile): their pairs are left out with a warning naming them.
     """
     annotation = read_annotation(annotation_path)
     try:
@@ -86,6 +90,13 @@ def load_pairs(annotation_path: Path, image_dir: Path, missing: str = "raise") -
         except DataError as error:
             raise DataError(f"annotation file {annotation_path}: {error}") from None
         if name not in present:
+            if name in known_missing:
+                log.warning(
+                    "image %s is not in the release (a known quirk; annotated in %s): its pair is left out",
+                    image_dir / name,
+                    annotation_path,
+                )
+                continue
             if missing == "skip":
                 log.warning(
                     "image %s does not exist (annotated in %s): its pair is left out", image_dir / name, annotation_path

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cvgtext.data.annotations import Pair, check_test_names_unseen, in_validation, load_pairs
 from cvgtext.data.dataset import PairDataset, collate_pairs
+from cvgtext.data.release.facts import KNOWN_ORPHANS
 from cvgtext.data.sampler import GeoBatchSampler, ResumableLoader, SeededBatchSampler
 from cvgtext.data.source import Reading
 from cvgtext.data.verify import unreadable_images
@@ -100,7 +101,8 @@ class FolderSource:
                 path = self.data_dir / self.annotation_file.format(version=version, split=source, city=self.city)
                 # A missing training image may be skipped; a missing test tile would change the gallery.
                 missing = self.on_bad_image if source == "train" else "raise"
-                for pair in load_pairs(path, self.image_dir(version), missing):
+                known = KNOWN_ORPHANS.get(self.city, ()) if source == "train" else ()
+                for pair in load_pairs(path, self.image_dir(version), missing, known):
                     annotated_in[source].setdefault(pair.name, path)
                     if source == "test":
                         splits["test"].append(pair)

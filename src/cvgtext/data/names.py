@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from cvgtext.utils.errors import DataError
+
+if TYPE_CHECKING:
+    import torch
 
 _COORDINATES = re.compile(r"^([-+]?[0-9]*\.?[0-9]+),([-+]?[0-9]*\.?[0-9]+)")
 _COORDINATE_LINES = re.compile(_COORDINATES.pattern, re.MULTILINE)
@@ -51,6 +53,8 @@ def parse_places(names: Sequence[str]) -> torch.Tensor:
 
     Each distinct name is read once, all in one pass of the pattern over the joined names.
     """
+    import torch  # here: the release check (download.py) reads names without loading torch
+
     distinct = list(dict.fromkeys(names))
     text = "\n".join(distinct)
     matches = _COORDINATE_LINES.findall(text) if text.count("\n") == len(distinct) - 1 else []
