@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from helpers.runs import CONF_DIR, compose_config
 
-CONFIGS = ("train", "eval", "locate")
+CONFIGS = ("train", "eval", "locate", "build_city")
 
 
 def groups_of(config_name: str) -> list[str]:
