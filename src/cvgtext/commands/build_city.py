@@ -75,7 +75,7 @@ def requests_made(builder: TownBuilder) -> dict[str, int]:
 
 
 def build(cfg: Any) -> dict[str, Any]:
-    """``build_city.py``: build (or go on building) the town ``city.name`` into ``paths.data_dir``; return its manifest."""
+    """``build_city.py``: build (or go on building) town ``city.name`` in ``paths.data_dir``; return its manifest."""
     town = cfg.city.name
     check_plain_name(town)
     work_dir = Path(cfg.work_dir)
