@@ -5,7 +5,8 @@ OCR (and a scene summary), the caption. Only when all succeeded are its three im
 (each atomically), and then its record (``<work_dir>/places/..json``, atomically, last). A
 rerun skips every place whose record matches the build's settings; a place killed half way is
 built again, and every tile and every model reply it had already got comes from the caches
-(``<work_dir>/tiles``, ``<work_dir>/replies``): nothing is fetched or asked twice. A place
+(``<work_dir>/tiles``, ``<work_dir>/replies``; OCR results in ``<work_dir>/ocr``): nothing is
+fetched or asked twice. A place
 that fails (a tile the service lacks, an unreadable image, a point out of range, a caption the
 format filter or the inspector refuses) is recorded as left out with its reason; failures that
 may pass next time (timeouts, server errors) are tried again by a rerun.
@@ -171,9 +172,9 @@ class TownBuilder:
 
     def make(self, place: Place) -> dict:
         """Fetch, crop, read and caption one place, then write its images; raise LeftOut when it cannot."""
-        view = self.street_views.fetch(place)
         for layer in self.layers:
             layer.source.check_point(place.lat, place.lon, layer.zoom)
+        view = self.street_views.fetch(place)
         tiles = {
             layer.name: crop_on_point(
                 layer.source.tile, place.lat, place.lon, layer.zoom, layer.crop_px, layer.size, layer.tile_px
@@ -181,7 +182,7 @@ class TownBuilder:
             for layer in self.layers
         }
         vehicles, objects = self.segmenter.summarise(view.image, view.view) if self.segmenter else ((), None)
-        scene_text = [line.text for line in self.ocr.read(view.image, vehicles)] if self.ocr else []
+        scene_text = self.read_text(view.image, vehicles) if self.ocr else []
         caption = self.captioner.caption(view.image, view.view, scene_text, objects)
         verdicts = {"verdicts": caption.verdicts, "notes": caption.notes, "scene_text": scene_text}
         if caption.text is None:
@@ -194,6 +195,20 @@ class TownBuilder:
             self.write_image(self.data_dir / folder.format(version=version) / name, image)
         return {"name": name, "version": version, "view": view.view, "date": name.split("_")[1][:7],
                 "caption": caption.text, **verdicts}  # fmt: skip
+
+    def read_text(self, image: Image.Image, vehicles) -> list[str]:
+        """The OCR lines of a street view, kept in ``<work_dir>/ocr`` by the image's pixels and the
+        OCR settings, so that a build with other prompts or tiles does not read them again."""
+        key = hashlib.sha256(image.tobytes() + repr((image.size, list(vehicles), self.ocr.describe())).encode())
+        path = self.work_dir / "ocr" / key.hexdigest()[:2] / f"{key.hexdigest()}.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        lines = [line.text for line in self.ocr.read(image, vehicles)]
+        with atomic_write(path) as stream:
+            json.dump(lines, stream, ensure_ascii=False)
+        return lines
 
     def write_image(self, path: Path, image: Image.Image) -> None:
         kind, options = IMAGE_FORMATS[self.image_format]

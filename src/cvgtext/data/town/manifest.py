@@ -69,13 +69,18 @@ def split_town(built: Sequence[dict], rule, test_fraction: float, seed: int) -> 
 
 
 def remove_stale_images(builder: TownBuilder, names: set[str]) -> int:
-    """Delete images of the town's folders that no built place has (left by earlier builds)."""
+    """Delete images of the town's folders that no built place has (left by earlier builds), and
+    the temporary files of writes that a kill interrupted."""
     removed = 0
     for version in (builder.version("panorama"), builder.version("single")):
         for folder in (GROUND, *FOLDERS.values()):
             directory = builder.data_dir / folder.format(version=version)
             for path in directory.glob("*") if directory.is_dir() else ():
-                if path.is_file() and not path.name.startswith(".") and path.name not in names:
+                if not path.is_file():
+                    continue
+                if path.name.startswith(".") and path.name.endswith(".tmp"):
+                    path.unlink()  # a temporary file of a killed write: not counted
+                elif not path.name.startswith(".") and path.name not in names:
                     path.unlink()
                     removed += 1
     return removed

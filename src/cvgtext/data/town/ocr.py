@@ -99,7 +99,7 @@ class SceneTextReader:
                     "OCR of street views needs rapidocr: pip install 'cvgtext[town]' (or ocr.enabled=false)"
                 ) from None
             params = {
-                "Global.log_level": "warning",
+                "Global.log_level": "error",  # not a warning for each image without text
                 "EngineConfig.onnxruntime.intra_op_num_threads": self.threads,
                 "EngineConfig.onnxruntime.inter_op_num_threads": 1,
             }

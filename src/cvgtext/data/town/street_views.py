@@ -3,8 +3,8 @@
 A folder's images may have any names: coordinates come from names that start with ``lat,lon``
 (the release's ``lat,lon_YYYY-MM_<panoid>_d<heading>_z<zoom>.jpg`` gives the date, id and
 heading too) or from a CSV with ``file``, ``lat``, ``lon`` (and optionally ``heading``,
-``date``, ``id``) columns. An image at least 1.8 times as wide as high is a panorama; any
-other is a single-view photo.
+``date``, ``id``, ``view``) columns. An image at least 1.8 times as wide as high is a panorama,
+any other a single-view photo, unless the CSV's ``view`` says (panorama or single).
 
 A service is reached through :class:`StreetViewService`, a small interface (one method,
 :meth:`~StreetViewService.fetch`); :class:`TemplateService` asks any service that returns an
@@ -93,6 +93,7 @@ class StreetViewFolder(StreetViewService):
         self.folder, self.csv = Path(folder), Path(csv) if csv else None
         self.max_distance_m = max_distance_m
         self._index: list[Place] | None = None
+        self._views: dict[Path, str] = {}  # the CSV's view column, where it has one
 
     def index(self) -> list[Place]:
         """A place for each image of the folder, in name order."""
@@ -132,6 +133,13 @@ class StreetViewFolder(StreetViewService):
             places.append(
                 Place(place.lat, place.lon, place.heading, place.date, place.ident or Path(name).stem, files[name])
             )
+            view = (row.get("view") or "").strip().lower()
+            if view and view not in VIEWS:
+                raise DataError(
+                    f"street-view CSV {self.csv}: view {view!r} of {name!r} is not one of {', '.join(VIEWS)}"
+                )
+            if view:
+                self._views[files[name]] = view
         return places
 
     def nearest(self, place: Place) -> Place:
@@ -151,7 +159,8 @@ class StreetViewFolder(StreetViewService):
     def fetch(self, place: Place) -> StreetView:
         found = place if place.street_view is not None else self.nearest(place)
         image = open_street_view(found.street_view)
-        return StreetView(image, view_of(image), found.date, found.ident, found.heading)
+        view = self._views.get(found.street_view) or view_of(image)
+        return StreetView(image, view, found.date, found.ident, found.heading)
 
     def describe(self) -> dict:
         return {"kind": "folder", "folder": str(self.folder), "csv": str(self.csv) if self.csv else None}
