@@ -122,6 +122,14 @@ def check_moments(clean, monkeypatch, moments) -> None:
         assert snapshot(data_dir) == expected, f"stopped after write {moment}"
 
 
+def test_places_built_in_threads_make_the_same_town(clean, tmp_path):
+    town, expected, _, requests = clean
+    before = town.requests()
+    build(compose_config("build_city", [*town.config(tmp_path / "threads"), "workers=3"], tmp_path))
+    assert town.requests() - before == requests
+    assert snapshot(tmp_path / "threads") == expected
+
+
 def test_a_build_stopped_at_sampled_moments_resumes_to_the_same_town(clean, monkeypatch):
     writes = clean[2]
     check_moments(clean, monkeypatch, sorted({1, 2, writes - 1, writes, *range(3, writes, 9)}))

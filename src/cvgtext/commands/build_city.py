@@ -86,6 +86,8 @@ def build(cfg: Any) -> dict[str, Any]:
         places = places[: cfg.max_places]
     if not places:
         raise DataError(f"no place to build: {places_source.describe()} gave none")
+    if hasattr(street_views, "claim"):
+        street_views.claim(places)
     ocr, segmenter = scene_readers(cfg)
     captioner = instantiate(cfg.captioner, cache_dir=work_dir / "replies", _convert_="all")
     builder = TownBuilder(

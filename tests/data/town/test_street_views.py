@@ -77,6 +77,17 @@ def test_points_take_the_nearest_image_within_the_distance(tmp_path):
     assert far.value.reason == "no_street_view"
 
 
+def test_an_image_serves_the_first_place_it_is_nearest_to(tmp_path):
+    street_view([]).save(tmp_path / PANORAMA)
+    folder = StreetViewFolder(tmp_path, max_distance_m=15)
+    first, second, far = Place(-33.87005, 151.21005), Place(-33.86995, 151.20995), Place(-33.9, 151.2)
+    folder.claim([first, second, far])
+    assert folder.fetch(first).ident == "abc-DEF"
+    with pytest.raises(LeftOut, match=f"the street view {tmp_path / PANORAMA} is nearer to place") as taken:
+        folder.fetch(second)
+    assert taken.value.reason == "street_view_taken"
+
+
 def test_an_unreadable_image_is_named(tmp_path):
     (tmp_path / PANORAMA).write_bytes(b"\xff\xd8 not really")
     with pytest.raises(LeftOut, match=f"street view {tmp_path / PANORAMA} cannot be read as an image") as bad:

@@ -42,6 +42,20 @@ def test_tiles_are_fetched_once_with_the_user_agent_and_cached(tmp_path):
     assert first.tobytes() == again.tobytes()
 
 
+def test_the_cache_keeps_each_zoom_and_template_apart(tmp_path):
+    markers = [(0.1, 0.1)]
+    with TileServer(blob_tiles(markers)) as server:
+        near = xyz(server.url("sat"), tmp_path).tile(19, 262289, 261998)
+        far = xyz(server.url("sat"), tmp_path).tile(18, 262289, 261998)
+        other = xyz(server.url("osm"), tmp_path).tile(19, 262289, 261998)
+    assert [r["path"] for r in server.requests] == [
+        "/sat/19/262289/261998.png",
+        "/sat/18/262289/261998.png",
+        "/osm/19/262289/261998.png",
+    ]
+    assert near.tobytes() != far.tobytes() and near.tobytes() == other.tobytes()
+
+
 def test_requests_keep_the_minimum_interval(tmp_path):
     with TileServer(blob_tiles([])) as server:
         source = xyz(server.url("sat"), tmp_path, min_interval_s=0.2)

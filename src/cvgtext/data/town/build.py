@@ -33,6 +33,7 @@ from cvgtext.data.town.street_views import StreetView, StreetViewService
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError
 from cvgtext.utils.fingerprint import digest
+from cvgtext.utils.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class TownBuilder:
         self.ocr = ocr if ocr is not None and captioner.reads_scene_text else None
         self.segmenter, self.image_format, self.workers = segmenter, image_format, workers
         self.settings = digest(self.describe(0.0))
+        self._reading = KeyedLocks()
 
     def describe(self, lat: float) -> dict:
         """Everything a place's result depends on (its records are rebuilt when this changes)."""
@@ -201,14 +203,15 @@ class TownBuilder:
         OCR settings, so that a build with other prompts or tiles does not read them again."""
         key = hashlib.sha256(image.tobytes() + repr((image.size, list(vehicles), self.ocr.describe())).encode())
         path = self.work_dir / "ocr" / key.hexdigest()[:2] / f"{key.hexdigest()}.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            pass
-        lines = [line.text for line in self.ocr.read(image, vehicles)]
-        with atomic_write(path) as stream:
-            json.dump(lines, stream, ensure_ascii=False)
-        return lines
+        with self._reading(key.hexdigest()):  # two places with one street view read it once
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+            lines = [line.text for line in self.ocr.read(image, vehicles)]
+            with atomic_write(path) as stream:
+                json.dump(lines, stream, ensure_ascii=False)
+            return lines
 
     def write_image(self, path: Path, image: Image.Image) -> None:
         kind, options = IMAGE_FORMATS[self.image_format]

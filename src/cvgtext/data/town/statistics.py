@@ -108,6 +108,8 @@ def report(statistics: dict, town: str) -> str:
         value = _cell(statistics.get(key), percent)
         if key == "tokens_median" and "tokens_min" in statistics:
             value += f" ({statistics['tokens_min']}-{statistics['tokens_max']})"
+        if key == "ocr_words_used" and statistics.get("ocr_words_read"):
+            value += f" of {statistics['ocr_words_read']}"
         paper = _cell(PAPER.get(key), percent) if key in PAPER else "-"
         lines.append(f"| {label} | {value} | {paper} |")
     return "\n".join(lines) + "\n"

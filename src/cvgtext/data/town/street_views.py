@@ -94,6 +94,7 @@ class StreetViewFolder(StreetViewService):
         self.max_distance_m = max_distance_m
         self._index: list[Place] | None = None
         self._views: dict[Path, str] = {}  # the CSV's view column, where it has one
+        self._claims: dict[Path, str] = {}  # image -> the key of the place it serves
 
     def index(self) -> list[Place]:
         """A place for each image of the folder, in name order."""
@@ -156,8 +157,22 @@ class StreetViewFolder(StreetViewService):
             )
         return index[best]
 
+    def claim(self, places: list[Place]) -> None:
+        """Give each image to the first of ``places`` it is nearest to (in order, so the same in
+        every run); a later place whose nearest image is taken is left out when fetched, rather
+        than described by another place's street view."""
+        for place in places:
+            if place.street_view is None:
+                try:
+                    self._claims.setdefault(self.nearest(place).street_view, place.key)
+                except LeftOut:
+                    pass
+
     def fetch(self, place: Place) -> StreetView:
         found = place if place.street_view is not None else self.nearest(place)
+        owner = self._claims.get(found.street_view, place.key)
+        if owner != place.key:
+            raise LeftOut("street_view_taken", f"the street view {found.street_view} is nearer to place {owner}")
         image = open_street_view(found.street_view)
         view = self._views.get(found.street_view) or view_of(image)
         return StreetView(image, view, found.date, found.ident, found.heading)

@@ -31,6 +31,7 @@ from cvgtext.data.town.places import LeftOut
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.utils.fingerprint import digest
+from cvgtext.utils.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class XYZSource(ZoomRange):
         self.min_zoom, self.max_zoom, self.subdomains = min_zoom, max_zoom, subdomains or "a"
         self.cache_dir = Path(cache_dir) / digest(url)[:16]
         self.client = PoliteClient(url, label, user_agent, min_interval_s, timeout_s, retries, backoff_s)
+        self._fetching = KeyedLocks()
 
     def tile_url(self, z: int, x: int, y: int) -> str:
         fields = {"z": z, "x": x, "y": y, "-y": 2**z - 1 - y, "s": self.subdomains[(x + y) % len(self.subdomains)]}
@@ -102,16 +104,17 @@ class XYZSource(ZoomRange):
 
     def tile(self, z: int, x: int, y: int) -> Image.Image:
         path = self.cache_dir / str(z) / str(x) / str(y)
-        if path.is_file():
-            try:
-                return decode_tile(path.read_bytes(), f"cached tile {path}")
-            except LeftOut:
-                pass  # a damaged cache entry is fetched again
-        data = self.client.get(self.tile_url(z, x, y), f"tile {z}/{x}/{y}", "tile_missing", "tile_failed")
-        image = decode_tile(data, f"tile {z}/{x}/{y} of {self.label} ({self.url})")
-        with atomic_write(path, "wb") as stream:
-            stream.write(data)
-        return image
+        with self._fetching((z, x, y)):  # places built at once that share a tile fetch it once
+            if path.is_file():
+                try:
+                    return decode_tile(path.read_bytes(), f"cached tile {path}")
+                except LeftOut:
+                    pass  # a damaged cache entry is fetched again
+            data = self.client.get(self.tile_url(z, x, y), f"tile {z}/{x}/{y}", "tile_missing", "tile_failed")
+            image = decode_tile(data, f"tile {z}/{x}/{y} of {self.label} ({self.url})")
+            with atomic_write(path, "wb") as stream:
+                stream.write(data)
+            return image
 
     def describe(self) -> dict:
         client = self.client
