@@ -106,6 +106,15 @@ def test_a_rerun_fetches_and_asks_nothing(town, capsys):
     assert "Next: python train.py city=town city.name=Testtown" in capsys.readouterr().out
 
 
+def test_a_deleted_image_is_made_again_from_the_caches(town):
+    tile = next((town.data_dir / "reference" / f"{TOWN}-OSM").iterdir())
+    content = tile.read_bytes()
+    tile.unlink()
+    before = town.requests()
+    build(compose_config("build_city", town.overrides(), town.root))
+    assert tile.read_bytes() == content and town.requests() == before
+
+
 def test_changed_prompts_rebuild_the_captions_not_the_tiles(town, tmp_path):
     before_tiles, before_chat = len(town.tiles.requests), len(town.chat.requests)
     cfg = compose_config("build_city", town.overrides("captioner.max_words=240"), town.root)

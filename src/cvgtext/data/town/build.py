@@ -139,7 +139,14 @@ class TownBuilder:
             return None
         if record.get("settings") != self.settings or record.get("reason") in TRANSIENT:
             return None
+        if record["status"] == "built" and not all(path.is_file() for path in self.image_paths(record)):
+            return None  # an image was deleted since: built again (from the caches)
         return record
+
+    def image_paths(self, record: dict) -> list[Path]:
+        """Where a built place's street view and tiles are."""
+        folders = [GROUND, *(FOLDERS[layer.name] for layer in self.layers)]
+        return [self.data_dir / folder.format(version=record["version"]) / record["name"] for folder in folders]
 
     def build_all(self, places: Sequence[Place]) -> list[dict]:
         """The record of every place, built or read back, in the order of ``places``."""
@@ -192,9 +199,9 @@ class TownBuilder:
             raise LeftOut(caption.left_out or "caption", f"no caption ({caption.left_out}){why}", verdicts)
         name = file_name(place, view, self.layers[0].zoom, self.image_format)
         version = self.version(view.view)
-        images = {GROUND: view.image, **{FOLDERS[name]: tile for name, tile in tiles.items()}}
-        for folder, image in images.items():
-            self.write_image(self.data_dir / folder.format(version=version) / name, image)
+        record = {"name": name, "version": version}
+        for path, image in zip(self.image_paths(record), [view.image, *tiles.values()]):
+            self.write_image(path, image)
         return {"name": name, "version": version, "view": view.view, "date": name.split("_")[1][:7],
                 "caption": caption.text, **verdicts}  # fmt: skip
 
