@@ -171,8 +171,8 @@ def test_bad_street_views_and_points_out_of_range_are_left_out_and_named(tmp_pat
     points.write_text("lat,lon\n" + "".join(f"{lat},{lon}\n" for lat, lon in places) + "86.5,10.0\n")
     with TileServer(blob_tiles(places)) as tiles, TownChatServer() as chat:
         overrides = build_overrides(tmp_path / "data", folder, tiles.url("sat"), tiles.url("osm"), chat.url)
-        cfg = compose_config("build_city", [*overrides, "places=points", f"places.file={points}", "ocr.enabled=false",
-                                             "street_views.max_distance_m=1e7"], tmp_path)  # fmt: skip
+        points_overrides = [*overrides, "places=points", f"places.file={points}", "ocr.enabled=false"]
+        cfg = compose_config("build_city", points_overrides, tmp_path)
         with caplog.at_level(logging.WARNING, logger="cvgtext.data.town.build"):
             manifest = build(cfg)
     assert manifest["counts"]["left_out"] == {"street_view_unreadable": 1, "out_of_range": 1}

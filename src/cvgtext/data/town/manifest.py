@@ -15,7 +15,6 @@ Both versions are always written (an empty ``{}`` when the town has no photo), s
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -28,8 +27,6 @@ from cvgtext.data.town.splits import nearest_distance_m
 from cvgtext.data.town.statistics import caption_statistics, report
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import DataError
-
-log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 

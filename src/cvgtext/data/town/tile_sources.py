@@ -16,7 +16,6 @@ out and counted); a service that nothing answers at raises
 from __future__ import annotations
 
 import io
-import logging
 import os
 import sqlite3
 import threading
@@ -32,8 +31,6 @@ from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError
 from cvgtext.utils.fingerprint import digest
 from cvgtext.utils.locks import KeyedLocks
-
-log = logging.getLogger(__name__)
 
 
 def decode_tile(data: bytes, where: str) -> Image.Image:
