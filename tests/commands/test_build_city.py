@@ -206,6 +206,7 @@ def test_unreachable_services_stop_the_build_with_their_address(tmp_path):
         (["city.name=../up"], DataError, "file name '../up' is not a plain file name"),
         (["places=points"], ConfigError, "places=points needs places.file"),
         (["image_format=gif"], ConfigError, "image_format='gif' is not one of jpg, png"),
+        (["osm.zoom=20"], ConfigError, "osm.zoom=20 is deeper than osm.max_zoom=19"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, overrides, error, message):

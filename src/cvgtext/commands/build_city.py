@@ -40,7 +40,12 @@ def tile_layers(cfg: Any, work_dir: Path) -> list[Layer]:
                 f"{name}.zoom={layer.zoom}, crop_px={layer.crop_px}, size={layer.size}, tile_px={layer.tile_px}: "
                 "expected a zoom in 0-24 and positive sizes"
             )
-        source = open_tile_source(str(layer.url), work_dir / "tiles", label, key_env=layer.key_env, **http)
+        if layer.zoom > layer.max_zoom:
+            raise ConfigError(
+                f"{name}.zoom={layer.zoom} is deeper than {name}.max_zoom={layer.max_zoom}, the source's last zoom"
+            )
+        xyz = {"key_env": layer.key_env, "max_zoom": layer.max_zoom, **http}
+        source = open_tile_source(str(layer.url), work_dir / "tiles", label, **xyz)
         credits = {key: layer[key] for key in ("attribution", "licence") if layer.get(key)}
         layers.append(Layer(name, source, layer.zoom, layer.crop_px, layer.size, layer.tile_px, credits))
     return layers
