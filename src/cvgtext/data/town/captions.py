@@ -138,13 +138,20 @@ class Captioner:
         self.min_words, self.max_words, self.image_size = min_words, max_words, image_size
         self.max_tokens, self.temperature = max_tokens, temperature
         self.endpoint = ChatEndpoint(
-            url, api_key_env, timeout_s, retries, backoff_s, cache_dir, user="the caption model", unreachable_note=""
+            url,
+            api_key_env,
+            timeout_s,
+            retries,
+            backoff_s,
+            cache_dir,
+            user="the caption model",
+            unreachable_note="the build stops",
         )
         self.inspector_endpoint = self.endpoint
         if self.inspector and (self.inspector.get("url") or self.inspector.get("model")):
             self.inspector_endpoint = ChatEndpoint(
                 self.inspector.get("url") or url, api_key_env, timeout_s, retries, backoff_s, cache_dir,
-                user="the inspector model", unreachable_note="",
+                user="the inspector model", unreachable_note="the build stops",
             )  # fmt: skip
 
     @property
