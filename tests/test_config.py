@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from helpers.runs import CONF_DIR, compose_config
 
-CONFIGS = ("train", "eval", "locate")
+CONFIGS = ("train", "eval", "locate", "build_city")
 
 
 # Groups of conf/shared/stack.yaml that only some commands choose (the others leave them at null).
