@@ -126,7 +126,11 @@ def test_ensure_city_generates_only_when_the_stamp_is_missing_or_differs(tmp_pat
     assert not ensure_city(tmp_path, **SMALL)
 
     stamp = tmp_path / "annotation" / "Synthetic" / STAMP
-    stamp.unlink()
+    stamp.unlink()  # annotations without a stamp may be anyone's: refused, not overwritten
+    with pytest.raises(DataError, match="that the synthetic city did not write"):
+        ensure_city(tmp_path, **SMALL)
+    for split in ("train", "test"):
+        (tmp_path / "annotation" / "Synthetic" / f"{split}.json").unlink()
     assert ensure_city(tmp_path, **SMALL)
     assert stamp.exists()
 
@@ -167,3 +171,30 @@ def test_a_read_only_folder_asks_for_a_writable_one(read_only_dir):
     with pytest.raises(DataError, match="point paths.data_dir \\(or CVGTEXT_DATA_DIR\\) at a writable folder") as error:
         ensure_city(read_only_dir, **SMALL)
     assert f"cannot generate the synthetic city in {read_only_dir}" in str(error.value)
+
+
+def test_a_city_it_did_not_write_is_never_overwritten(tmp_path):
+    folder = tmp_path / "annotation" / "Harbourside"
+    folder.mkdir(parents=True)
+    (folder / "train.json").write_text('{"-27.1,153.2_a.jpg": "a town of my own"}')
+    with pytest.raises(
+        DataError, match=r"Harbourside holds train.json that the synthetic city did not write.*city=town"
+    ):
+        ensure_city(tmp_path, **{**SMALL, "name": "Harbourside"})
+    assert (folder / "train.json").read_text() == '{"-27.1,153.2_a.jpg": "a town of my own"}'
+    assert not (tmp_path / "reference").exists()
+
+
+def test_a_generation_killed_after_its_annotations_is_redone(tmp_path, monkeypatch):
+    def dies_at_the_stamp(self, *args, **kwargs):
+        if self.name == STAMP:
+            raise KeyboardInterrupt
+        return write_text(self, *args, **kwargs)
+
+    write_text = Path.write_text
+    monkeypatch.setattr(Path, "write_text", dies_at_the_stamp)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_city(tmp_path, **SMALL)
+    assert (tmp_path / "annotation" / "Synthetic" / "train.json").exists()  # written, then killed
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert ensure_city(tmp_path, **SMALL) and (tmp_path / "annotation" / "Synthetic" / STAMP).exists()

@@ -34,6 +34,8 @@ from cvgtext.utils.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 STAMP = ".synthetic.json"
+# written first and removed with the stamp: annotations beside it are a generation's, interrupted
+PARTIAL = ".synthetic.partial"
 _FORMAT = 1  # bump when the generator's output changes, so cached cities are regenerated
 _CENTRE = (-12.0, 131.0)  # lat, lon; south of the equator so that sign handling is exercised
 _HALF_KM = 2.0  # the city is a 4 km square
@@ -199,6 +201,8 @@ def generate_city(
             shutil.rmtree(folder, ignore_errors=True)
     for folder in _folders(root, name):
         folder.mkdir(parents=True, exist_ok=True)
+    partial = root / "annotation" / name / PARTIAL
+    partial.write_text(json.dumps(arguments) + "\n", encoding="utf-8")
 
     rng = np.random.default_rng(seed)
     points, district, to_river = _city(places, rng)
@@ -237,6 +241,7 @@ def generate_city(
         text = json.dumps(dict(sorted(table.items())), indent=1, ensure_ascii=False)
         (root / "annotation" / version / f"{split}.json").write_text(text + "\n", encoding="utf-8")
     stamp.write_text(json.dumps(arguments, indent=1) + "\n", encoding="utf-8")
+    partial.unlink()
 
 
 def ensure_city(
@@ -251,7 +256,8 @@ def ensure_city(
     """Generate the synthetic city unless ``root`` already holds one made with these arguments.
 
     Returns True when it generated. A missing stamp (never generated, or interrupted) or one
-    recording other arguments means the city is written again over whatever is there. A folder
+    recording other arguments means the city is written again; annotations that no generation
+    wrote (a release city or a town under the same name) are refused, never overwritten. A folder
     that cannot be written (read-only, full) raises a DataError saying where to point instead;
     a city already generated there is read without writing anything.
     """
@@ -262,6 +268,7 @@ def ensure_city(
             return False
     except (OSError, ValueError):
         pass
+    check_not_foreign(Path(root), name)
     log.info("Generating the synthetic city %r with %d places in %s", name, places, Path(root).resolve())
     try:
         generate_city(root, name, places, seed, test_fraction, photo_fraction, tile_size)
@@ -274,3 +281,17 @@ def ensure_city(
             "point paths.data_dir (or CVGTEXT_DATA_DIR) at a writable folder"
         ) from None
     return True
+
+
+def check_not_foreign(root: Path, name: str) -> None:
+    """Refuse to generate over annotation files of ``name`` that the generator did not write:
+    ``city.name`` set without ``city=`` keeps the synthetic city's generator."""
+    folder = root / "annotation" / name
+    ours = (folder / STAMP).exists() or (folder / PARTIAL).exists()
+    found = [path.name for path in (folder / "train.json", folder / "test.json") if path.is_file()]
+    if found and not ours:
+        raise DataError(
+            f"{folder} holds {' and '.join(found)} that the synthetic city did not write, and city=synthetic "
+            f"would write over them; for a city of your own add city=town (or city=Brisbane, ...) to "
+            f"city.name={name}, or point paths.data_dir elsewhere"
+        )
