@@ -1,12 +1,13 @@
 """A checkpoint written by an earlier version of cvgtext keeps working: it evaluates to the same
 metrics, resumes training to the same end, and answers the query page with the same tiles.
 
-``fixtures/old_checkpoint/last.ckpt`` was written by ``train.py`` at commit 6aa3847, before the
-modules moved into their rooms: its stored config names the classes by their old paths
-(``cvgtext.module.CrossViewRetrieval``, ...). It is the ``last.ckpt`` of a two-epoch run of the
-``cvg-fixture`` model (one layer per tower, width 8 / 16) stopped after the first epoch, on a
-synthetic city of 120 places with 64 px tiles. ``expected.json`` and ``eval_predictions.csv``
-hold what that version's ``eval.py``, resumed ``train.py`` and query page gave with it.
+``fixtures/old_checkpoint/last.pt`` is a ``last.ckpt`` that ``train.py`` wrote at commit 6aa3847,
+before the modules moved into their rooms (renamed so that it is not taken for a run's output):
+its stored config names the classes by their old paths (``cvgtext.module.CrossViewRetrieval``,
+...). It comes from a two-epoch run of the ``cvg-fixture`` model (one layer per tower, width 8 /
+16) stopped after the first epoch, on a synthetic city of 120 places with 64 px tiles.
+``expected.json`` and ``eval_predictions.csv`` hold what that version's ``eval.py``, resumed
+``train.py`` and query page gave with it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def metric_groups(path: Path) -> dict:
 
 
 def test_the_stored_config_names_the_classes_by_their_old_paths():
-    checkpoint = torch.load(FIXTURE / "last.ckpt", weights_only=True)
+    checkpoint = torch.load(FIXTURE / "last.pt", weights_only=True)
     assert checkpoint["config"]["model"]["_target_"] == "cvgtext.module.CrossViewRetrieval"
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 4)
 
@@ -65,7 +66,7 @@ def test_the_stored_config_names_the_classes_by_their_old_paths():
 def test_an_old_checkpoint_evaluates_to_the_same_metrics_and_predictions(tmp_path, city):
     from cvgtext.commands.evaluate import evaluate
 
-    cfg = compose_config("eval", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}"], tmp_path)
+    cfg = compose_config("eval", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.pt'}"], tmp_path)
     evaluate(cfg)
     assert metric_groups(tmp_path / "run" / "metrics.json") == EXPECTED["eval"]
     with (
@@ -83,7 +84,7 @@ def test_an_old_checkpoint_resumes_training_to_the_same_end(tmp_path, city):
     from cvgtext.commands.train import train
 
     checkpoint = tmp_path / "old.ckpt"
-    shutil.copy(FIXTURE / "last.ckpt", checkpoint)
+    shutil.copy(FIXTURE / "last.pt", checkpoint)
     train(compose_config("train", [*COMMON, *city, *TRAIN, f"ckpt_path={checkpoint}"], tmp_path))
     assert metric_groups(tmp_path / "run" / "metrics.json") == EXPECTED["resumed"]
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -96,7 +97,7 @@ def test_an_old_checkpoint_answers_the_page_with_the_same_tiles(tmp_path, city):
     from cvgtext.commands.locator import Locator
 
     cfg = compose_config(
-        "app", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.ckpt'}", "explain.overlays=false"], tmp_path
+        "app", [*COMMON, *city, f"ckpt_path={FIXTURE / 'last.pt'}", "explain.overlays=false"], tmp_path
     )
     result = answer(Locator(cfg), EXPECTED["page"]["query"])
     found = [(c.file, c.score) for c in result.location.candidates]
