@@ -91,6 +91,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 loggers,
                 explanations=report_explanations(cfg, module, evaluation, dataset),
                 reranking=reranking,
+                confidence=evaluation.intervals(cfg.eval.bootstrap, cfg.get("seed") or 0, cfg.eval.level),
             )
             if explain.get("enabled"):
                 write_explanations(

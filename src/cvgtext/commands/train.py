@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.commands.cli import in_multirun
 from cvgtext.reports.explanations import report_explanations
-from cvgtext.reports.results import metrics_table, run_summary, write_reports
+from cvgtext.reports.results import run_summary, write_reports
+from cvgtext.reports.tables import metrics_table
 from cvgtext.training.callbacks import LastCheckpoint, SkippedImages
 from cvgtext.training.resume import continue_run, find_resume
 from cvgtext.utils.atomic import atomic_write
@@ -116,7 +117,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 # Sharded parameters (FSDP) cannot run one rank's backward pass alone.
                 sharded = isinstance(trainer.strategy, FSDPStrategy)
                 explanations = {} if sharded else report_explanations(cfg, model, evaluation, dataset)
-                write_reports(output_dir, evaluation, dataset, summary, loggers, explanations=explanations)
+                confidence = evaluation.intervals(cfg.eval.bootstrap, cfg.get("seed") or 0, cfg.eval.level)
+                write_reports(
+                    output_dir, evaluation, dataset, summary, loggers, explanations=explanations, confidence=confidence
+                )
     finally:
         finish_wandb(loggers)
     return metrics

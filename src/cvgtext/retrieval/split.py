@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from cvgtext.data.dataset import PairDataset
+from cvgtext.retrieval.bootstrap import metric_intervals
 from cvgtext.retrieval.ranking import Ranking, first_of_each_name, rank_gallery, summarize
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,28 @@ class Evaluation:
     full_city_metrics: dict[str, dict[str, float]]
     nearest: int | None
     gallery: torch.Tensor | None = None  # [gallery, embed_dim] embeddings of the gallery tiles
+    full_city_ranking: Ranking | None = None  # the whole gallery's ranking (``ranking`` when nearest is None)
+    panorama: torch.Tensor | None = None  # [queries] bool: the query is a panorama's text
+
+    def intervals(self, bootstrap: int = 0, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+        """Bootstrap intervals of :attr:`metrics` and :attr:`full_city_metrics` from ``bootstrap``
+        resamples of the queries (the ``eval`` settings; see
+        :func:`~cvgtext.retrieval.bootstrap.metric_intervals`), with how they were drawn; ``{}``
+        when ``bootstrap`` is 0."""
+        if not bootstrap:
+            return {}
+        resamples = int(bootstrap)
+        rankings = {"intervals": self.ranking, "full_city": self.full_city_ranking}
+        return {
+            "method": "percentile bootstrap, queries resampled with replacement within each text view",
+            "resamples": resamples,
+            "level": float(level),
+            "seed": int(seed),
+            **{
+                key: metric_intervals(ranking, self.panorama, resamples, seed, level)
+                for key, ranking in rankings.items()
+            },
+        }
 
 
 def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int | None = 100) -> Evaluation:
@@ -66,16 +89,17 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
         return rank_gallery(embedded.text, gallery, names, gallery_names, places, gallery_places, nearest=nearest)
 
     ranking = rank(nearest)
-    metrics = summarize(ranking, panorama)
-    full_city = metrics if nearest is None else summarize(rank(None), panorama)
+    whole = ranking if nearest is None else rank(None)
     return Evaluation(
         query_index=index,
         gallery_index=[index[p] for p in gallery_positions],
         ranking=ranking,
-        metrics=metrics,
-        full_city_metrics=full_city,
+        metrics=summarize(ranking, panorama),
+        full_city_metrics=summarize(whole, panorama),
         nearest=nearest,
         gallery=gallery,
+        full_city_ranking=whole,
+        panorama=panorama,
     )
 
 
