@@ -20,7 +20,7 @@ from cvgtext.reports.results import (
     write_predictions,
     write_reports,
 )
-from cvgtext.reports.tables import TABLE_COLUMNS, metrics_table
+from cvgtext.reports.tables import TABLE_COLUMNS, WIDTH, metrics_table
 from cvgtext.retrieval.split import evaluate_split
 from helpers.city import SMALL_COLOURS
 
@@ -43,7 +43,7 @@ def test_metrics_table_has_a_row_per_view_in_fixed_columns():
     assert header.split() == ["queries", *TABLE_COLUMNS] and set(rule) == {"-"} and len(rule) == len(header)
     assert all_row.split() == ["all"] + ["12.35"] * (len(TABLE_COLUMNS) - 1) + ["4"]
     assert single_row.split() == ["single"] + ["100.00"] * (len(TABLE_COLUMNS) - 1) + ["1"]
-    assert len(all_row) == len(header) == 10 + 14 * len(TABLE_COLUMNS)
+    assert len(all_row) == len(header) == 10 + WIDTH * len(TABLE_COLUMNS)
     assert metrics_table(metrics).splitlines()[0] == header  # no title line without a title
 
 
@@ -225,7 +225,7 @@ def test_run_summary_says_what_was_evaluated():
             "ckpt_path": "best.ckpt",
         }
     )
-    backbone = {"model_name": "ViT-B-16", "pretrained": "openai", "context_length": 300}
+    backbone = {"name": "vit_b16", "model_name": "ViT-B-16", "pretrained": "openai", "context_length": 300}
     assert run_summary(cfg, backbone, "val") == {
         "city": "Tokyo",
         "img": "osm",
@@ -233,10 +233,13 @@ def test_run_summary_says_what_was_evaluated():
         "split": "val",
         "protocol": "nearest100",
         "backbone": "ViT-B-16",
+        "backbone_name": "vit_b16",
         "pretrained": "openai",
         "context_length": 300,
         "checkpoint": "best.ckpt",
     }
+    official = {**backbone, "name": "crosstext2loc", "trained_on": {"city": "NewYork", "img": "osm"}}
+    assert run_summary(cfg, official, "test")["trained_on"] == {"city": "NewYork", "img": "osm"}
 
 
 def test_reports_give_both_protocols_with_an_interval_under_every_metric(small_split, tmp_path, capsys):

@@ -34,18 +34,23 @@ EXAMPLES = 6  # queries in examples.png
 
 
 def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[str, Any]:
-    """What an evaluation was of, for metrics.json."""
-    return {
+    """What an evaluation was of, for metrics.json (``trained_on``: the city and gallery type of
+    an official checkpoint, ``backbone=crosstext2loc``)."""
+    summary = {
         "city": cfg.city.name,
         "img": cfg.img.name,
         "text": cfg.text.name,
         "split": split,
         "protocol": cfg.protocol.name,
         "backbone": backbone.get("model_name"),
+        "backbone_name": backbone.get("name"),
         "pretrained": backbone.get("pretrained"),
         "context_length": backbone.get("context_length"),
         "checkpoint": cfg.get("ckpt_path"),
     }
+    if backbone.get("trained_on"):
+        summary["trained_on"] = dict(backbone["trained_on"])
+    return summary
 
 
 def write_metrics(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 TABLE_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "L@50", "L@100", "L@150", "mean_error_km", "count")
-WIDTH = 14  # characters per column
+WIDTH = 15  # characters per column: an interval of two 100.0 and a space
 
 
 def interval_cell(bounds: list[float] | None, key: str) -> str:
