@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cvgtext.model.build import build_module
+from cvgtext.model.family import scores_pairs
 from cvgtext.reports.explanations import report_explanations, write_explanations
 from cvgtext.reports.results import run_summary, write_reports
 from cvgtext.rerank.build import build_reranker
@@ -48,8 +49,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     try:
         # One process: several would each read (or generate) the city before Lightning syncs them.
         # (Shards: the index's fingerprint would read every tile file; a stream embeds the gallery.)
-        cache_dir = cfg.paths.get("cache_dir") if trainer.world_size == 1 and datamodule.format == "folders" else None
+        indexable = trainer.world_size == 1 and datamodule.format == "folders" and not scores_pairs(module.model)
+        cache_dir = cfg.paths.get("cache_dir") if indexable else None
         stored = None
+        if scores_pairs(module.model):
+            # The model reads each tile itself when it scores its pairs: the loader reads the captions.
+            datamodule = data_of(cfg, module, known_gallery={split: None})
         if cache_dir is not None:
             tiles = gallery_tiles(datamodule, split)
             index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles, datamodule.decode)

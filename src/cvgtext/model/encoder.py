@@ -13,6 +13,8 @@ one, the sigmoid loss's bias); the loss is chosen by ``model.loss`` for every fa
   (random init).
 - ``blip``: BLIP's image-text retrieval model from ``transformers`` (``model/blip.py``), whose
   image-text matching head also re-ranks (``reranker=blip_itm``).
+- ``vilt``: ViLT's image-and-text retrieval model from ``transformers`` (``model/vilt.py``), a
+  single-stream pair scorer, evaluated pair by pair.
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ def build_encoder(
         from cvgtext.model.blip import build_blip_encoder
 
         return build_blip_encoder(model_name, pretrained, **settings)
+    if family == "vilt":
+        from cvgtext.model.vilt import build_vilt_encoder
+
+        return build_vilt_encoder(model_name, pretrained, **settings)
     if family != "open_clip":
         raise ConfigError(f"backbone.family={family!r} is not a backbone family; choose one of {', '.join(FAMILIES)}")
     return build_open_clip_encoder(model_name, pretrained, **settings)

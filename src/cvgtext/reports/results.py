@@ -258,7 +258,7 @@ def write_reports(
     where = f"{summary.get('city')} {summary.get('img')} {summary.get('split')}"
     level = f", {100 * confidence['level']:g}% intervals" if confidence else ""
     tables = [(evaluation.nearest, evaluation.metrics, confidence.get("intervals"))]
-    if evaluation.nearest is not None:
+    if evaluation.nearest is not None and evaluation.full_city_metrics:
         tables.append((None, evaluation.full_city_metrics, confidence.get("full_city")))
     for nearest, metrics, intervals in tables:
         protocol = "whole gallery" if nearest is None else f"{nearest} nearest tiles"
