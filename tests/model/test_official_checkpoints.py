@@ -119,7 +119,7 @@ def test_eval_refuses_street_views_in_one_line_before_building_anything(tmp_path
 
 @pytest.fixture(scope="module")
 def official_release(tmp_path_factory):
-    """A release of Brisbane, and official-format checkpoints of it at ViL/14@336's real widths
+    """A release of Brisbane, and official-format checkpoints of it at ViT-L/14@336's real widths
     (two layers per tower): OpenAI's model with the paper's 300 positions, its ``state_dict()``
     saved bare (as the official script's ``model.module.state_dict()``) for sat and with the
     ``module.`` prefix of a wrapped model for osm."""

@@ -243,7 +243,7 @@ class CrossViewRetrieval(L.LightningModule):
             index,
             dataset,
             self.hparams.nearest,
-            whole_gallery=self.hparams.backbone.get("whole_gallery", True),
+            whole_gallery=self.hparams.backbone.get("whole_gallery", False),
             batch_size=getattr(datamodule, "per_device_eval_batch_size", 128),
         )
 

@@ -134,7 +134,7 @@ def build_vilt_encoder(
     quick_gelu: bool | None = None,
     context_resize: str | None = None,
     name: str | None = None,
-    whole_gallery: bool = True,
+    whole_gallery: bool = False,
 ) -> Encoder:
     """The ViLT :class:`~cvgtext.model.family.Encoder`, whose model is a :class:`ViltScorer`.
 
