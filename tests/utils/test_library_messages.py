@@ -78,7 +78,7 @@ def test_an_evaluation_from_a_fresh_clone_says_each_thing_once(tmp_path, release
     assert f"{CITY} sat test (100 nearest tiles)" in run.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the CLI in a subprocess; in this process, the test of an unreachable tag above
 def test_an_offline_pretrained_tag_stops_with_one_line(tmp_path, release_dir):
     run = run_cli("eval.py", "backbone=vit_b16", *eval_overrides(release_dir, tmp_path / "run"))
     assert run.returncode == 1
