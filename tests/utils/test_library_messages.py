@@ -75,6 +75,7 @@ def test_an_evaluation_from_a_fresh_clone_says_each_thing_once(tmp_path, release
     for unsaid in (RANDOM, "LeafSpec", "_pytree", "Traceback"):
         assert unsaid not in said, unsaid
     assert said.count("Seed set to 42") == 1  # Lightning's own console handler would say it again
+    assert said.count(f"{CITY} {CITY}+{CITY}-photos: train") == 1  # the splits, read once
     assert f"{CITY} sat test (100 nearest tiles)" in run.stdout
 
 

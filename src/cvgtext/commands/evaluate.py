@@ -56,12 +56,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             # The model reads each tile itself when it scores its pairs: the loader reads the captions.
             datamodule = data_of(cfg, module, known_gallery={split: None})
         if cache_dir is not None:
+            # The splits are read and checked once, here, and the loaders use them.
+            datamodule.source.prepare()
+            datamodule.pairs = datamodule.source.splits()
             tiles = gallery_tiles(datamodule, split)
             index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles, datamodule.decode)
             stored = find_index(cache_dir, index_key, tiles)
             if stored is not None:
                 # The gallery's embeddings are known: only the captions are read and embedded.
-                datamodule = data_of(cfg, module, known_gallery={split: stored})
+                pairs, datamodule = datamodule.pairs, data_of(cfg, module, known_gallery={split: stored})
+                datamodule.pairs = pairs
         if split == "test":
             trainer.test(module, datamodule=datamodule)
         else:
