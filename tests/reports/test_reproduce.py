@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from cvgtext.reports.reproduce import MISSING, ReproduceTable, main, published, source
+from cvgtext.reports.reproduce import MISSING, ReproduceTable, gather, main, main_rows, published, source
 from helpers.official import CITIES, write_fake_release
 from helpers.runs import compose_config, run_cli
 
@@ -181,3 +181,25 @@ def test_a_reproduce_sweep_writes_the_table_into_its_folder(tmp_path):
     assert table in run.stdout
     rows = table_rows(table, "Test split")[1:]
     assert [(row[1], row[2]) for row in rows] == [("Brisbane", "sat"), ("Tokyo", "sat")]
+
+
+def test_the_papers_figures_stand_only_beside_what_the_paper_measured(tmp_path):
+    values = {"R@1": 40.0, "R@5": 60.0, "R@10": 70.0, "L@50": 42.0, "MRR": 50.0, "count": 1200}
+    settings = {  # folder -> (split, protocol, trained on): only the first is the paper's setting
+        "published": ("test", "nearest100", "Brisbane"),
+        "validation": ("val", "nearest100", "Brisbane"),
+        "whole": ("test", "full", "Brisbane"),
+        "across": ("test", "nearest100", "Tokyo"),
+    }
+    for folder, (split, protocol, trained_on) in settings.items():
+        (tmp_path / folder).mkdir()
+        run = {"city": "Brisbane", "img": "sat", "text": "mixed", "split": split, "backbone_name": "crosstext2loc"}
+        run["trained_on"] = {"city": trained_on, "img": "sat"}
+        metrics = {"all": values, "protocol": protocol, "full_city": {"all": values}, "run": run}
+        (tmp_path / folder / "metrics.json").write_text(json.dumps(metrics))
+    runs = {run.folder.name: run for run in gather([tmp_path])}
+    assert [name for name, run in runs.items() if run.as_published] == ["published"]
+    header, rows = main_rows(runs.values())
+    beside = [dict(zip(header, row)) for row in rows if row[header.index("R@1 paper")] != MISSING]
+    assert len(beside) == 1 and beside[0]["R@1 paper"] == "43.58" and beside[0]["R@1 ours"] == "40.00"
+    assert len(rows) == 2  # the paper's protocol on the own city: the test run and the validation run
