@@ -15,6 +15,7 @@ from cvgtext.model.official import CITIES, IMAGE_TYPES, official_checkpoint, par
 from cvgtext.utils.errors import ConfigError
 from helpers.city import write_release
 from helpers.models import two_layer_config
+from helpers.official import FOLDER, official_name
 from helpers.openai_clip import (
     LONG,
     assert_same_embeddings,
@@ -26,12 +27,6 @@ from helpers.openai_clip import (
     skip_random_initialisation,
 )
 from helpers.runs import compose_config, run_cli
-
-FOLDER = "checkpoints/CrossText2Loc"
-
-
-def official_name(city: str, img: str, epoch: int = 7, r1: float = 43.58) -> str:
-    return f"long_model_{city}-mixed_1e-05_128_{img}_epoch{epoch}_{r1:.2f}.pth"
 
 
 @pytest.fixture
