@@ -52,8 +52,15 @@ def city(tmp_path, test_backbone):
 
 
 def metric_groups(path: Path) -> dict:
+    """The metrics of ``path`` that the old version reported (later versions add the MRR)."""
     metrics = json.loads(path.read_text())
-    return {key: metrics[key] for key in METRIC_GROUPS if key in metrics}
+    groups = {key: metrics[key] for key in METRIC_GROUPS if key in metrics}
+    for views in (groups, groups.get("full_city", {})):
+        for view in ("all", "panorama", "single"):
+            if view in views:
+                assert "MRR" in views[view]
+                del views[view]["MRR"]
+    return groups
 
 
 def test_the_stored_config_names_the_classes_by_their_old_paths():

@@ -20,6 +20,8 @@ ALTERNATIVES = {
     ("ckpt_path", "None"): {"train.yaml", "eval.yaml", "shared/search.yaml"},
     # tiles shown, and candidates re-ranked: two settings that happen to agree
     ("top_k", "5"): {"shared/search.yaml", "reranker/lmm.yaml"},
+    # one device per job: the local submitit preset's, and the reproduce sweep's
+    ("trainer.devices", "1"): {"cluster/local.yaml", "experiment/reproduce.yaml"},
 }
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvgtext.commands.cli import launcher_problem
+from cvgtext.commands.cli import CheckLauncher, launcher_problem, lightning_devices
 from helpers.city import CITY, repaint_tiles
-from helpers.runs import ROOT, run_cli
+from helpers.runs import CONF_DIR, ROOT, run_cli
 from helpers.web import free_port
 
 
@@ -40,6 +40,37 @@ def test_launcher_tasks_must_match_the_devices():
     assert "hydra.launcher.nodes=1 must equal trainer.num_nodes=2" in launcher_problem(False, 4, 1, 4, 2)
     assert launcher_problem(local=True, tasks=1, nodes=1, devices=1, num_nodes=1) is None
     assert "submitit_local runs one process per job" in launcher_problem(True, 2, 1, 2, 1)
+
+
+@pytest.mark.parametrize("accelerator", ["auto", "cpu"])
+@pytest.mark.parametrize("devices", ["auto", 1, 2, "2"])
+def test_devices_are_counted_as_the_trainer_counts_them(accelerator, devices):
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    assert lightning_devices(accelerator, devices) == trainer.num_devices
+
+
+def launcher_check(*overrides: str) -> None:
+    """CheckLauncher on train.py's sweep config with ``overrides``, as Hydra calls it before a sweep."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        config = compose("train", overrides=list(overrides), return_hydra_config=True)
+    CheckLauncher().on_multirun_start(config)
+
+
+def test_submitit_local_takes_devices_auto_where_lightning_uses_one_device(capsys):
+    if torch.cuda.device_count() > 1:
+        pytest.skip("on this machine Lightning would use every GPU for trainer.devices=auto")
+    launcher_check("hydra/launcher=submitit_local", "trainer.devices=auto")  # the plugin's own name
+    launcher_check("hydra/launcher=submitit_local", "trainer=cpu")
+    with pytest.raises(SystemExit):
+        launcher_check("hydra/launcher=submitit_local", "trainer.accelerator=cpu", "trainer.devices=2")
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: hydra/launcher=submitit_local runs one process per job") and "got 2" in message
 
 
 @pytest.mark.slow

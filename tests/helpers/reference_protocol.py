@@ -83,6 +83,9 @@ def reference_metrics(
             within = sum(1 for i in members if outcomes[i].top1_error_km <= metres / 1000)
             values[f"L@{metres}"] = 100.0 * within / count
         values["mean_error_km"] = math.fsum(outcomes[i].top1_error_km for i in members) / count
+        # the reciprocal of the true name's place among the ranked distinct names, 0 when absent
+        reciprocal = [1 / outcomes[i].true_rank if outcomes[i].true_rank else 0.0 for i in members]
+        values["MRR"] = 100.0 * math.fsum(reciprocal) / count
         values["count"] = count
         metrics[group] = values
     return metrics

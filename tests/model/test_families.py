@@ -226,9 +226,9 @@ def test_refusals_name_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     bert = str(write_bert_like(tmp_path / "bert", TEXTS))
     with pytest.raises(
-        ConfigError, match=r"^backbone.family='vilt' is not a backbone family; choose one of open_clip, blip"
+        ConfigError, match=r"^backbone.family='albef' is not a backbone family; choose one of open_clip, blip, vilt"
     ):
-        build_encoder("blip-base", family="vilt")
+        build_encoder("blip-base", family="albef")
     with pytest.raises(ConfigError, match=r"BLIP takes square 32x32 images only .*img=stv.* CLIP and Long-CLIP"):
         build_encoder("blip-base", family="blip", tokenizer=bert, config=TINY_BLIP, image_aspect=2)
     with pytest.raises(ConfigError, match=r"cvg-tiny-siglip \(a TimmModel image tower\) takes only its own image size"):
@@ -408,12 +408,17 @@ def test_every_backbone_option_names_a_model_of_its_family(option, tmp_path):
     import open_clip
 
     from cvgtext.model.blip import ARCHITECTURES
+    from cvgtext.model.vilt import MODEL_NAMES
 
     cfg = compose_config("train", [f"backbone={option}"], tmp_path)
     backbone = cfg.backbone
     assert backbone.name == option and cfg.model.loss.kind == backbone.loss
     if backbone.family == "blip":
         assert backbone.model_name in ARCHITECTURES and backbone.pretrained.startswith("Salesforce/blip-itm-")
+        return
+    if backbone.family == "vilt":
+        assert backbone.model_name in MODEL_NAMES and backbone.pretrained == "dandelin/vilt-b32-finetuned-coco"
+        assert backbone.context_length == 40  # ViLT's own text positions, where the official evaluation cuts
         return
     assert backbone.family == "open_clip" and backbone.model_name in open_clip.list_models()
     text_cfg = open_clip.get_model_config(backbone.model_name)["text_cfg"]

@@ -13,15 +13,14 @@ import torch
 from PIL import Image
 
 from cvgtext.reports.results import (
-    TABLE_COLUMNS,
     draw_examples,
     example_queries,
-    metrics_table,
     true_rank_label,
     write_metrics,
     write_predictions,
     write_reports,
 )
+from cvgtext.reports.tables import TABLE_COLUMNS, WIDTH, metrics_table
 from cvgtext.retrieval.split import evaluate_split
 from helpers.city import SMALL_COLOURS
 
@@ -44,7 +43,7 @@ def test_metrics_table_has_a_row_per_view_in_fixed_columns():
     assert header.split() == ["queries", *TABLE_COLUMNS] and set(rule) == {"-"} and len(rule) == len(header)
     assert all_row.split() == ["all"] + ["12.35"] * (len(TABLE_COLUMNS) - 1) + ["4"]
     assert single_row.split() == ["single"] + ["100.00"] * (len(TABLE_COLUMNS) - 1) + ["1"]
-    assert len(all_row) == len(header) == 10 + 14 * len(TABLE_COLUMNS)
+    assert len(all_row) == len(header) == 10 + WIDTH * len(TABLE_COLUMNS)
     assert metrics_table(metrics).splitlines()[0] == header  # no title line without a title
 
 
@@ -226,7 +225,7 @@ def test_run_summary_says_what_was_evaluated():
             "ckpt_path": "best.ckpt",
         }
     )
-    backbone = {"model_name": "ViT-B-16", "pretrained": "openai", "context_length": 300}
+    backbone = {"name": "vit_b16", "model_name": "ViT-B-16", "pretrained": "openai", "context_length": 300}
     assert run_summary(cfg, backbone, "val") == {
         "city": "Tokyo",
         "img": "osm",
@@ -234,7 +233,38 @@ def test_run_summary_says_what_was_evaluated():
         "split": "val",
         "protocol": "nearest100",
         "backbone": "ViT-B-16",
+        "backbone_name": "vit_b16",
         "pretrained": "openai",
         "context_length": 300,
         "checkpoint": "best.ckpt",
     }
+    official = {**backbone, "name": "crosstext2loc", "trained_on": {"city": "NewYork", "img": "osm"}}
+    assert run_summary(cfg, official, "test")["trained_on"] == {"city": "NewYork", "img": "osm"}
+
+
+def test_reports_give_both_protocols_with_an_interval_under_every_metric(small_split, tmp_path, capsys):
+    embedded, dataset = small_split
+    evaluation = evaluate_split(embedded, dataset, nearest=2)
+    confidence = evaluation.intervals(bootstrap=300, seed=0)
+    paths = write_reports(
+        tmp_path / "run",
+        evaluation,
+        dataset,
+        {"city": "Testville", "img": "sat", "split": "test"},
+        confidence=confidence,
+    )
+    assert json.loads(paths["metrics"].read_text())["confidence"] == confidence
+    lines = capsys.readouterr().out.splitlines()
+    titles = [line for line in lines if line.startswith("Testville sat test")]
+    assert titles == [
+        "Testville sat test (2 nearest tiles), percent / km, 95% intervals",
+        "Testville sat test (whole gallery), percent / km, 95% intervals",
+    ]
+    for protocol, title in zip(("intervals", "full_city"), titles):
+        table = lines[lines.index(title) :]
+        for row, group in enumerate(("all", "panorama", "single")):
+            values, bounds = table[3 + 2 * row], table[4 + 2 * row]
+            assert values.split()[0] == group
+            low, high = confidence[protocol][group]["R@1"]
+            assert bounds.split(", ")[0].split()[0] == f"[{low:.1f}"  # under R@1, the first column
+            assert bounds.count("[") == len(TABLE_COLUMNS) - 1  # every metric but the count

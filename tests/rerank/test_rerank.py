@@ -191,7 +191,7 @@ def test_replies_are_cached_and_a_rerun_asks_nothing(small_split, tmp_path):
 def test_the_bootstrap_interval_holds_the_difference():
     import torch
 
-    from cvgtext.rerank.compare import paired_bootstrap
+    from cvgtext.retrieval.bootstrap import paired_bootstrap
     from cvgtext.retrieval.ranking import Ranking
 
     def ranking(ranks):

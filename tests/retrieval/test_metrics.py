@@ -23,8 +23,8 @@ def distinct_scores(queries: int, gallery: int, seed: int) -> torch.Tensor:
 def assert_same_metrics(actual: dict, expected: dict) -> None:
     assert actual.keys() == expected.keys()
     for group in expected:
-        mean = actual[group].pop("mean_error_km")
-        assert mean == pytest.approx(expected[group].pop("mean_error_km"), rel=1e-12, abs=1e-12)
+        for mean in ("mean_error_km", "MRR"):
+            assert actual[group].pop(mean) == pytest.approx(expected[group].pop(mean), rel=1e-12, abs=1e-12)
         assert actual[group] == expected[group]
 
 
@@ -81,6 +81,7 @@ def test_hand_made_case_on_the_whole_gallery():
             "L@100": 200 / 3,
             "L@150": 200 / 3,
             "mean_error_km": (error_d + error_c) / 3,
+            "MRR": 100 * (1 + 1 / 2 + 1 / 3) / 3,  # A first, D second, C third
             "count": 3,
         },
         "panorama": {
@@ -91,6 +92,7 @@ def test_hand_made_case_on_the_whole_gallery():
             "L@100": 50.0,
             "L@150": 50.0,
             "mean_error_km": (error_d + error_c) / 2,
+            "MRR": 100 * (1 / 2 + 1 / 3) / 2,
             "count": 2,
         },
         "single": {
@@ -101,6 +103,7 @@ def test_hand_made_case_on_the_whole_gallery():
             "L@100": 100.0,
             "L@150": 100.0,
             "mean_error_km": 0.0,
+            "MRR": 100.0,
             "count": 1,
         },
     }
@@ -122,6 +125,7 @@ def test_hand_made_case_with_two_nearest_tiles():
             "L@100": 100.0,
             "L@150": 100.0,
             "mean_error_km": error_d / 3,
+            "MRR": 100 * (1 + 1 / 2 + 1) / 3,  # D second among {D, A}
             "count": 3,
         },
         rel=1e-9,

@@ -86,11 +86,15 @@ class CheckLauncher(Callback):
         target = str(launcher.get("_target_", ""))
         if "submitit" not in target:
             return
+        local = "LocalLauncher" in target
+        devices = config.trainer.get("devices")
+        if local:  # its jobs run on this machine: count the devices as Lightning will there
+            devices = lightning_devices(config.trainer.get("accelerator"), devices)
         problem = launcher_problem(
-            local="LocalLauncher" in target,
+            local=local,
             tasks=launcher.get("tasks_per_node"),
             nodes=launcher.get("nodes"),
-            devices=config.trainer.get("devices"),
+            devices=devices,
             num_nodes=config.trainer.get("num_nodes"),
         )
         if problem is not None:
@@ -193,6 +197,26 @@ def sweep_job_configs(config: DictConfig) -> list[DictConfig]:
     first = {key(override): override for override in jobs[0]}
     distinct = dict.fromkeys(tuple(o if about_data(o) else first.get(key(o), o) for o in job) for job in jobs)
     return [loader.load_sweep_config(config, list(job)) for job in distinct]
+
+
+def lightning_devices(accelerator: Any, devices: Any) -> Any:
+    """How many devices Lightning's ``Trainer(accelerator=..., devices=...)`` uses on this machine
+    (``auto``: every device of the accelerator it picks, one CPU process on a machine without
+    GPUs); ``devices`` as given where Lightning would refuse the pair itself."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    accelerator = str(accelerator or "auto")
+    try:
+        if accelerator == "auto":
+            accelerator = _AcceleratorConnector._choose_auto_accelerator()
+        elif accelerator == "gpu":
+            accelerator = _AcceleratorConnector._choose_gpu_accelerator_backend()
+        kind = type(AcceleratorRegistry.get(accelerator))
+        wanted = kind.auto_device_count() if devices == "auto" else devices
+        return len(kind.get_parallel_devices(kind.parse_devices(wanted)))
+    except Exception:  # Lightning's own message comes when the job builds its Trainer
+        return devices
 
 
 def launcher_problem(local: bool, tasks: Any, nodes: Any, devices: Any, num_nodes: Any) -> str | None:

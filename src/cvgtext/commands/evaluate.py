@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cvgtext.model.build import build_module
+from cvgtext.model.family import scores_pairs
 from cvgtext.reports.explanations import report_explanations, write_explanations
 from cvgtext.reports.results import run_summary, write_reports
 from cvgtext.rerank.build import build_reranker
@@ -19,6 +20,7 @@ from cvgtext.retrieval.split import flatten_metrics
 from cvgtext.search.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.utils.errors import ConfigError
 from cvgtext.utils.instantiate import instantiate_group
+from cvgtext.utils.library_messages import start_lightning
 from cvgtext.utils.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     split = cfg.get("split", "test")
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    start_lightning()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     module, backbone = build_module(cfg)
@@ -46,15 +49,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     try:
         # One process: several would each read (or generate) the city before Lightning syncs them.
         # (Shards: the index's fingerprint would read every tile file; a stream embeds the gallery.)
-        cache_dir = cfg.paths.get("cache_dir") if trainer.world_size == 1 and datamodule.format == "folders" else None
+        indexable = trainer.world_size == 1 and datamodule.format == "folders" and not scores_pairs(module.model)
+        cache_dir = cfg.paths.get("cache_dir") if indexable else None
         stored = None
+        if scores_pairs(module.model):
+            # The model reads each tile itself when it scores its pairs: the loader reads the captions.
+            datamodule = data_of(cfg, module, known_gallery={split: None})
         if cache_dir is not None:
+            # The splits are read and checked once, here, and the loaders use them.
+            datamodule.source.prepare()
+            datamodule.pairs = datamodule.source.splits()
             tiles = gallery_tiles(datamodule, split)
             index_key = config_index_key(cfg, backbone, module.preprocess, split, tiles, datamodule.decode)
             stored = find_index(cache_dir, index_key, tiles)
             if stored is not None:
                 # The gallery's embeddings are known: only the captions are read and embedded.
-                datamodule = data_of(cfg, module, known_gallery={split: stored})
+                pairs, datamodule = datamodule.pairs, data_of(cfg, module, known_gallery={split: stored})
+                datamodule.pairs = pairs
         if split == "test":
             trainer.test(module, datamodule=datamodule)
         else:
@@ -91,6 +102,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 loggers,
                 explanations=report_explanations(cfg, module, evaluation, dataset),
                 reranking=reranking,
+                confidence=evaluation.intervals(cfg.eval.bootstrap, cfg.get("seed") or 0, cfg.eval.level),
             )
             if explain.get("enabled"):
                 write_explanations(

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from cvgtext.commands.queries import check_options
 from cvgtext.model.build import build_module
+from cvgtext.model.family import scores_pairs
 from cvgtext.reports.locations import Candidate, Location
 from cvgtext.rerank import Query, Reranker, rerank
 from cvgtext.rerank.build import build_reranker
@@ -36,6 +37,7 @@ from cvgtext.search.gallery import (
     gallery_tiles,
     load_or_build_index,
 )
+from cvgtext.utils.errors import ConfigError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -122,6 +124,12 @@ class Locator:
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         self.module, backbone = build_module(cfg)
+        if scores_pairs(self.module.model):
+            raise ConfigError(
+                f"backbone={backbone.get('name')} scores (description, tile) pairs, one forward pass each, and has "
+                "no tile embeddings to search a city with; the query tool and the page need a dual encoder (CLIP, "
+                "SigLIP, BLIP); evaluate it with eval.py"
+            )
         self.gallery, tiles = build_gallery_index(cfg, self.module, backbone, self.split)
         self.paths = {tile.name: tile.path for tile in tiles}
         started = time.perf_counter()

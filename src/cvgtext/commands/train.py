@@ -16,12 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from cvgtext.commands.cli import in_multirun
 from cvgtext.reports.explanations import report_explanations
-from cvgtext.reports.results import metrics_table, run_summary, write_reports
+from cvgtext.reports.results import run_summary, write_reports
+from cvgtext.reports.tables import metrics_table
 from cvgtext.training.callbacks import LastCheckpoint, SkippedImages
 from cvgtext.training.resume import continue_run, find_resume
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, TrainingError
 from cvgtext.utils.instantiate import instantiate_group
+from cvgtext.utils.library_messages import start_lightning, weights_loaded_by_cvgtext
 from cvgtext.utils.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def skipped_images(trainer: L.Trainer, datamodule: Any) -> int:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg`` on its city, test the best checkpoint, return the logged metrics."""
+    start_lightning()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     resume = find_resume(cfg)
@@ -77,7 +80,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             stream.write(OmegaConf.to_yaml(resolved))
 
     log.info("Building the %s backbone", cfg.backbone.model_name)
-    model = instantiate(cfg.model)
+    with weights_loaded_by_cvgtext(resume is not None):  # a resumed run's weights come from its checkpoint
+        model = instantiate(cfg.model)
     datamodule = instantiate(cfg.data, preprocess=model.preprocess, tokenizer=model.tokenizer)
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
@@ -116,7 +120,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 # Sharded parameters (FSDP) cannot run one rank's backward pass alone.
                 sharded = isinstance(trainer.strategy, FSDPStrategy)
                 explanations = {} if sharded else report_explanations(cfg, model, evaluation, dataset)
-                write_reports(output_dir, evaluation, dataset, summary, loggers, explanations=explanations)
+                confidence = evaluation.intervals(cfg.eval.bootstrap, cfg.get("seed") or 0, cfg.eval.level)
+                write_reports(
+                    output_dir, evaluation, dataset, summary, loggers, explanations=explanations, confidence=confidence
+                )
     finally:
         finish_wandb(loggers)
     return metrics

@@ -45,7 +45,7 @@ class CVGTextDataModule(L.LightningDataModule):
     preprocessed where the model runs (``device_decode.py``). ``known_gallery`` maps a split to its
     gallery's embeddings computed beforehand (a cached gallery index: ``names`` and
     ``embeddings``): that split's loader reads the captions only, and the module ranks them
-    against those embeddings.
+    against those embeddings (``None``: the model reads the tiles itself, a pair scorer).
     """
 
     def __init__(

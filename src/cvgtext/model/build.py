@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvgtext.model.module import CrossViewRetrieval
 from cvgtext.model.weights import load_state
 from cvgtext.utils.checkpoints import check_backbone, model_state_dict, read_checkpoint
+from cvgtext.utils.library_messages import weights_loaded_by_cvgtext
 
 # What a checkpoint of this project records about its model and must keep when evaluated.
 ARCHITECTURE_KEYS = ("context_length", "context_resize", "image_size", "image_aspect", "quick_gelu")
@@ -24,6 +25,8 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
     """The backbone to build for ``checkpoint``: no pretrained download, its own text length."""
     saved = checkpoint.get("hyper_parameters", {}).get("backbone")
     backbone = {**backbone, "pretrained": None}
+    if "trained_on" in backbone:  # the checkpoint's weights, not an official file's
+        backbone["trained_on"] = None
     if saved:
         check_backbone(saved, backbone["model_name"], path)
         backbone.update({key: saved[key] for key in ARCHITECTURE_KEYS + RESOLVED_KEYS if key in saved})
@@ -33,7 +36,8 @@ def backbone_for_checkpoint(backbone: dict[str, Any], checkpoint: dict[str, Any]
 
 
 def build_module(cfg: DictConfig) -> tuple[CrossViewRetrieval, dict[str, Any]]:
-    """The module with the weights of ``cfg.ckpt_path``, or the backbone's own (zero-shot), and its backbone."""
+    """The module with the weights of ``cfg.ckpt_path``, or the backbone's own (zero-shot), and the
+    backbone it was built with."""
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     state = None
     if cfg.get("ckpt_path"):
@@ -41,7 +45,9 @@ def build_module(cfg: DictConfig) -> tuple[CrossViewRetrieval, dict[str, Any]]:
         backbone = backbone_for_checkpoint(backbone, checkpoint, cfg.ckpt_path)
         state = model_state_dict(checkpoint)
         del checkpoint
-    module = instantiate(cfg.model, backbone=backbone)
+    with weights_loaded_by_cvgtext(state is not None):  # built without weights, then given the checkpoint's
+        module = instantiate(cfg.model, backbone=backbone)
     if state is not None:
         load_state(module.model, state, backbone.get("context_length"), backbone["context_resize"], cfg.ckpt_path)
-    return module, backbone
+    # with what the backbone resolved when it was built (the official checkpoint's file, ...)
+    return module, dict(module.hparams.backbone)

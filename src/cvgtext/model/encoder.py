@@ -8,9 +8,13 @@ one, the sigmoid loss's bias); the loss is chosen by ``model.loss`` for every fa
 - ``open_clip``: an open_clip model name (CLIP ``ViT-B-16``, ``ViT-L-14-336``, SigLIP
   ``ViT-B-16-SigLIP-256``, or the project's own ``cvg-tiny`` models from ``configs/``) and
   ``pretrained``: an open_clip pretrained tag (``openai``, ``webli``, ...), a local checkpoint
-  file, or nothing (random init).
+  file, ``crosstext2loc`` (the official CrossText2Loc checkpoint of ``trained_on``'s city and
+  gallery type in the folder ``checkpoints``, :mod:`cvgtext.model.official`), or nothing
+  (random init).
 - ``blip``: BLIP's image-text retrieval model from ``transformers`` (``model/blip.py``), whose
   image-text matching head also re-ranks (``reranker=blip_itm``).
+- ``vilt``: ViLT's image-and-text retrieval model from ``transformers`` (``model/vilt.py``), a
+  single-stream pair scorer, evaluated pair by pair.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from typing import Any
 import open_clip
 from torch import nn
 
+from cvgtext.model import official
 from cvgtext.model.family import FAMILIES, Encoder
 from cvgtext.model.weights import load_weights
 from cvgtext.utils.errors import ConfigError
+from cvgtext.utils.library_messages import download_failure_reported_by_cvgtext, weights_loaded_by_cvgtext
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,10 @@ def build_encoder(
         from cvgtext.model.blip import build_blip_encoder
 
         return build_blip_encoder(model_name, pretrained, **settings)
+    if family == "vilt":
+        from cvgtext.model.vilt import build_vilt_encoder
+
+        return build_vilt_encoder(model_name, pretrained, **settings)
     if family != "open_clip":
         raise ConfigError(f"backbone.family={family!r} is not a backbone family; choose one of {', '.join(FAMILIES)}")
     return build_open_clip_encoder(model_name, pretrained, **settings)
@@ -119,6 +129,8 @@ def build_open_clip_encoder(
     quick_gelu: bool | None = None,
     tokenizer: str | None = None,
     name: str | None = None,
+    trained_on: dict[str, str] | None = None,
+    checkpoints: str | None = None,
 ) -> Encoder:
     """Build the open_clip model, its evaluation preprocessing and tokenizer.
 
@@ -131,18 +143,29 @@ def build_open_clip_encoder(
     panoramas). ``quick_gelu`` chooses the activation (see :func:`resolve_quick_gelu`).
     ``tokenizer``: for models with a Hugging Face tokenizer (SigLIP), a folder holding a copy of
     it instead of the model hub's (see :func:`open_clip_tokenizer`). ``name`` is the config's
-    short label of the backbone and plays no part here.
+    short label of the backbone and plays no part here. ``pretrained=crosstext2loc`` loads the
+    official checkpoint trained on ``trained_on`` (``{city, img}``) found in ``checkpoints``.
     """
     from cvgtext.model.positional import set_context_length, set_image_size
 
     _check_model_name(model_name)
+    resolved: dict[str, Any] = {}
+    if pretrained == official.TAG:
+        found = official.official_checkpoint(checkpoints or "", **(trained_on or {"city": "", "img": ""}))
+        log.info("backbone.pretrained=%s: the official checkpoint %s", official.TAG, found.path)
+        pretrained = resolved["pretrained"] = str(found.path)
     checkpoint = pretrained if _is_local_file(pretrained) else None
     tag = None if checkpoint else pretrained
     if checkpoint and not Path(checkpoint).is_file():
         raise ConfigError(f"backbone.pretrained={checkpoint!r}: no such checkpoint file")
     quick = resolve_quick_gelu(model_name, pretrained, quick_gelu)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=tag, force_quick_gelu=quick)
+        # open_clip's own words on weights it did not load: untrue for a checkpoint loaded below,
+        # and a download failure is reported here, once
+        with weights_loaded_by_cvgtext(bool(checkpoint)), download_failure_reported_by_cvgtext():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=tag, force_quick_gelu=quick
+            )
     except RuntimeError as error:
         raise ConfigError(
             f"backbone.pretrained={tag!r} could not be loaded for {model_name} ({error}); "
@@ -182,7 +205,7 @@ def build_open_clip_encoder(
         tokenizer=open_clip_tokenizer(model_name, length, tokenizer),
         context_length=length,
         image_size=size,
-        resolved={"quick_gelu": quick},
+        resolved={**resolved, "quick_gelu": quick},
     )
 
 

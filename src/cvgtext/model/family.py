@@ -1,7 +1,10 @@
-"""What every backbone family gives a run: :class:`Encoder`, whose ``model`` is a :class:`DualEncoder`.
+"""What every backbone family gives a run: :class:`Encoder`, whose ``model`` is a :class:`DualEncoder`
+or, for a single-stream model (ViLT), a :class:`PairScorer`.
 
 Training, evaluation, the query tool and the re-rankers use a backbone only through these, so
 ``train.py`` and ``eval.py`` are the same for every family (``model/encoder.py`` builds them).
+A pair scorer has no embeddings: evaluation scores the (description, tile) pairs a ranking needs
+(:mod:`cvgtext.retrieval.pairs`); training, the query tool and the web page need a dual encoder.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-FAMILIES = ("open_clip", "blip")
+FAMILIES = ("open_clip", "blip", "vilt")
 
 
 class DualEncoder(Protocol):
@@ -26,6 +29,20 @@ class DualEncoder(Protocol):
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
 
     def set_grad_checkpointing(self, enable: bool = True) -> None: ...
+
+
+class PairScorer(Protocol):
+    """A model that scores (image, text) pairs together (``scores_pairs = True``)."""
+
+    scores_pairs: bool
+
+    def score(self, images: torch.Tensor, tokens: torch.Tensor, pixel_mask: torch.Tensor | None = None):
+        """``[B]`` scores of the rows' pairs, higher for a better match."""
+
+
+def scores_pairs(model: nn.Module) -> bool:
+    """Whether ``model`` ranks by scoring pairs (:class:`PairScorer`) rather than by embeddings."""
+    return bool(getattr(model, "scores_pairs", False))
 
 
 @dataclass

@@ -20,8 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cvgtext.model.encoder import build_encoder
+from cvgtext.model.family import scores_pairs
 from cvgtext.model.loss import SigmoidLoss, build_loss, matching_pool
-from cvgtext.retrieval.split import EmbeddedSplit, evaluate_split, flatten_metrics
+from cvgtext.model.vilt import pad_images
+from cvgtext.retrieval.pairs import evaluate_pairs, tile_loader
+from cvgtext.retrieval.split import EmbeddedSplit, Evaluation, evaluate_split, flatten_metrics
 from cvgtext.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,11 @@ class CrossViewRetrieval(L.LightningModule):
                 f"model.loss.itm_weight={self.itm_weight:g} trains a matching head, which only BLIP backbones have "
                 f"(backbone={self.hparams.backbone.get('name')}); set it to 0"
             )
+        if scores_pairs(self.model) and optimizer:
+            raise ConfigError(
+                f"backbone={self.hparams.backbone.get('name')} scores (description, tile) pairs and is evaluated, not "
+                "trained: transformers' ViLT retrieval head has no training loss; evaluate it with eval.py"
+            )
         self._lock_towers(encoder.image_tower, lock_image, lock_text)
         if grad_checkpointing:
             self.model.set_grad_checkpointing(True)
@@ -119,6 +127,8 @@ class CrossViewRetrieval(L.LightningModule):
                 parameter.requires_grad_(False)
 
     def setup(self, stage: str) -> None:
+        if scores_pairs(self.model) and self.trainer is not None and self.trainer.world_size > 1:
+            raise ConfigError("a pair scorer (backbone=vilt) evaluates on one device: set trainer.devices=1")
         compile_options = self.hparams.get("compile") or False
         if compile_options and not self._compiled:  # here, not in __init__: spawned processes compile their own
             options = {} if compile_options is True else dict(compile_options)
@@ -173,6 +183,9 @@ class CrossViewRetrieval(L.LightningModule):
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if scores_pairs(self.model):  # its pairs are scored at the epoch's end, tile by tile
+            self._embedded.append({"tokens": batch["tokens"], "index": batch["index"]})
+            return
         image_features, text_features = self.embed(batch)
         self._embedded.append({"image": image_features, "text": text_features, "index": batch["index"]})
 
@@ -200,9 +213,11 @@ class CrossViewRetrieval(L.LightningModule):
 
     def _evaluate(self, stage: str) -> None:
         dataset = getattr(self.trainer, f"{stage}_dataloaders").dataset
-        embedded = self._gather_embeddings(dataset, stage)
+        if scores_pairs(self.model):
+            evaluation = self._score_pairs(dataset)
+        else:
+            evaluation = evaluate_split(self._gather_embeddings(dataset, stage), dataset, nearest=self.hparams.nearest)
         self._embedded = []
-        evaluation = evaluate_split(embedded, dataset, nearest=self.hparams.nearest)
         # Validation logs the overall figures; the test also breaks them down by text view.
         groups = None if stage == "test" else ("all",)
         metrics = flatten_metrics(evaluation.metrics, stage, groups)
@@ -215,6 +230,22 @@ class CrossViewRetrieval(L.LightningModule):
         # synchronising them changes nothing and is what Lightning asks of epoch-level values.
         self.log_dict(metrics, sync_dist=True)
         self.last_evaluation[stage] = evaluation
+
+    def _score_pairs(self, dataset: Any) -> Evaluation:
+        """A pair scorer's evaluation: the (description, tile) pairs scored by the model itself."""
+        tokens = torch.cat([part["tokens"] for part in self._embedded])
+        index = torch.cat([part["index"] for part in self._embedded]).tolist()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return evaluate_pairs(
+            self.model.score,
+            tile_loader(self.preprocess, pad_images),
+            tokens,
+            index,
+            dataset,
+            self.hparams.nearest,
+            whole_gallery=self.hparams.backbone.get("whole_gallery", False),
+            batch_size=getattr(datamodule, "per_device_eval_batch_size", 128),
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val")

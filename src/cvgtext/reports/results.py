@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from cvgtext.data.dataset import PairDataset, load_image
 from cvgtext.model.relevance import Explanation
 from cvgtext.reports.overlays import draw_shaded_words, heat_overlay, word_relevance
+from cvgtext.reports.tables import metrics_table
 from cvgtext.rerank.compare import SplitReranking, comparison_table
 from cvgtext.retrieval.geo import haversine_km
 from cvgtext.retrieval.ranking import NOT_RANKED
@@ -28,52 +29,58 @@ from cvgtext.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ("R@1", "R@5", "R@10", "L@50", "L@100", "L@150", "mean_error_km", "count")
 TOP = 5  # candidates per query in predictions.csv and examples.png
 EXAMPLES = 6  # queries in examples.png
 
 
-def metrics_table(metrics: dict[str, dict[str, float]], title: str = "") -> str:
-    """A fixed-width table: one row per text view (all, panorama, single), percent and km."""
-    header = f"{'queries':<10}" + "".join(f"{column:>14}" for column in TABLE_COLUMNS)
-    lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
-    for group, values in metrics.items():
-        cells = [f"{int(values[c]):>14d}" if c == "count" else f"{values[c]:>14.2f}" for c in TABLE_COLUMNS]
-        lines.append(f"{group:<10}" + "".join(cells))
-    return "\n".join(lines)
-
-
 def run_summary(cfg: DictConfig, backbone: dict[str, Any], split: str) -> dict[str, Any]:
-    """What an evaluation was of, for metrics.json."""
-    return {
+    """What an evaluation was of, for metrics.json (``trained_on``: the city and gallery type of
+    an official checkpoint, ``backbone=crosstext2loc``)."""
+    summary = {
         "city": cfg.city.name,
         "img": cfg.img.name,
         "text": cfg.text.name,
         "split": split,
         "protocol": cfg.protocol.name,
         "backbone": backbone.get("model_name"),
+        "backbone_name": backbone.get("name"),
         "pretrained": backbone.get("pretrained"),
         "context_length": backbone.get("context_length"),
         "checkpoint": cfg.get("ckpt_path"),
     }
+    if backbone.get("trained_on"):
+        summary["trained_on"] = dict(backbone["trained_on"])
+    return summary
 
 
 def write_metrics(
-    path: Path, evaluation: Evaluation, summary: dict[str, Any], reranking: SplitReranking | None = None
+    path: Path,
+    evaluation: Evaluation,
+    summary: dict[str, Any],
+    reranking: SplitReranking | None = None,
+    confidence: dict[str, Any] | None = None,
 ) -> None:
-    """``metrics.json``: the metrics of both protocols and what produced them; with a
-    re-ranking, its settings, counts and the metrics of its queries without and with it."""
+    """``metrics.json``: the metrics of both protocols and what produced them; with
+    ``confidence`` (:meth:`Evaluation.intervals`), the bootstrap interval of each metric of both;
+    with a re-ranking, its settings, counts and the metrics of its queries without and with it."""
     content = {
         **evaluation.metrics,
-        "protocol": "full" if evaluation.nearest is None else f"nearest{evaluation.nearest}",
+        "protocol": protocol_name(evaluation.nearest),
         "full_city": evaluation.full_city_metrics,
         "run": summary,
     }
+    if confidence:
+        content["confidence"] = confidence
     if reranking is not None:
         content["reranking"] = reranking.metrics
     with atomic_write(path) as stream:
         json.dump(content, stream, indent=2)
         stream.write("\n")
+
+
+def protocol_name(nearest: int | None) -> str:
+    """``nearest100``, or ``full`` for the whole gallery: the protocol group's names."""
+    return "full" if nearest is None else f"nearest{nearest}"
 
 
 def _top_candidates(evaluation: Evaluation, dataset: PairDataset, query: int) -> list[tuple[int, float]]:
@@ -229,11 +236,14 @@ def write_reports(
     loggers: list[Any] = (),
     explanations: Mapping[int, Explanation] | None = None,
     reranking: SplitReranking | None = None,
+    confidence: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write the three report files, print the metrics table and hand the reports to the loggers.
+    """Write the three report files, print the metrics tables and hand the reports to the loggers.
 
     ``explanations``: relevance maps of the example queries' top-1 tiles, overlaid on examples.png.
     ``reranking``: a re-ranking of some queries, reported beside the dual encoder's metrics.
+    ``confidence``: the metrics' bootstrap intervals (:meth:`Evaluation.intervals`), in
+    metrics.json and under each row of the tables.
     """
     output_dir = Path(output_dir)
     paths = {
@@ -241,13 +251,18 @@ def write_reports(
         "predictions": output_dir / "predictions.csv",
         "examples": output_dir / "examples.png",
     }
-    write_metrics(paths["metrics"], evaluation, summary, reranking)
+    write_metrics(paths["metrics"], evaluation, summary, reranking, confidence)
     write_predictions(paths["predictions"], evaluation, dataset, reranking)
     draw_examples(paths["examples"], evaluation, dataset, explanations=explanations)
-    protocol = "whole gallery" if evaluation.nearest is None else f"{evaluation.nearest} nearest tiles"
-    title = f"{summary.get('city')} {summary.get('img')} {summary.get('split')} ({protocol}), percent / km"
-    table = metrics_table(evaluation.metrics, title)
-    print(table)
+    confidence = confidence or {}
+    where = f"{summary.get('city')} {summary.get('img')} {summary.get('split')}"
+    level = f", {100 * confidence['level']:g}% intervals" if confidence else ""
+    tables = [(evaluation.nearest, evaluation.metrics, confidence.get("intervals"))]
+    if evaluation.nearest is not None and evaluation.full_city_metrics:
+        tables.append((None, evaluation.full_city_metrics, confidence.get("full_city")))
+    for nearest, metrics, intervals in tables:
+        protocol = "whole gallery" if nearest is None else f"{nearest} nearest tiles"
+        print(metrics_table(metrics, f"{where} ({protocol}), percent / km{level}", intervals))
     if reranking is not None:
         print(comparison_table(reranking))
     log.info("Reports written to %s", output_dir)

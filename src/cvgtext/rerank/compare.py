@@ -16,7 +16,8 @@ import torch
 
 from cvgtext.data.dataset import PairDataset
 from cvgtext.rerank import Query, Reranked, Reranker, failure_counts, rerank, status_counts
-from cvgtext.retrieval.ranking import LOCALIZED_WITHIN_M, NOT_RANKED, RECALL_AT, Ranking, summarize, top1_error
+from cvgtext.retrieval.bootstrap import paired_bootstrap
+from cvgtext.retrieval.ranking import NOT_RANKED, Ranking, summarize, top1_error
 from cvgtext.retrieval.split import Evaluation
 
 log = logging.getLogger(__name__)
@@ -71,36 +72,6 @@ def apply_order(
     )
 
 
-def per_query_values(ranking: Ranking) -> dict[str, torch.Tensor]:
-    """Each query's contribution to each metric (percent): hits of R@k and L@m, and error in km."""
-    values = {f"R@{k}": 100.0 * ranking.hits(k).double() for k in RECALL_AT}
-    for metres in LOCALIZED_WITHIN_M:
-        values[f"L@{metres}"] = 100.0 * (ranking.top1_error_km <= metres / 1000).double()
-    values["mean_error_km"] = ranking.top1_error_km.double()
-    return values
-
-
-def paired_bootstrap(
-    before: Ranking, after: Ranking, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0, level: float = 0.95
-) -> dict[str, dict[str, float]]:
-    """Per metric: the difference after - before and its percentile bootstrap interval, the
-    queries resampled with replacement (the same resample for both rankings)."""
-    first, second = per_query_values(before), per_query_values(after)
-    count = before.true_rank.shape[0]
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, count, (samples, count), generator=generator)
-    tail = (1 - level) / 2
-    result = {}
-    for key in first:
-        difference = second[key] - first[key]
-        if difference.isnan().any():
-            continue
-        means = difference[draws].mean(1)
-        low, high = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=means.dtype)).tolist()
-        result[key] = {"difference": float(difference.mean()), "low": low, "high": high}
-    return result
-
-
 def rerank_split(
     evaluation: Evaluation,
     dataset: PairDataset,
@@ -142,7 +113,7 @@ def rerank_split(
         "failed_requests": failure_counts(results),
         "without": summarize(before, panorama),
         "with": summarize(after, panorama),
-        "difference": paired_bootstrap(before, after, seed=seed),
+        "difference": paired_bootstrap(before, after, BOOTSTRAP_SAMPLES, seed=seed),
     }
     if reranked < len(chosen):
         log.warning(

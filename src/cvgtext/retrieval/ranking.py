@@ -156,8 +156,10 @@ def summarize(ranking: Ranking, panorama: torch.Tensor | Sequence[bool]) -> dict
     """CVG-Text metrics for all queries and per view, in percent; ``panorama  # [queries]`` flags panorama texts.
 
     Each group has ``R@1 R@5 R@10`` (true name within the top k), ``L@50 L@100 L@150`` (top-1
-    tile within that many metres of the true place), ``mean_error_km`` (mean top-1 error) and
-    ``count``. A view's group (``panorama``, ``single``) is present only when it has queries.
+    tile within that many metres of the true place), ``mean_error_km`` (mean top-1 error),
+    ``MRR`` (mean reciprocal rank of the true name, in percent; 0 for a query whose true name is
+    not among its candidates) and ``count``. A view's group (``panorama``, ``single``) is present
+    only when it has queries.
     """
     panorama = torch.as_tensor(panorama, dtype=torch.bool).cpu()
     if panorama.shape != ranking.true_rank.shape:
@@ -172,18 +174,26 @@ def summarize(ranking: Ranking, panorama: torch.Tensor | Sequence[bool]) -> dict
     membership, passed = torch.stack(list(groups.values())), torch.stack(list(criteria.values()))
     met = (membership.double() @ passed.double().T).tolist()
     errors = error_km.tolist()
+    reciprocals = reciprocal_ranks(ranking).tolist()
     metrics = {}
     for (group, members), counts in zip(groups.items(), met):
         count = int(members.sum())
         if count == 0:
             continue
         values = {name: 100.0 * int(hits) / count for name, hits in zip(criteria, counts)}
-        # fsum is exactly rounded, so the mean does not depend on summation order.
-        group_errors = (error for error, member in zip(errors, members.tolist()) if member)
-        values["mean_error_km"] = math.fsum(group_errors) / count
+        # fsum is exactly rounded, so the means do not depend on summation order.
+        member = members.tolist()
+        values["mean_error_km"] = math.fsum(e for e, m in zip(errors, member) if m) / count
+        values["MRR"] = 100.0 * math.fsum(r for r, m in zip(reciprocals, member) if m) / count
         values["count"] = count
         metrics[group] = values
     return metrics
+
+
+def reciprocal_ranks(ranking: Ranking) -> torch.Tensor:
+    """``[queries]`` float64: 1 / the true name's rank, 0 where it is not among the candidates."""
+    rank = ranking.true_rank.double()
+    return torch.where(ranking.true_rank == NOT_RANKED, 0.0, 1.0 / rank.clamp(min=1))
 
 
 def _check_names(queries: int, gallery: int, query_names: Sequence[str], gallery_names: Sequence[str]) -> None:
