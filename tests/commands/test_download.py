@@ -263,13 +263,27 @@ def test_a_transfer_killed_mid_file_resumes_where_it_stopped(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_downloaded_release_trains_and_evaluates(hub, tmp_path, test_backbone):
-    """From nothing to test figures on the fake release: download, train, evaluate the best checkpoint."""
+def test_a_downloaded_release_trains_evaluates_and_reproduces_the_table(online, tmp_path, test_backbone):
+    """From nothing to the paper's table on a fake release: download the data and the official
+    checkpoint, train and evaluate a model, evaluate the official checkpoint (official-format
+    weights of the test backbone's shapes) and gather the table beside the paper's figures."""
+    import io
+
+    import torch
+
     from cvgtext.commands.evaluate import evaluate
     from cvgtext.commands.train import train
+    from cvgtext.reports.reproduce import ReproduceTable, published
+    from helpers.official import official_name, official_state
 
-    out = tmp_path / "data"
-    assert run_download(hub, out, "city=Brisbane", "img=sat", "what=[data,checkpoints]")["data"].errors == []
+    buffer = io.BytesIO()
+    torch.save(official_state(test_backbone, seed=0), buffer)
+    with FakeHub() as hub:
+        hub.add("dataset", DATASET, release())
+        hub.add("model", CHECKPOINTS, {official_name("Brisbane", "sat"): buffer.getvalue(), "README.md": b"#\n"})
+        out = tmp_path / "data"
+        fetched = run_download(hub, out, "city=Brisbane", "img=sat", "what=[data,checkpoints]")
+    assert fetched["data"].errors == []
     common = [
         "city=Brisbane",
         f"paths.data_dir={out}",
@@ -293,3 +307,11 @@ def test_a_downloaded_release_trains_and_evaluates(hub, tmp_path, test_backbone)
     assert 0 <= trained["test/R@1"] <= 100
     metrics = evaluate(compose_config("eval", [*common, f"ckpt_path={run}/checkpoints/best.ckpt"], tmp_path / "eval"))
     assert metrics["test/R@1"] == pytest.approx(trained["test/R@1"])
+
+    sweep = tmp_path / "reproduce"
+    evaluate(compose_config("eval", [*common, "experiment=reproduce", "eval.bootstrap=100",
+                                     f"paths.output_dir={sweep}/0"], tmp_path))  # fmt: skip
+    markdown = ReproduceTable.write(str(sweep))[0].read_text()
+    row = next(line for line in markdown.splitlines() if line.startswith("| CrossText2Loc, official checkpoint"))
+    paper = published()[("Brisbane", "sat")]
+    assert "| Brisbane | sat |" in row and f"| {paper['R@1']:.2f} | {paper['L@50']:.2f} |" in row

@@ -11,19 +11,16 @@ keeps them under their own names in ``${paths.data_dir}/checkpoints/CrossText2Lo
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvgtext.data.release.facts import CHECKPOINT_IMGS as IMAGE_TYPES
+from cvgtext.data.release.facts import CHECKPOINT_NAME as NAME
+from cvgtext.data.release.facts import CITIES
 from cvgtext.utils.errors import ConfigError
 
 # backbone.pretrained's value that stands for the official checkpoint of backbone.trained_on
 TAG = "crosstext2loc"
-CITIES = ("Brisbane", "NewYork", "Tokyo")
-IMAGE_TYPES = ("sat", "osm")
-NAME = re.compile(
-    r"^long_model_(?P<city>[A-Za-z]+)-mixed_1e-05_128_(?P<img>sat|osm)_epoch(?P<epoch>\d+)_(?P<r1>\d+(?:\.\d+)?)\.pth$"
-)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ CHECKPOINT_FOLDER = "checkpoints/CrossText2Loc"
 # long_model_<City>-mixed_1e-05_128_<img>_epoch<E>_<R@1>.pth: <R@1> is the best TEST R@1 over
 # the epochs (the official script selects on the test split).
 CHECKPOINT_NAME = re.compile(
-    r"^long_model_(?P<city>[A-Za-z]+)-mixed_1e-05_128_(?P<img>sat|osm)_epoch(?P<epoch>\d+)_(?P<r1>[0-9.]+?)\.pth$"
+    r"^long_model_(?P<city>[A-Za-z]+)-mixed_1e-05_128_(?P<img>sat|osm)_epoch(?P<epoch>\d+)_(?P<r1>\d+(?:\.\d+)?)\.pth$"
 )
 CHECKPOINT_IMGS = ("sat", "osm")
 
