@@ -14,10 +14,12 @@ import random
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from helpers.servers import LocalServer, send_chat_reply
 
 
-class ChatServer:
+class ChatServer(LocalServer):
     def __init__(self, behaviour: str, truth: dict[str, str] | None = None, delay_s: float = 0.0, seed: int = 0):
         self.behaviour, self.truth, self.delay_s = behaviour, truth or {}, delay_s
         self.seed = seed
@@ -39,32 +41,13 @@ class ChatServer:
                     self.send_response(500)
                     self.end_headers()
                     return
-                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.answer(body)}}]})
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply.encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting
+                send_chat_reply(self, server.answer(body))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> ChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        return f"{self.root}/v1"
 
     def answer(self, body: dict) -> str:
         content = body["messages"][0]["content"]

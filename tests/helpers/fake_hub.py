@@ -22,8 +22,10 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from helpers.servers import LocalServer
 
 LFS_FROM = 4096  # files of this many bytes or more are stored as large (LFS) files
 
@@ -32,7 +34,7 @@ def blob_id(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-class FakeHub:
+class FakeHub(LocalServer):
     def __init__(self, token: str | None = None, page_size: int = 7, latency_s: float = 0.0):
         self.repos: dict[tuple[str, str], dict[str, bytes]] = {}  # (type, id) -> path -> content
         self.entries: dict[tuple[str, str], dict[str, dict]] = {}  # (type, id) -> path -> tree entry
@@ -44,9 +46,7 @@ class FakeHub:
         self.stalled = threading.Event()
         self.released = threading.Event()
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(self.handler())
 
     def add(self, repo_type: str, repo_id: str, files: dict[str, bytes]) -> None:
         key = (repo_type, repo_id)
@@ -60,16 +60,11 @@ class FakeHub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
+        return self.root
 
     def __exit__(self, *exc) -> None:
-        self.release()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.release()  # a request held back by stall() must not keep the server from stopping
+        super().__exit__(*exc)
 
     def release(self) -> None:
         self.released.set()

@@ -13,10 +13,12 @@ import io
 import math
 import threading
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 from PIL import Image
+
+from helpers.servers import LocalServer
 
 Draw = Callable[[str, int, int, int], "Image.Image | None"]
 
@@ -55,7 +57,7 @@ def bright_centroid(image: Image.Image, threshold: int = 90) -> tuple[float, flo
     return float((weight * (xs + 0.5)).sum() / weight.sum()), float((weight * (ys + 0.5)).sum() / weight.sum())
 
 
-class TileServer:
+class TileServer(LocalServer):
     def __init__(self, draw: Draw, fail: dict[str, int] | None = None, garbage: Sequence[str] = ()):
         self.draw, self.fail, self.garbage = draw, dict(fail or {}), set(garbage)
         self.requests: list[dict] = []
@@ -76,12 +78,10 @@ class TileServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(Handler)
 
     def url(self, layer: str) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{layer}/{{z}}/{{x}}/{{y}}.png"
+        return f"{self.root}/{layer}/{{z}}/{{x}}/{{y}}.png"
 
     def answer(self, path: str) -> tuple[int, bytes]:
         if path in self.fail:
@@ -98,12 +98,3 @@ class TileServer:
         buffer = io.BytesIO()
         image.save(buffer, "PNG")
         return 200, buffer.getvalue()
-
-    def __enter__(self) -> TileServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)

@@ -25,9 +25,11 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from PIL import Image
+
+from helpers.servers import LocalServer, send_chat_reply
 
 STEP_SENTENCES = {
     "road": "The road runs from north to south with two lanes and a zebra crossing ahead.",
@@ -49,7 +51,7 @@ def decode_data_url(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
 
 
-class TownChatServer:
+class TownChatServer(LocalServer):
     def __init__(self, delay_s: float = 0.0, oracle: Callable[[Image.Image], str] | None = None):
         self.delay_s, self.oracle = delay_s, oracle
         self.requests: list[dict] = []
@@ -64,32 +66,13 @@ class TownChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests.append(body)
-                reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": server.answer(body)}}]})
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(reply)))
-                    self.end_headers()
-                    self.wfile.write(reply.encode())
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send_chat_reply(self, server.answer(body))
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> TownChatServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        return f"{self.root}/v1"
 
     def answer(self, body: dict) -> str:
         first, images = _content(body["messages"][0])
