@@ -4,8 +4,8 @@ stack and the modules moved into rooms, except where that change meant it to dif
 ``fixtures/composed_before.json.gz`` holds each command's configuration at commit 6aa3847 for
 every option of its groups alone and the round-robin combinations of the composition test,
 resolved with fixed paths. Intended differences: ``_target_`` paths follow the modules to their
-rooms, and eval, locate and app no longer compose the optimizer (``optim``, ``model.optimizer``,
-``model.scheduler``), which belongs to training.
+rooms, eval, locate and app no longer compose the optimizer (``optim``, ``model.optimizer``,
+``model.scheduler``), which belongs to training, and the settings of :data:`ADDED` are new.
 """
 
 from __future__ import annotations
@@ -36,6 +36,15 @@ MOVED = {
     "cvgtext.checkpoints.": "cvgtext.utils.checkpoints.",
 }
 TRAINING_ONLY = (("optim",), ("model", "optimizer"), ("model", "scheduler"))
+# Settings added since, on purpose, and the commands that compose them: the calibrated confidence
+# (in the shared stack), further descriptions of a place (locate), the page's queues and its
+# neighbourhood map (app).
+ADDED = {
+    "calibration": ("train", "eval", "locate", "app"),
+    "also": ("locate",),
+    "concurrency": ("app",),
+    "neighbourhood_tile_m": ("app",),
+}
 
 
 def moved(node):
@@ -91,6 +100,10 @@ def test_every_composition_is_as_before_where_no_change_was_meant(command):
     for case, before in cases.items():
         _, *overrides = case.split()
         expected, now = moved(before), composed(command, overrides)
+        for key, commands in ADDED.items():
+            if command in commands:
+                assert key in now, f"{case}: {key} is not composed"
+                del now[key]
         if command != "train":
             expected, now = without_training(expected), without_training(now)
         assert not differences(expected, now), f"{case}: " + "; ".join(differences(expected, now))

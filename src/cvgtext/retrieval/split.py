@@ -40,6 +40,10 @@ class Evaluation:
     full_city_metrics: dict[str, dict[str, float]]
     nearest: int | None
     gallery: torch.Tensor | None = None  # [gallery, embed_dim] embeddings of the gallery tiles
+    queries: torch.Tensor | None = None  # [queries, embed_dim] embeddings of the captions
+    query_places: torch.Tensor | None = None  # [queries, 2] latitude, longitude (degrees) of each true place
+    gallery_places: torch.Tensor | None = None  # [gallery, 2]
+    true_rows: torch.Tensor | None = None  # [queries] the gallery row of each caption's tile
 
 
 def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int | None = 100) -> Evaluation:
@@ -52,6 +56,7 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
     first_of_name = first_of_each_name(names)
     gallery_positions = list(first_of_name.values())
     gallery_names = list(first_of_name)
+    row_of_name = {name: row for row, name in enumerate(gallery_names)}
     gallery = embedded.image[gallery_positions]
     gallery_places = places[gallery_positions]
     if nearest is not None and len(gallery_names) < nearest:
@@ -76,6 +81,10 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
         full_city_metrics=full_city,
         nearest=nearest,
         gallery=gallery,
+        queries=embedded.text,
+        query_places=places,
+        gallery_places=gallery_places,
+        true_rows=torch.tensor([row_of_name[name] for name in names], dtype=torch.long),
     )
 
 
