@@ -173,17 +173,36 @@ class Page:
         return seconds
 
 
-def build_page(page: Page, title: str, concurrency: dict[str, int] | None = None):
+def build_page(page: Page, title: str, concurrency: dict[str, int] | None = None, apart: bool = True):
     """The Gradio page of ``page``: a text box and two buttons, then the answer in a status
     line, the tiles and the city's map, the table and the neighbourhood map.
 
     ``concurrency``: how many first steps (``answers``) and second steps (``overlays``) may run
     at once; each kind has its own queue, so a person's overlays never wait behind another's
-    answer, nor an answer behind overlays.
+    answer. ``apart=False`` puts both in one queue of ``answers`` places (what the load
+    benchmark compares with). The API (``gradio_client``) has ``/ask``, ``/more`` and ``/explain``.
     """
     import gradio as gr
 
+    from cvgtext.commands.shown_files import ShownFiles
+
     concurrency = {"answers": 1, "overlays": 1, **(concurrency or {})}
+    files = ShownFiles()
+
+    def answered_files(outputs: tuple) -> tuple:
+        status, table, tiles, city_map, words, place = outputs
+        return status, table, files.gallery(tiles), files.path(city_map), words, place
+
+    def ask_step(text: Any) -> tuple:
+        return answered_files(page.ask(text))
+
+    def more_step(text: Any, place: Asked | None) -> tuple:
+        return answered_files(page.more(text, place))
+
+    def explain_step(place: Asked | None) -> tuple:
+        tiles, words, around = page.explain(place)
+        return files.gallery(tiles), words, files.path(around)
+
     with gr.Blocks(title=title, analytics_enabled=False) as blocks:
         gr.Markdown(
             f"# {title}\nDescribe what you see around you; the tiles of the city that match your words best are "
@@ -203,34 +222,36 @@ def build_page(page: Page, title: str, concurrency: dict[str, int] | None = None
                     height=210,
                     elem_id="tiles",
                     object_fit="contain",
-                    type="pil",
-                    format="png",
+                    type="filepath",
                 )
                 words = gr.HTML(elem_id="words")
                 table = gr.HTML(results_html(None), elem_id="results")
             with gr.Column(scale=2, min_width=300):
-                where = gr.Image(label="Where they are in the city", type="pil", elem_id="map", interactive=False)
-                around = gr.Image(label="Around tile 1", type="pil", elem_id="neighbourhood", interactive=False)
+                where = gr.Image(label="Where they are in the city", type="filepath", elem_id="map", interactive=False)
+                around = gr.Image(label="Around tile 1", type="filepath", elem_id="neighbourhood", interactive=False)
         place = gr.State()
         answered = [status, table, tiles, where, words, place]
         listeners = [
-            (ask.click, page.ask, [text]),
-            (text.submit, page.ask, [text]),
-            (more.click, page.more, [text, place]),
+            (ask.click, ask_step, [text], "ask"),
+            (text.submit, ask_step, [text], False),
+            (more.click, more_step, [text, place], "more"),
         ]
-        for trigger, step, inputs in listeners:
+        second = ("overlays", concurrency["overlays"]) if apart else ("answers", concurrency["answers"])
+        for trigger, step, inputs, api_name in listeners:
             trigger(
                 step,
                 inputs=inputs,
                 outputs=answered,
+                api_name=api_name,
                 concurrency_id="answers",
                 concurrency_limit=concurrency["answers"],
             ).then(
-                page.explain,
+                explain_step,
                 inputs=place,
                 outputs=[tiles, words, around],
-                concurrency_id="overlays",
-                concurrency_limit=concurrency["overlays"],
+                api_name="explain" if api_name == "ask" else False,
+                concurrency_id=second[0],
+                concurrency_limit=second[1],
             )
     return blocks
 
