@@ -60,8 +60,9 @@ class LocalFrame:
 
 
 def tile_spacing_m(lat: np.ndarray, lon: np.ndarray, sample: int = 500) -> float:
-    """The median distance from a tile to its nearest neighbour (over evenly spaced tiles): the
-    ground a tile stands for when tiles are drawn side by side."""
+    """The ground a tile stands for when the city's tiles are drawn side by side: the side of the
+    square each would cover if they were spread evenly over the city's extent, at most 1.5 times
+    the median distance from a tile to its nearest neighbour (over evenly spaced tiles)."""
     if len(lat) < 2:
         return 100.0
     frame = LocalFrame(float(np.median(lat)), float(lon[0]))
@@ -72,7 +73,8 @@ def tile_spacing_m(lat: np.ndarray, lon: np.ndarray, sample: int = 500) -> float
         distance = np.hypot(east - east[i], north - north[i])
         distance[i] = np.inf
         nearest.append(distance.min())
-    spacing = float(np.median(nearest))
+    even = math.sqrt((east.max() - east.min()) * (north.max() - north.min()) / len(lat))
+    spacing = min(even, 1.5 * float(np.median(nearest)))
     return spacing if spacing > 0 else 100.0
 
 
