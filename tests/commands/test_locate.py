@@ -269,3 +269,43 @@ def test_follow_up_lines_and_also_are_checked():
         read_places(None, "-", also="two", stdin=io.StringIO("one\n"))
     with pytest.raises(ConfigError, match="holds an empty description"):
         read_places("one", None, also=["two", " "])
+
+
+@pytest.mark.slow
+def test_the_calibration_is_fitted_on_validation_for_each_weights_and_reused(release_dir, tmp_path, caplog):
+    import logging
+
+    from cvgtext.commands.locator import Locator
+    from cvgtext.retrieval.calibration import fit_temperature
+
+    caplog.set_level(logging.INFO)
+    first, second = tiny_checkpoint(tmp_path / "a.ckpt", seed=7), tiny_checkpoint(tmp_path / "b.ckpt", seed=8)
+
+    def locator(checkpoint):
+        overrides = [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(release_dir, f"ckpt_path={checkpoint}")]
+        return Locator(compose_config("locate", overrides, tmp_path))
+
+    a = locator(first)
+    assert "fitting the calibration" in caplog.text and "(none stored)" in caplog.text
+    # the temperature is the validation captions' against the whole gallery, fitted independently here
+    import json
+
+    from cvgtext.data.annotations import in_validation
+
+    validation = {
+        name: caption
+        for version in (CITY, f"{CITY}-photos")
+        for name, caption in json.loads((release_dir / "annotation" / version / "train.json").read_text()).items()
+        if in_validation(name, 0.3)
+    }
+    embeddings = a.embed(list(validation.values()))
+    true = torch.tensor([a.rows[name] for name in validation])
+    assert a.calibration.temperature == pytest.approx(
+        fit_temperature(embeddings @ a.gallery.embeddings.T, true).temperature, rel=1e-6
+    )
+    caplog.clear()
+    b = locator(second)
+    assert "fitting the calibration" in caplog.text and b.calibration.temperature != a.calibration.temperature
+    caplog.clear()
+    again = locator(first)
+    assert "reusing the calibration" in caplog.text and again.calibration == a.calibration

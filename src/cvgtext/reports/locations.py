@@ -102,10 +102,10 @@ def confidence_words(probability: float | None) -> str:
 
 
 def confidence_line(location: Location) -> str:
-    """``likely: 72 % that tile 1 is the place (81 % within 50 m); 80 % area: 3 tiles, 140 m``."""
+    """``likely. 72 % that tile 1 is the place (81 % within 50 m); 80 % area: 3 tiles, 140 m around tile 1``."""
     if location.confidence is None:
         return confidence_words(None)
-    line = f"{confidence_words(location.confidence)}: {100 * location.confidence:.0f} % that tile 1 is the place"
+    line = f"{confidence_words(location.confidence)}. {100 * location.confidence:.0f} % that tile 1 is the place"
     if location.within is not None:
         line += f" ({100 * location.within:.0f} % within {location.within_m:g} m)"
     if location.area is not None:
