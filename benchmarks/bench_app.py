@@ -244,7 +244,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="text encodings timed per row")
     parser.add_argument("--tiles", type=int, default=10_000)
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="3 descriptions, 3 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.queries, args.repeats = min(args.queries, 3), min(args.repeats, 3)
 
     import torch
 

@@ -101,7 +101,10 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="a checkpoint; default: the tiny backbone's random weights")
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--descriptions", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="4 clients x 3 descriptions")
     args = parser.parse_args()
+    if args.quick:
+        args.clients, args.descriptions = min(args.clients, 4), min(args.descriptions, 3)
 
     from hydra import compose, initialize_config_dir
 
