@@ -230,6 +230,9 @@ def build_page(page: Page, title: str, concurrency: dict[str, int] | None = None
                 where = gr.Image(label="Where they are in the city", type="filepath", elem_id="map", interactive=False)
                 around = gr.Image(label="Around tile 1", type="filepath", elem_id="neighbourhood", interactive=False)
         place = gr.State()
+        # An empty request when the page opens: the browser's connection to the queue is made
+        # then, not on the first description.
+        blocks.load(lambda: None, api_name=False, concurrency_id="answers")
         answered = [status, table, tiles, where, words, place]
         listeners = [
             (ask.click, ask_step, [text], "ask"),
@@ -286,7 +289,7 @@ def serve(cfg: Any, block: bool = True):
             server_port=cfg.port,
             share=False,
             inbrowser=False,
-            prevent_thread_lock=not block,
+            prevent_thread_lock=True,
             theme=page_theme(),
             css=PAGE_CSS,
             footer_links=[],
@@ -296,4 +299,23 @@ def serve(cfg: Any, block: bool = True):
         raise ConfigError(
             f"cannot serve on {cfg.server_name}:{cfg.port} ({error}); give another port=... or server_name=..."
         ) from None
+    warm_up_served(blocks.local_url)
+    if block:
+        blocks.block_thread()
     return blocks
+
+
+def warm_up_served(url: str) -> None:
+    """Ask the served page once through its API (Gradio's own first request: the queue, the
+    pictures handed over), so that the first person is not the one who pays for it."""
+    started = time.perf_counter()
+    try:
+        from gradio_client import Client
+
+        client = Client(url, verbose=False)
+        client.predict(EXAMPLE, api_name="/ask")
+        client.predict(api_name="/explain")
+    except Exception as error:  # the page serves all the same
+        log.warning("The served page could not be warmed up (%s: %s)", type(error).__name__, error)
+        return
+    log.info("The served page answered its warm-up request in %.2f s", time.perf_counter() - started)
