@@ -123,12 +123,16 @@ def split_confidence(
     """Each evaluated caption's calibrated confidence and area, against its candidates under the
     evaluation's protocol, with whether its area holds its true tile."""
     parts = []
+    candidates = evaluation.gallery.shape[0] if evaluation.nearest is None else evaluation.nearest
+    # confidence() holds a few float64 and int64 arrays of a chunk's size: 2^22 entries, 32 MiB each.
+    chunk_size = max(1, 2**22 // max(1, candidates))
     for start, stop, scores, columns in candidate_scores(
         evaluation.queries,
         evaluation.gallery,
         evaluation.query_places,
         evaluation.gallery_places,
         evaluation.nearest,
+        chunk_size,
     ):
         places = evaluation.gallery_places if columns is None else evaluation.gallery_places[columns]
         true = true_columns(evaluation.true_rows[start:stop], columns)
