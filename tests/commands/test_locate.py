@@ -309,3 +309,12 @@ def test_the_calibration_is_fitted_on_validation_for_each_weights_and_reused(rel
     caplog.clear()
     again = locator(first)
     assert "reusing the calibration" in caplog.text and again.calibration == a.calibration
+    # a gallery without the validation tiles (split=test) has them added for the fit, never test captions
+    caplog.clear()
+    overrides = [
+        f"paths.cache_dir={tmp_path}/cache",
+        *locate_overrides(release_dir, f"ckpt_path={first}", "split=test"),
+    ]
+    tested = Locator(compose_config("locate", overrides, tmp_path))
+    assert f"the validation split's {len(validation)} tiles not in the gallery are added" in caplog.text
+    assert len(tested.gallery.names) == 9 and tested.calibration.queries == len(validation)
