@@ -53,7 +53,7 @@ def test_the_candidates_table_escapes_what_was_typed_and_the_words():
     table = results_html(location)
     assert "<script>" not in table and "<b>" not in table and "<img" not in table
     assert "&lt;script&gt;" in table and 'data-file="-27.1,153.2_&lt;b&gt;.jpg"' in table
-    assert "-27.100000" in table and "153.200000" in table
+    assert "-27.10000" in table and "153.20000" in table
     shaded = words_html([("<script>", 1.0), ("roof", 0.2)])
     assert "<script>" not in shaded and "&lt;script&gt;" in shaded and "roof" in shaded
     assert results_html(None) == '<p class="no-results">No results yet.</p>' and words_html([]) == ""
@@ -84,15 +84,19 @@ def test_bad_page_options_are_named():
 @pytest.mark.slow
 def test_each_kind_of_text_gets_an_answer_or_a_message(locator):
     page = Page(locator, max_chars=2000)
-    status, table, tiles, where, words, location = page.ask("")
-    assert status.startswith("Describe the place you see") and location is None and tiles == []
+    status, table, tiles, where, words, place = page.ask("")
+    assert status.startswith("Describe the place you see") and place is None and tiles == []
     assert table == results_html(None) and where is None
 
-    status, table, tiles, where, words, location = page.ask("a red roof and two trees")
-    assert status.startswith("Best match") and "among 36 tiles" in status
+    status, table, tiles, where, words, place = page.ask("a red roof and two trees")
+    location = place.location
+    assert "Best match" in status and "among 36 tiles" in status
     assert [c.rank for c in location.candidates] == [1, 2, 3, 4] and len(tiles) == 4
     assert table.count("<tr data-file=") == 4 and location.candidates[0].file in table
-    assert tiles[0][1].startswith("1: ") and where.width > 100 and words == ""
+    assert tiles[0][1] == f"1: {100 * location.candidates[0].probability:.0f} %" and where.width > 100 and words == ""
+    # how sure, in words and numbers, and the area
+    assert f"{100 * location.confidence:.0f} % that tile 1 is the place" in status
+    assert f"{location.area.places:,} tile" in status and "<th>probability</th>" in table
     # the page ranks as the query tool does
     [located] = locator.locate(["a red roof and two trees"])
     assert [c.file for c in located.candidates] == [c.file for c in location.candidates]
@@ -107,21 +111,31 @@ def test_each_kind_of_text_gets_an_answer_or_a_message(locator):
         assert found.location is not None and len(found.location.candidates) == 4
         assert any("English" in note for note in found.notes)
 
-    status, table, *_, location = page.ask(HTML_TEXT)
-    assert location.query == " ".join(HTML_TEXT.split()) and "<script>" not in table + status
+    status, table, *_, place = page.ask(HTML_TEXT)
+    assert place.location.query == " ".join(HTML_TEXT.split()) and "<script>" not in table + status
+    # a further description of the same place: the answer comes from both, and says so
+    status, table, *_, both = page.more("a church on a roundabout <b>", place)
+    assert both.descriptions == [place.location.query, "a church on a roundabout <b>"]
+    assert "from 2 descriptions of this place" in status and "<b>" not in status and "&lt;b&gt;" in status
+    [expected] = locator.locate([both.descriptions])
+    assert [c.file for c in both.location.candidates] == [c.file for c in expected.candidates]
+    assert both.location.confidence == pytest.approx(expected.confidence)
+    # an empty further description keeps the place as it was
+    status, *_, kept = page.more("  ", both)
+    assert status.startswith("Describe the place you see") and kept is both
 
 
 @pytest.mark.slow
 def test_a_failure_inside_is_one_line_on_the_page(locator, monkeypatch, caplog):
     page = Page(locator)
 
-    def broken(queries, top_k=None):
+    def broken(described, embeddings, top_k=None):
         raise RuntimeError("the index <went> away")
 
-    monkeypatch.setattr(locator, "locate", broken)
-    status, table, tiles, where, words, location = page.ask("a red roof")
+    monkeypatch.setattr(locator, "locate_embedded", broken)
+    status, table, tiles, where, words, place = page.ask("a red roof")
     assert status == "Could not answer: RuntimeError: the index &lt;went&gt; away"
-    assert "Traceback" not in status and location is None and tiles == []
+    assert "Traceback" not in status and place is None and tiles == []
     assert "Traceback" in caplog.text  # the server's log keeps it
 
 
@@ -130,9 +144,10 @@ def test_the_shown_tiles_get_their_overlays_in_a_second_step(locator):
     import numpy as np
 
     page = Page(locator)
-    *_, plain, _, _, location = page.ask("a red roof and two trees")
-    tiles, words = page.explain(location)
-    assert len(tiles) == len(plain) == 4
+    *_, plain, _, _, place = page.ask("a red roof and two trees")
+    location = place.location
+    tiles, words, around = page.explain(place)
+    assert len(tiles) == len(plain) == 4 and around.size == (440, 440)
     assert [caption for _, caption in tiles] == [caption for _, caption in plain]
     assert tiles[0][0].size == plain[0][0].size == (32, 32)  # the tiles as they are (at most 320 px)
     # the explained pairs are the candidates', in rank order: the fourth map is tile 4's own
@@ -143,7 +158,8 @@ def test_the_shown_tiles_get_their_overlays_in_a_second_step(locator):
     assert not np.array_equal(np.asarray(tiles[3][0]), np.asarray(plain[3][0]))
     assert words.startswith('<p class="relevance">') and "roof" in words and "trees" in words
     no_overlays = Page(locator, overlays=False)
-    assert no_overlays.explain(location)[1] == ""
+    skipped, words, around = no_overlays.explain(place)
+    assert words == "" and around is not None  # the neighbourhood is drawn all the same
 
 
 @pytest.mark.slow
@@ -168,7 +184,7 @@ def test_the_page_is_served_on_127_0_0_1(locator, release_dir, tmp_path):
             config = json.loads(response.read())
         assert config["title"] == f"Where am I? {CITY}, sat tiles"
         ids = {component.get("props", {}).get("elem_id") for component in config["components"]}
-        assert {"query", "ask", "status", "tiles", "results", "map", "words"} <= ids
+        assert {"query", "ask", "more", "status", "tiles", "results", "map", "neighbourhood", "words"} <= ids
         # a second page on the same port is refused with the way out
         with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{port}.*port="):
             serve(cfg, block=False)

@@ -29,6 +29,7 @@ PLACES = 80
 CITY_SETTINGS = [f"city.synthetic.places={PLACES}", "city.synthetic.tile_size=128"]
 STARTUP_S = 180  # bounded waits: the server's start (torch, Gradio, the gallery index), each answer
 ANSWER_MS = 60_000
+LAID_OUT = {"table": "#results table.candidates", "map": "#map", "neighbourhood": "#neighbourhood"}
 
 
 def find_chromium() -> str:
@@ -79,6 +80,40 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     )
     train(cfg)
     return data_dir, run_dir / "checkpoints" / "last.ckpt"
+
+
+def check_layout(page) -> None:
+    """At 1280 x 1000: the table, the map and the neighbourhood map do not overlap, the table's
+    last column is inside the page, and no tile caption is cut."""
+    boxes = {name: page.locator(selector).bounding_box() for name, selector in LAID_OUT.items()}
+    assert all(boxes.values()), boxes
+
+    def overlap(a, b) -> bool:
+        return (
+            a["x"] < b["x"] + b["width"] - 1
+            and b["x"] < a["x"] + a["width"] - 1
+            and a["y"] < b["y"] + b["height"] - 1
+            and b["y"] < a["y"] + a["height"] - 1
+        )
+
+    names = list(boxes)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not overlap(boxes[first], boxes[second]), f"{first} overlaps {second}: {boxes}"
+    last = page.locator("#results table.candidates th").last
+    assert last.inner_text().strip() == "metres from 1"
+    header = last.bounding_box()
+    assert header["x"] + header["width"] <= boxes["table"]["x"] + boxes["table"]["width"] + 1 <= 1280
+    overflowing = page.eval_on_selector_all(
+        "#results table.candidates td, #results table.candidates th",
+        "cells => cells.filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.innerText)",
+    )
+    assert not overflowing, f"table cells cut or running into their neighbours: {overflowing}"
+    cut = page.eval_on_selector_all(
+        "#tiles .caption-label", "labels => labels.filter(l => l.scrollWidth > l.clientWidth + 1).map(l => l.innerText)"
+    )
+    captions = page.eval_on_selector_all("#tiles .caption-label", "labels => labels.map(l => l.innerText)")
+    assert len(captions) == 5 and not cut, f"captions cut: {cut}"
 
 
 def test_a_description_typed_in_the_browser_finds_its_tile(trained, tmp_path):
@@ -136,9 +171,15 @@ def test_a_description_typed_in_the_browser_finds_its_tile(trained, tmp_path):
             ask(caption, f'#results table.candidates[data-query^="{" ".join(caption.split())[:40]}"]')
             answered = time.perf_counter() - started
             assert tile in shown_files(), f"{tile} not among {shown_files()}"
-            assert len(shown_files()) == 5 and "Best match" in page.inner_text("#status")
+            status = page.inner_text("#status")
+            assert len(shown_files()) == 5 and "Best match" in status
+            # how sure, in words and in numbers, and the area
+            assert "% that tile 1 is the place" in status and "lies within" in status
+            assert any(words in status for words in ("Likely", "Possible", "Not sure: these are guesses"))
             page.wait_for_selector("#words .relevance", timeout=ANSWER_MS)  # the overlays' second step
-            assert page.locator("#tiles img").count() == 5
+            page.wait_for_selector("#neighbourhood img", timeout=ANSWER_MS)  # and the neighbourhood map
+            assert page.locator("#tiles img").count() == 5 and page.locator("#map img").count() == 1
+            check_layout(page)
             screenshot = tmp_path / "app.png"
             page.screenshot(path=screenshot, full_page=True)
             print(f"the first answer shown in the browser {answered:.2f} s after the click; screenshot {screenshot}")
@@ -147,6 +188,18 @@ def test_a_description_typed_in_the_browser_finds_its_tile(trained, tmp_path):
             started = time.perf_counter()
             ask(second, f'#results table.candidates[data-query^="{" ".join(second.split())[:40]}"]')
             print(f"a second description answered in the browser {time.perf_counter() - started:.2f} s after the click")
+
+            # a further description of the same place: the answer comes from both
+            page.fill("#query textarea", "a roundabout with a park")
+            page.click("#more")
+            page.wait_for_selector("#status >> text=from 2 descriptions of this place", timeout=ANSWER_MS)
+            assert page.locator("#status ol.descriptions li").count() == 2 and len(shown_files()) == 5
+            page.wait_for_function(  # the second step of the further description, drawn
+                "() => !document.querySelector('#neighbourhood').innerText.includes('processing')", timeout=ANSWER_MS
+            )
+            check_layout(page)
+            if os.environ.get("CVGTEXT_SCREENSHOT_FOLLOW_UP"):
+                page.screenshot(path=os.environ["CVGTEXT_SCREENSHOT_FOLLOW_UP"], full_page=True)
 
             ask("   ", "#status >> text=Describe the place you see")
             ask(HTML_TEXT, '#results table.candidates[data-query^="<script>"]')

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 
 from cvgtext.utils.errors import ConfigError, DataError
 from helpers.city import CITY, repaint_tiles
@@ -35,10 +36,35 @@ def test_locate_writes_the_table_and_three_files(release_dir, tmp_path, capsys):
     assert first[0]["score"] >= first[1]["score"] >= first[2]["score"]
     assert first[0]["distance_m"] == 0 and first[0]["file"].startswith(f"{first[0]['lat']:.4f}"[:6])
     geojson = json.loads((tmp_path / "run" / "locations.geojson").read_text())
-    assert geojson["type"] == "FeatureCollection" and len(geojson["features"]) == 6
-    point = geojson["features"][0]
+    points = [f for f in geojson["features"] if f["geometry"]["type"] == "Point"]
+    assert geojson["type"] == "FeatureCollection" and len(points) == 6
+    point = points[0]
     assert point["geometry"]["coordinates"] == [first[0]["lon"], first[0]["lat"]]
     assert point["properties"]["rank"] == 1 and point["properties"]["file"] == first[0]["file"]
+    # calibrated: each answer says how sure it is and gives the area holding the place with 80 %
+    assert "that tile 1 is the place" in printed and "80 % area:" in printed
+    for entry, location in zip(content, locations):
+        area = entry["area"]
+        assert entry["confidence"] == pytest.approx(entry["candidates"][0]["probability"])
+        assert area["places"] == len(area["members"]) >= 1 and area["probability"] == 0.8
+        held = [member["probability"] for member in area["members"]]
+        assert sum(held) >= 0.8 - 1e-9 and sum(held[:-1]) < 0.8 and held == sorted(held, reverse=True)
+        assert entry["confidence_words"] in (
+            "likely",
+            "possible: check the other candidates",
+            "not sure: these are guesses",
+        )
+        assert location.area.radius_m == pytest.approx(area["radius_m"], abs=0.05)
+    circles = [f for f in geojson["features"] if f["properties"].get("kind") == "area_radius"]
+    assert len(circles) == 2
+    ring = circles[0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 65
+    from cvgtext.retrieval.geo import haversine_km
+
+    centre = torch.tensor([first[0]["lat"], first[0]["lon"]], dtype=torch.float64)
+    for lon, lat in ring[:-1]:
+        metres = 1000 * float(haversine_km(centre[0], centre[1], torch.tensor(lat), torch.tensor(lon)))
+        assert metres == pytest.approx(max(content[0]["area"]["radius_m"], 1.0), rel=1e-3, abs=0.2)
     from PIL import Image
 
     with Image.open(tmp_path / "run" / "locations.png") as picture:
@@ -190,3 +216,105 @@ def test_the_map_of_a_city_across_the_antimeridian_shows_it_whole():
     assert right - left < 0.05 and left < 179.999 < right  # degrees: the tiles, not the whole world
     assert axes.texts[-1].get_text() in {"100 m", "200 m", "500 m", "1 km"}  # the scale bar
     plt.close(figure)
+
+
+@pytest.mark.slow
+def test_further_descriptions_of_a_place_are_answered_together(release_dir, tmp_path, capsys):
+    """also= and + lines: one answer from all descriptions, ranked by their summed scores."""
+    repaint_tiles(release_dir)
+    checkpoint = tiny_checkpoint(tmp_path / "model.ckpt", seed=6)
+    first, second = "a red roof and two trees", "a blue pool next to it"
+    [together] = run_locate(tmp_path, release_dir, f"ckpt_path={checkpoint}", f"query={first}", f"also={second}")
+    assert together.descriptions == [first, second] and together.query == first
+    assert f"    + {second}" in capsys.readouterr().out
+    content = json.loads((tmp_path / "run" / "locations.json").read_text())
+    assert content[0]["descriptions"] == [first, second]
+    from cvgtext.commands.locator import Locator
+
+    cfg = compose_config(
+        "locate",
+        [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(release_dir, f"ckpt_path={checkpoint}")],
+        tmp_path,
+    )
+    locator = Locator(cfg)
+    embeddings = locator.embed([first, second])
+    scores = embeddings @ locator.gallery.embeddings.T  # [2, tiles]
+    best = scores.sum(0).topk(5).indices.tolist()
+    assert [c.file for c in together.candidates] == [locator.gallery.names[i] for i in best]
+    assert [c.score for c in together.candidates] == pytest.approx(scores.mean(0)[best].tolist(), abs=1e-6)
+    p = torch.softmax(scores.double().sum(0) / locator.calibration.temperature, 0)
+    assert together.confidence == pytest.approx(float(p.max()))
+    # the same from a queries file: a line starting with + adds to the place above
+    places = run_locate(
+        tmp_path, release_dir, f"ckpt_path={checkpoint}", "queries=-", stdin=f"{first}\n+ {second}\na lake\n"
+    )
+    assert [place.descriptions for place in places] == [[first, second], ["a lake"]]
+    assert [c.file for c in places[0].candidates] == [c.file for c in together.candidates]
+
+
+def test_follow_up_lines_and_also_are_checked():
+    from cvgtext.commands.queries import read_places
+
+    assert read_places(None, "-", stdin=io.StringIO("one\n+ two\n+three\nfour\n")) == [
+        ["one", "two", "three"],
+        ["four"],
+    ]
+    assert read_places("one", None, also=["two", "three"]) == [["one", "two", "three"]]
+    assert read_places("one", None, also="two") == [["one", "two"]]
+    with pytest.raises(ConfigError, match="starts with '\\+', which adds to the place above"):
+        read_places(None, "-", stdin=io.StringIO("+ two\none\n"))
+    with pytest.raises(ConfigError, match="description 2 is a lone '\\+'"):
+        read_places(None, "-", stdin=io.StringIO("one\n+\n"))
+    with pytest.raises(ConfigError, match="also= adds descriptions to query="):
+        read_places(None, "-", also="two", stdin=io.StringIO("one\n"))
+    with pytest.raises(ConfigError, match="holds an empty description"):
+        read_places("one", None, also=["two", " "])
+
+
+@pytest.mark.slow
+def test_the_calibration_is_fitted_on_validation_for_each_weights_and_reused(release_dir, tmp_path, caplog):
+    import logging
+
+    from cvgtext.commands.locator import Locator
+    from cvgtext.retrieval.calibration import fit_temperature
+
+    caplog.set_level(logging.INFO)
+    first, second = tiny_checkpoint(tmp_path / "a.ckpt", seed=7), tiny_checkpoint(tmp_path / "b.ckpt", seed=8)
+
+    def locator(checkpoint):
+        overrides = [f"paths.cache_dir={tmp_path}/cache", *locate_overrides(release_dir, f"ckpt_path={checkpoint}")]
+        return Locator(compose_config("locate", overrides, tmp_path))
+
+    a = locator(first)
+    assert "fitting the calibration" in caplog.text and "(none stored)" in caplog.text
+    # the temperature is the validation captions' against the whole gallery, fitted independently here
+    import json
+
+    from cvgtext.data.annotations import in_validation
+
+    validation = {
+        name: caption
+        for version in (CITY, f"{CITY}-photos")
+        for name, caption in json.loads((release_dir / "annotation" / version / "train.json").read_text()).items()
+        if in_validation(name, 0.3)
+    }
+    embeddings = a.embed(list(validation.values()))
+    true = torch.tensor([a.rows[name] for name in validation])
+    assert a.calibration.temperature == pytest.approx(
+        fit_temperature(embeddings @ a.gallery.embeddings.T, true).temperature, rel=1e-6
+    )
+    caplog.clear()
+    b = locator(second)
+    assert "fitting the calibration" in caplog.text and b.calibration.temperature != a.calibration.temperature
+    caplog.clear()
+    again = locator(first)
+    assert "reusing the calibration" in caplog.text and again.calibration == a.calibration
+    # a gallery without the validation tiles (split=test) has them added for the fit, never test captions
+    caplog.clear()
+    overrides = [
+        f"paths.cache_dir={tmp_path}/cache",
+        *locate_overrides(release_dir, f"ckpt_path={first}", "split=test"),
+    ]
+    tested = Locator(compose_config("locate", overrides, tmp_path))
+    assert f"the validation split's {len(validation)} tiles not in the gallery are added" in caplog.text
+    assert len(tested.gallery.names) == 9 and tested.calibration.queries == len(validation)

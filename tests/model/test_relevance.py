@@ -251,3 +251,29 @@ def test_vit_l14_336_maps_square_and_at_2_to_1(tmp_path):
     street = explain_pair(module, image, tokens, start_block=-1)
     assert street.image.shape == (24, 48) and (street.image >= 0).all()
     assert street.similarity == pytest.approx(unhooked_similarity(module, image, tokens), abs=1e-5)
+
+
+def test_forward_passes_of_other_threads_are_neither_recorded_nor_changed(tiny):
+    """The page answers descriptions with the model while it explains another in a second thread."""
+    import threading
+
+    from cvgtext.model.relevance import _recording
+
+    tokens = tiny.tokenizer([CAPTION, "a blue pool"])
+    with torch.inference_mode():
+        expected = tiny.model.encode_text(tokens, normalize=True)
+    records, seen = [], {}
+
+    def answer_elsewhere():
+        with torch.inference_mode():  # as the page's answers run: a hook that asked for a graph would fail here
+            seen["features"] = tiny.model.encode_text(tokens, normalize=True)
+
+    with _recording(tiny.model.transformer, records):
+        other = threading.Thread(target=answer_elsewhere)
+        other.start()
+        other.join()
+        assert records == []
+        with torch.enable_grad():
+            tiny.model.encode_text(tokens, normalize=True)
+        assert len(records) == len(tiny.model.transformer.resblocks)  # this thread's pass, each block once
+    assert torch.equal(seen["features"], expected)

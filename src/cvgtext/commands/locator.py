@@ -4,7 +4,10 @@ The query tool (``locate``) asks a :class:`Locator` once for a batch of descript
 (``app``) asks it for each description typed. Each description is embedded with the text tower
 and searched in the gallery index of the city (built once per weights and gallery, see
 ``search/gallery.py``); its top-k tiles come with their coordinates (from the file names) and
-their distance from the best one.
+their distance from the best one. A place described several times is ranked by the sum of its
+descriptions' scores over the whole gallery. With a calibration (``commands/calibrate.py``),
+each answer also says how likely its top-1 tile is the place, and which area holds the place
+with ``calibration.area`` probability.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from cvgtext.commands.calibrate import calibration_enabled, gallery_calibration
 from cvgtext.commands.queries import check_options
 from cvgtext.model.build import build_module
 from cvgtext.model.family import scores_pairs
-from cvgtext.reports.locations import Candidate, Location
+from cvgtext.reports.locations import MAX_AREA_LISTED, Area, AreaPlace, Candidate, Location
 from cvgtext.rerank import Query, Reranker, rerank
 from cvgtext.rerank.build import build_reranker
+from cvgtext.retrieval.calibration import AREA_PROBABILITY, WITHIN_M, area_members, confidence, log_probabilities
 from cvgtext.retrieval.geo import haversine_km
 from cvgtext.search.backends import SearchIndex
 from cvgtext.search.gallery import (
@@ -48,11 +53,12 @@ log = logging.getLogger(__name__)
 
 
 def build_gallery_index(
-    cfg: DictConfig, module: Any, backbone: dict[str, Any], split: str
+    cfg: DictConfig, module: Any, backbone: dict[str, Any], split: str, datamodule: Any = None
 ) -> tuple[GalleryIndex, list[Tile]]:
     """The gallery index of ``split`` for the configured city and weights (reused or built and
     stored), and its tiles."""
-    datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
+    if datamodule is None:
+        datamodule = instantiate(cfg.data, preprocess=module.preprocess, tokenizer=module.tokenizer)
     tiles = gallery_tiles(datamodule, split)
     key = config_index_key(cfg, backbone, module.preprocess, split, tiles)
 
@@ -76,14 +82,16 @@ def metres_from_first(lat: torch.Tensor, lon: torch.Tensor) -> list[float]:
 
 def rank_locations(
     queries: Sequence[str],
-    query_emb: torch.Tensor,
+    query_emb: torch.Tensor | None,
     gallery: GalleryIndex,
-    search: SearchIndex,
+    search: SearchIndex | None,
     top_k: int,
     paths: dict[str, Path] | None = None,
+    found: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> list[Location]:
-    """Each query's top-k tiles, with their distance from its best one in metres."""
-    scores, indices = search.search(query_emb, top_k)
+    """Each query's top-k tiles, with their distance from its best one in metres: searched for
+    ``query_emb`` in ``search``, or ``found`` already (``(scores, indices)``, each ``[queries, k]``)."""
+    scores, indices = found if found is not None else search.search(query_emb, top_k)
     locations = []
     for query, row_scores, row in zip(queries, scores.tolist(), indices.tolist()):
         found = [(score, i) for score, i in zip(row_scores, row) if i >= 0]
@@ -108,11 +116,15 @@ def rank_locations(
     return locations
 
 
+Place = str | Sequence[str]  # one description, or several descriptions of the same place
+
+
 class Locator:
     """A model and its city's gallery index, loaded once: descriptions in, ranked places out.
 
-    ``locate.py`` asks it once for a batch of descriptions; the web page (``app.py``) asks it
-    for each description typed, and for the relevance of the tiles it shows.
+    ``locate.py`` asks it once for a batch of places; the web page (``app.py``) asks it for each
+    description typed (and each further description of the same place), and for the relevance
+    of the tiles it shows.
     """
 
     def __init__(self, cfg: DictConfig):
@@ -121,6 +133,9 @@ class Locator:
         self.device = cfg.get("device", "cpu")
         self.batch_size = cfg.data.eval_batch_size
         self.start_block = (cfg.get("explain") or {}).get("start_block", 0)
+        settings = cfg.get("calibration") or {}
+        self.area_probability = float(settings.get("area", AREA_PROBABILITY))
+        self.within_m = float(settings.get("within_m", WITHIN_M))
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         self.module, backbone = build_module(cfg)
@@ -130,34 +145,115 @@ class Locator:
                 "no tile embeddings to search a city with; the query tool and the page need a dual encoder (CLIP, "
                 "SigLIP, BLIP); evaluate it with eval.py"
             )
-        self.gallery, tiles = build_gallery_index(cfg, self.module, backbone, self.split)
+        datamodule = instantiate(cfg.data, preprocess=self.module.preprocess, tokenizer=self.module.tokenizer)
+        self.gallery, tiles = build_gallery_index(cfg, self.module, backbone, self.split, datamodule)
         self.paths = {tile.name: tile.path for tile in tiles}
+        self.rows = {name: row for row, name in enumerate(self.gallery.names)}
         started = time.perf_counter()
         self.search = SearchIndex(cfg.get("index", "exact"), self.gallery.embeddings)
         self.index_ms = 1000 * (time.perf_counter() - started)
+        self.calibration = None
+        if calibration_enabled(cfg):
+            self.calibration, _ = gallery_calibration(
+                cfg,
+                self.module,
+                datamodule,
+                self.gallery,
+                lambda: build_gallery_index(cfg, self.module, backbone, "val", datamodule)[0],
+            )
         self.reranker = build_reranker(cfg, self.module)
 
-    def locate(self, queries: Sequence[str], top_k: int | None = None) -> list[Location]:
-        """Each description's top-k tiles (``top_k`` or the configured number)."""
+    def embed(self, descriptions: Sequence[str]) -> torch.Tensor:
+        """``[descriptions, embed_dim]`` L2-normalised text embeddings."""
         started = time.perf_counter()
-        query_emb = embed_captions(self.module.model, self.module.tokenizer, queries, self.batch_size, self.device)
-        encoded = time.perf_counter()
-        locations = rank_locations(queries, query_emb, self.gallery, self.search, top_k or self.top_k, self.paths)
+        embeddings = embed_captions(
+            self.module.model, self.module.tokenizer, descriptions, self.batch_size, self.device
+        )
+        log.info("%d descriptions embedded in %.1f ms", len(descriptions), 1000 * (time.perf_counter() - started))
+        return embeddings
+
+    def locate(self, places: Sequence[Place], top_k: int | None = None) -> list[Location]:
+        """Each place's top-k tiles (``top_k`` or the configured number); a place is one
+        description or a list of descriptions of it."""
+        described = [[place] if isinstance(place, str) else list(place) for place in places]
+        embeddings = self.embed([text for descriptions in described for text in descriptions])
+        return self.locate_embedded(described, embeddings.split([len(d) for d in described]), top_k)
+
+    def locate_embedded(
+        self, described: Sequence[Sequence[str]], embeddings: Sequence[torch.Tensor], top_k: int | None = None
+    ) -> list[Location]:
+        """:meth:`locate` for descriptions already embedded (``[descriptions, embed_dim]`` per place)."""
+        started = time.perf_counter()
+        locations = self.rank(described, embeddings, top_k)
         searched = time.perf_counter()
         log.info(
-            "%d queries against %d tiles (index=%s%s): index %.1f ms, text encoding %.1f ms, search %.1f ms",
-            len(queries),
+            "%d places against %d tiles (index=%s%s): index %.1f ms, search and confidence %.1f ms",
+            len(described),
             len(self.gallery.names),
             self.search.name,
             ", approximate" if self.search.approximate else "",
             self.index_ms,
-            1000 * (encoded - started),
-            1000 * (searched - encoded),
+            1000 * (searched - started),
         )
         if self.reranker is not None:
             rerank_locations(self.reranker, locations)
             log.info("Re-ranked by %s in %.1f s", self.reranker.name, time.perf_counter() - searched)
         return locations
+
+    def rank(
+        self, described: Sequence[Sequence[str]], embeddings: Sequence[torch.Tensor], top_k: int | None = None
+    ) -> list[Location]:
+        """The places' locations from their descriptions' ``embeddings`` (``[descriptions, embed_dim]``
+        each): one description through the search index, several by their summed scores."""
+        top_k = top_k or self.top_k
+        single = [i for i, descriptions in enumerate(described) if len(descriptions) == 1]
+        locations: list[Location | None] = [None] * len(described)
+        if single:
+            query_emb = torch.cat([embeddings[i] for i in single])
+            found = rank_locations([described[i][0] for i in single], query_emb, self.gallery, self.search, top_k)
+            for i, location in zip(single, found):
+                locations[i] = location
+        for i, descriptions in enumerate(described):
+            if len(descriptions) > 1:
+                scores = (embeddings[i] @ self.gallery.embeddings.T).mean(0)  # [tiles] mean cosine
+                top = scores.topk(min(top_k, len(scores)))
+                [locations[i]] = rank_locations(
+                    descriptions[:1], None, self.gallery, None, top_k, found=(top.values[None], top.indices[None])
+                )
+                locations[i].descriptions = list(descriptions)
+        for location, query_emb in zip(locations, embeddings):
+            for candidate in location.candidates:
+                candidate.path = self.paths.get(candidate.file)
+            if self.calibration is not None and location.candidates:
+                self.add_confidence(location, query_emb)
+        return locations
+
+    def add_confidence(self, location: Location, query_emb: torch.Tensor) -> None:
+        """The calibrated confidence and area of a location from its descriptions' embeddings."""
+        scores = (query_emb @ self.gallery.embeddings.T).double().sum(0)  # [tiles]
+        log_p = log_probabilities(scores[None], self.calibration.temperature)  # [1, tiles]
+        places = torch.stack([self.gallery.lat, self.gallery.lon], 1)
+        found = confidence(log_p, places, probability=self.area_probability, within_m=self.within_m)
+        location.confidence, location.within = float(found.top1[0]), float(found.within[0])
+        location.within_m = self.within_m
+        members = area_members(log_p[0], self.area_probability)[:MAX_AREA_LISTED].tolist()
+        location.area = Area(
+            probability=self.area_probability,
+            places=int(found.area_size[0]),
+            radius_m=float(found.area_radius_m[0]),
+            members=[
+                AreaPlace(
+                    self.gallery.names[i],
+                    float(self.gallery.lat[i]),
+                    float(self.gallery.lon[i]),
+                    float(log_p[0, i].exp()),
+                )
+                for i in members
+            ],
+        )
+        for candidate in location.candidates:
+            row = self.rows.get(candidate.file)
+            candidate.probability = None if row is None else float(log_p[0, row].exp())
 
     def explanation_refusal(self) -> str | None:
         """Why this model's relevance cannot be drawn; None when it can."""
@@ -166,7 +262,9 @@ class Locator:
         return refusal(self.module)
 
     def explain(self, location: Location, candidates: int = 1) -> list[tuple[Explanation, Image.Image]]:
-        """The description explained with each of its first ``candidates`` tiles (one batch)."""
+        """The description explained with each of its first ``candidates`` tiles (one batch).
+
+        A place described several times is explained with its first description."""
         from cvgtext.reports.explanations import explain_caption
 
         paths = [c.path for c in location.candidates[:candidates] if c.path is not None]
@@ -178,7 +276,11 @@ class Locator:
 def rerank_locations(reranker: Reranker, locations: Sequence[Location]) -> None:
     """Re-order each location's candidates by the re-ranker's judgement; note its reasons."""
     asked = [
-        Query(location.query, [c.path for c in location.candidates], [c.score for c in location.candidates])
+        Query(
+            " ".join(location.descriptions),
+            [c.path for c in location.candidates],
+            [c.score for c in location.candidates],
+        )
         for location in locations
     ]
     for location, result in zip(locations, rerank(reranker, asked, reranker.weight)):

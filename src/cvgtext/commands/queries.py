@@ -51,6 +51,42 @@ def read_queries(query: str | None, queries: str | None, stdin: IO[str] | None =
     return descriptions
 
 
+FOLLOW_UP = "+"  # a line of a queries file that starts with it describes the place of the line above
+
+
+def read_places(
+    query: str | None, queries: str | None, also: Any = None, stdin: IO[str] | None = None
+) -> list[list[str]]:
+    """The places to locate, each as its descriptions: ``query`` with the further descriptions
+    ``also`` (a string or a list), or the lines of ``queries``, where a line starting with ``+``
+    adds a description to the place of the line above."""
+    lines = read_queries(query, queries, stdin)
+    if also is not None:
+        if query is None:
+            raise ConfigError('also= adds descriptions to query="..."; in a queries file, start a line with +')
+        further = [also] if isinstance(also, str) else list(also)
+        texts = [str(text).strip() for text in further]
+        if not all(texts):
+            raise ConfigError(f"also={further!r} holds an empty description")
+        return [[lines[0], *texts]]
+    if query is not None:
+        return [lines]
+    places: list[list[str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.startswith(FOLLOW_UP):
+            places.append([line])
+            continue
+        text = line[len(FOLLOW_UP) :].strip()
+        if not places:
+            raise ConfigError(
+                f"queries={queries}: the first description ({line!r}) starts with '+', which adds to the place above it"
+            )
+        if not text:
+            raise ConfigError(f"queries={queries}: description {number} is a lone '+'; write the description after it")
+        places[-1].append(text)
+    return places
+
+
 def check_options(split: str, top_k: Any, index: str) -> int:
     if split not in GALLERY_SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(GALLERY_SPLITS)}")

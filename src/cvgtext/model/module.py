@@ -22,6 +22,7 @@ from torch import nn
 from cvgtext.model.encoder import build_encoder
 from cvgtext.model.family import scores_pairs
 from cvgtext.model.loss import SigmoidLoss, build_loss, matching_pool
+from cvgtext.model.text_context import encode_text
 from cvgtext.model.vilt import pad_images
 from cvgtext.retrieval.pairs import evaluate_pairs, tile_loader
 from cvgtext.retrieval.split import EmbeddedSplit, Evaluation, evaluate_split, flatten_metrics
@@ -142,16 +143,17 @@ class CrossViewRetrieval(L.LightningModule):
 
     def embed(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised ``(image_features, text_features)``, each ``[batch, embed_dim]``;
-        ``image_features`` is None for a batch of captions only."""
+        ``image_features`` is None for a batch of captions only. Captions are encoded on the
+        positions the batch's longest one uses, where that is exact (``model/text_context.py``)."""
         image_features = self.model.encode_image(self._images(batch), normalize=True) if "image" in batch else None
-        text_features = self.model.encode_text(batch["tokens"], normalize=True)
+        text_features = encode_text(self.model, batch["tokens"], normalize=True)
         return image_features, text_features
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         if self.itm_weight:  # the matching loss reads the image tower's tokens: one pass for both losses
             image_tokens = self.model.image_tokens(self._images(batch))
             image_features = self.model.image_features(image_tokens, normalize=True)
-            text_features = self.model.encode_text(batch["tokens"], normalize=True)
+            text_features = encode_text(self.model, batch["tokens"], normalize=True)
         else:
             image_features, text_features = self.embed(batch)
         if isinstance(self.criterion, SigmoidLoss):

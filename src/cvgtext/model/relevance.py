@@ -26,7 +26,8 @@ any input size or aspect, any text length). Other families are refused with a me
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,16 +118,25 @@ def _requires_grad(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple,
 
 @contextlib.contextmanager
 def _recording(transformer: nn.Module, records: list[_Record]) -> Iterator[None]:
-    """Record each block's attention while the context is open, without changing the model."""
-    handles = [transformer.register_forward_pre_hook(_requires_grad, with_kwargs=True)]
+    """Record each block's attention while the context is open, without changing the model.
+
+    The hooks act in this thread only: the web page answers other descriptions with the same
+    model while it explains one, and their forward passes must neither be recorded nor changed.
+    """
+    owner = threading.get_ident()
+
+    def here_only(hook: Callable) -> Callable:
+        return lambda *args: hook(*args) if threading.get_ident() == owner else None
+
+    handles = [transformer.register_forward_pre_hook(here_only(_requires_grad), with_kwargs=True)]
 
     def keep(module: nn.MultiheadAttention, args: tuple, kwargs: dict, output: tuple) -> None:
         value = args[2] if len(args) > 2 else kwargs["value"]
         records.append(_Record(weights=output[1], output=output[0], value=value))
 
     for block in transformer.resblocks:
-        handles.append(block.attn.register_forward_pre_hook(_needs_weights, with_kwargs=True))
-        handles.append(block.attn.register_forward_hook(keep, with_kwargs=True))
+        handles.append(block.attn.register_forward_pre_hook(here_only(_needs_weights), with_kwargs=True))
+        handles.append(block.attn.register_forward_hook(here_only(keep), with_kwargs=True))
     checkpointing = transformer.grad_checkpointing
     transformer.grad_checkpointing = False  # a recomputed forward would record every block twice
     try:

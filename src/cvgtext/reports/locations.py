@@ -13,16 +13,25 @@ import logging
 import math
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvgtext.reports.maps import draw_map
 from cvgtext.retrieval.geo import EARTH_RADIUS_KM
 from cvgtext.utils.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
 MAX_DRAWN_QUERIES = 8  # rows of locations.png; the JSON files hold every query
+MAX_AREA_LISTED = 1000  # places of an area written out (its size and radius count them all)
+CIRCLE_VERTICES = 64  # of the area's circle in locations.geojson
+# Confidence in words: the first whose threshold the calibrated probability reaches.
+CONFIDENCE_WORDS = (
+    (0.6, "likely"),
+    (0.3, "possible: check the other candidates"),
+    (0.0, "not sure: these are guesses"),
+)
 
 
 @dataclass
@@ -40,17 +49,72 @@ class Candidate:
     dual_rank: int | None = None
     value: float | None = None
     reason: str | None = None
+    probability: float | None = None  # calibrated probability that this tile is the true one
+
+
+@dataclass
+class AreaPlace:
+    """One tile of an answer's area."""
+
+    file: str
+    lat: float
+    lon: float
+    probability: float
+
+
+@dataclass
+class Area:
+    """Where the true place lies with ``probability`` by the calibration: the smallest set of
+    tiles holding it (``places`` of them, the first :data:`MAX_AREA_LISTED` in ``members``, most
+    probable first), and the smallest circle around the best tile holding it (``radius_m``)."""
+
+    probability: float
+    places: int
+    radius_m: float
+    members: list[AreaPlace] = field(default_factory=list)
 
 
 @dataclass
 class Location:
-    """One description and the places it ranked first."""
+    """One place, described once or several times, and the tiles it ranked first."""
 
-    query: str
+    query: str  # the first description
     candidates: list[Candidate]
     # relevance of the description with its top-1 tile (a model.explain.Explanation), drawn on locations.png
     explanation: Any = None
     reranking: str | None = None  # with a re-ranker: "re-ranked", or why the order was kept
+    descriptions: list[str] = field(default_factory=list)  # every description of the place, in order
+    confidence: float | None = None  # calibrated probability that the top-1 tile is the true one
+    within: float | None = None  # ... that the true place is within `within_m` of the top-1
+    within_m: float | None = None
+    area: Area | None = None
+
+    def __post_init__(self):
+        if not self.descriptions:
+            self.descriptions = [self.query]
+
+
+def confidence_words(probability: float | None) -> str:
+    """The confidence as a person reads it (:data:`CONFIDENCE_WORDS`)."""
+    if probability is None:
+        return "no confidence: the model was not calibrated"
+    return next(words for threshold, words in CONFIDENCE_WORDS if probability >= threshold)
+
+
+def confidence_line(location: Location) -> str:
+    """``likely. 72 % that tile 1 is the place (81 % within 50 m); 80 % area: 3 tiles, 140 m around tile 1``."""
+    if location.confidence is None:
+        return confidence_words(None)
+    line = f"{confidence_words(location.confidence)}. {100 * location.confidence:.0f} % that tile 1 is the place"
+    if location.within is not None:
+        line += f" ({100 * location.within:.0f} % within {location.within_m:g} m)"
+    if location.area is not None:
+        area = location.area
+        plural = "" if area.places == 1 else "s"
+        line += (
+            f"; {100 * area.probability:.0f} % area: {area.places:,} tile{plural}, {area.radius_m:,.0f} m around tile 1"
+        )
+    return line
 
 
 def candidate_content(c: Candidate) -> dict:
@@ -62,42 +126,107 @@ def candidate_content(c: Candidate) -> dict:
         "score": c.score,
         "distance_m": round(c.distance_m, 1),
     }
+    if c.probability is not None:
+        content["probability"] = c.probability
     if c.dual_rank is not None:
         content.update(dual_encoder_rank=c.dual_rank, value=c.value, reason=c.reason)
     return content
 
 
+def confidence_content(location: Location) -> dict:
+    """The calibrated confidence and area of one location (empty when not calibrated)."""
+    if location.confidence is None:
+        return {}
+    content: dict[str, Any] = {
+        "confidence": location.confidence,
+        "confidence_words": confidence_words(location.confidence),
+        "within_m": location.within_m,
+        "confidence_within": location.within,
+    }
+    if location.area is not None:
+        area = location.area
+        content["area"] = {
+            "probability": area.probability,
+            "places": area.places,
+            "radius_m": round(area.radius_m, 1),
+            "members": [vars(member) for member in area.members],
+        }
+    return content
+
+
 def locations_content(locations: Sequence[Location]) -> list[dict]:
     """``[{"query", "candidates": [{"rank", "file", "lat", "lon", "score", "distance_m"}]}]``;
-    re-ranked, each query also has ``reranking`` and each candidate ``dual_encoder_rank``,
-    ``value`` and ``reason``."""
+    a place described several times also has ``descriptions``; calibrated, each location has
+    ``confidence``, ``confidence_words``, ``within_m``, ``confidence_within`` and ``area``
+    (``probability``, ``places``, ``radius_m``, ``members``: ``file``, ``lat``, ``lon``,
+    ``probability``) and each candidate its ``probability``; re-ranked, each query also has
+    ``reranking`` and each candidate ``dual_encoder_rank``, ``value`` and ``reason``."""
     return [
         {
             "query": location.query,
+            **({"descriptions": location.descriptions} if len(location.descriptions) > 1 else {}),
             **({"reranking": location.reranking} if location.reranking is not None else {}),
+            **confidence_content(location),
             "candidates": [candidate_content(c) for c in location.candidates],
         }
         for location in locations
     ]
 
 
-def geojson_content(locations: Sequence[Location]) -> dict:
-    """The candidates as GeoJSON points (``[lon, lat]``), with their query, rank and score."""
-    features = [
+def circle_ring(lat: float, lon: float, radius_m: float, vertices: int = CIRCLE_VERTICES) -> list[list[float]]:
+    """A closed ring of ``[lon, lat]`` points ``radius_m`` from a centre (spherical Earth)."""
+    angular = radius_m / (EARTH_RADIUS_KM * 1000)
+    phi, lam = math.radians(lat), math.radians(lon)
+    ring = []
+    for step in range(vertices + 1):
+        bearing = 2 * math.pi * (step % vertices) / vertices
+        lat2 = math.asin(math.sin(phi) * math.cos(angular) + math.cos(phi) * math.sin(angular) * math.cos(bearing))
+        lon2 = lam + math.atan2(
+            math.sin(bearing) * math.sin(angular) * math.cos(phi), math.cos(angular) - math.sin(phi) * math.sin(lat2)
+        )
+        ring.append([(math.degrees(lon2) + 180) % 360 - 180, math.degrees(lat2)])
+    return ring
+
+
+def area_features(location: Location, number: int) -> list[dict]:
+    """The area of a calibrated location as GeoJSON: its circle around the best tile and its set of tiles."""
+    if location.area is None or not location.candidates:
+        return []
+    area, best = location.area, location.candidates[0]
+    properties = {"query": location.query, "query_index": number, "probability": area.probability}
+    return [
         {
             "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
-            "properties": {
-                "query": location.query,
-                "query_index": number,
-                "rank": c.rank,
-                "file": c.file,
-                "score": c.score,
-            },
-        }
-        for number, location in enumerate(locations)
-        for c in location.candidates
+            "geometry": {"type": "Polygon", "coordinates": [circle_ring(best.lat, best.lon, max(area.radius_m, 1.0))]},
+            "properties": {**properties, "kind": "area_radius", "radius_m": round(area.radius_m, 1)},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPoint", "coordinates": [[m.lon, m.lat] for m in area.members]},
+            "properties": {**properties, "kind": "area_places", "places": area.places},
+        },
     ]
+
+
+def geojson_content(locations: Sequence[Location]) -> dict:
+    """The candidates as GeoJSON points (``[lon, lat]``), with their query, rank, score and
+    probability; a calibrated location's area as a circle (``kind: area_radius``) and a
+    multipoint of its tiles (``kind: area_places``)."""
+    features = []
+    for number, location in enumerate(locations):
+        for c in location.candidates:
+            properties = {"query": location.query, "query_index": number, "rank": c.rank, "file": c.file}
+            properties["score"] = c.score
+            if c.probability is not None:
+                properties["probability"] = c.probability
+            features.append(
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": [c.lon, c.lat]},
+                    "properties": properties,
+                }
+            )
+        features += area_features(location, number)
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -115,13 +244,6 @@ def write_locations(output_dir: Path, locations: Sequence[Location], draw: bool 
         draw_locations(paths["png"], locations)
     log.info("Locations written to %s", output_dir)
     return paths
-
-
-def scale_bar_metres(span_m: float) -> float:
-    """A round length (1, 2 or 5 times a power of ten) of about a quarter of ``span_m``."""
-    target = max(span_m / 4, 1.0)
-    power = 10 ** math.floor(math.log10(target))
-    return max(step * power for step in (1, 2, 5) if step * power <= target)
 
 
 def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float = 1.6) -> None:
@@ -169,48 +291,3 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
         figure.savefig(buffer, format="png")
         stream.write(buffer.getvalue())
     plt.close(figure)
-
-
-def draw_map(axes, location: Location, city: tuple[Sequence[float], Sequence[float]] | None = None) -> None:
-    """The candidates at their coordinates, numbered by rank, with a scale bar in metres; with
-    ``city`` (the gallery's latitudes and longitudes), every tile in grey beneath, all in view."""
-    axes.set_xticks([])
-    axes.set_yticks([])
-    if not location.candidates:
-        return
-    # Longitudes as seen from the best candidate, so that a city across the antimeridian
-    # (179.99 and -179.99) is drawn whole rather than at both ends of the world.
-    reference = location.candidates[0].lon
-
-    def near(longitude: float) -> float:
-        return reference + (longitude - reference + 180) % 360 - 180
-
-    lat = [c.lat for c in location.candidates]
-    lon = candidate_lon = [near(c.lon) for c in location.candidates]
-    middle = math.radians(sum(lat) / len(lat))
-    metres_per_degree = math.radians(1) * EARTH_RADIUS_KM * 1000
-    # Equal distances look equal: a degree of longitude is cos(lat) of a degree of latitude.
-    axes.set_aspect(1 / max(math.cos(middle), 1e-6))
-    if city is not None:
-        city_lon = [near(value) for value in city[1]]
-        axes.scatter(city_lon, city[0], s=3, c="lightgrey", linewidths=0)
-        lat, lon = [*lat, *city[0]], [*lon, *city_lon]
-    axes.scatter(candidate_lon[1:], [c.lat for c in location.candidates[1:]], s=14, c="tab:blue")
-    axes.scatter(candidate_lon[:1], [location.candidates[0].lat], s=30, c="tab:red", marker="*")
-    for c, x in zip(location.candidates, candidate_lon):
-        axes.annotate(str(c.rank), (x, c.lat), fontsize=6, xytext=(2, 2), textcoords="offset points")
-    pad = max(max(lat) - min(lat), (max(lon) - min(lon)) * math.cos(middle), 100 / metres_per_degree) * 0.25
-    axes.set_ylim(min(lat) - pad, max(lat) + pad)
-    lon_pad = pad / max(math.cos(middle), 1e-6)
-    axes.set_xlim(min(lon) - lon_pad, max(lon) + lon_pad)
-    x0, x1 = axes.get_xlim()
-    y0, y1 = axes.get_ylim()
-    span_m = (x1 - x0) * metres_per_degree * math.cos(middle)
-    bar_m = scale_bar_metres(span_m)
-    bar_degrees = bar_m / (metres_per_degree * math.cos(middle))
-    left, bottom = x0 + 0.06 * (x1 - x0), y0 + 0.08 * (y1 - y0)
-    axes.plot([left, left + bar_degrees], [bottom, bottom], color="black", linewidth=2)
-    label = f"{bar_m / 1000:g} km" if bar_m >= 1000 else f"{bar_m:g} m"
-    axes.text(left, bottom + 0.03 * (y1 - y0), label, fontsize=6)
-    axes.set_title("candidates", fontsize=7)
-    axes.set_xlabel(f"{location.candidates[0].lat:.5f}, {location.candidates[0].lon:.5f}", fontsize=6)

@@ -1,4 +1,5 @@
-"""What an evaluation leaves in the run directory: metrics.json, predictions.csv, examples.png.
+"""What an evaluation leaves in the run directory: metrics.json, predictions.csv, examples.png
+(and, calibrated, reliability.png and risk_coverage.png: ``reports/calibration.py``).
 
 All files are written atomically; the printed table is the same as the one in the log.
 """
@@ -19,6 +20,15 @@ from PIL import Image, ImageDraw, ImageFont
 
 from cvgtext.data.dataset import PairDataset, load_image
 from cvgtext.model.relevance import Explanation
+from cvgtext.reports.calibration import (
+    CalibrationReport,
+    calibration_content,
+    calibration_table,
+    draw_reliability,
+    draw_risk_coverage,
+    prediction_cells,
+    prediction_header,
+)
 from cvgtext.reports.overlays import draw_shaded_words, heat_overlay, word_relevance
 from cvgtext.reports.tables import metrics_table
 from cvgtext.rerank.compare import SplitReranking, comparison_table
@@ -59,10 +69,12 @@ def write_metrics(
     summary: dict[str, Any],
     reranking: SplitReranking | None = None,
     confidence: dict[str, Any] | None = None,
+    calibration: CalibrationReport | None = None,
 ) -> None:
     """``metrics.json``: the metrics of both protocols and what produced them; with
     ``confidence`` (:meth:`Evaluation.intervals`), the bootstrap interval of each metric of both;
-    with a re-ranking, its settings, counts and the metrics of its queries without and with it."""
+    with a re-ranking, its settings, counts and the metrics of its queries without and with it;
+    with a calibration, its figures (``reports/calibration.py``)."""
     content = {
         **evaluation.metrics,
         "protocol": protocol_name(evaluation.nearest),
@@ -73,6 +85,8 @@ def write_metrics(
         content["confidence"] = confidence
     if reranking is not None:
         content["reranking"] = reranking.metrics
+    if calibration is not None:
+        content["calibration"] = calibration_content(calibration)
     with atomic_write(path) as stream:
         json.dump(content, stream, indent=2)
         stream.write("\n")
@@ -113,11 +127,19 @@ def reranked_columns(reranking: SplitReranking, evaluation: Evaluation, dataset:
 
 
 def write_predictions(
-    path: Path, evaluation: Evaluation, dataset: PairDataset, reranking: SplitReranking | None = None
+    path: Path,
+    evaluation: Evaluation,
+    dataset: PairDataset,
+    reranking: SplitReranking | None = None,
+    calibration: CalibrationReport | None = None,
 ) -> None:
     """``predictions.csv``: per query, its top-5 tiles with scores and distances from the true
-    place; with a re-ranking, also its new top-5 with the re-ranker's values and reasons."""
+    place; calibrated, its confidence and area after ``top1_error_m``; with a re-ranking, also
+    its new top-5 with the re-ranker's values and reasons."""
     header = ["query", "caption", "lat", "lon", "view", "correct", "true_rank", "top1_error_m"]
+    if calibration is not None:
+        header += prediction_header(calibration)
+    fixed = len(header)
     for rank in range(1, TOP + 1):
         header += [f"top{rank}", f"top{rank}_score", f"top{rank}_distance_m"]
     reranked = reranked_columns(reranking, evaluation, dataset) if reranking is not None else {}
@@ -141,6 +163,8 @@ def write_predictions(
                 true_rank or "",
                 round(float(evaluation.ranking.top1_error_km[query]) * 1000, 1),
             ]
+            if calibration is not None:
+                row += prediction_cells(calibration, query)
             for candidate, score in _top_candidates(evaluation, dataset, query):
                 tile = dataset.pairs[candidate]
                 distance_km = haversine_km(
@@ -148,7 +172,7 @@ def write_predictions(
                 )
                 row += [tile.name, round(score, 5), round(float(distance_km) * 1000, 1)]
             if reranking is not None:
-                row += [""] * (8 + 3 * TOP - len(row))  # fewer than TOP candidates
+                row += [""] * (fixed + 3 * TOP - len(row))  # fewer than TOP candidates
                 row += reranked.get(query, ["not asked"])
             writer.writerow(row)
 
@@ -237,13 +261,16 @@ def write_reports(
     explanations: Mapping[int, Explanation] | None = None,
     reranking: SplitReranking | None = None,
     confidence: dict[str, Any] | None = None,
+    calibration: CalibrationReport | None = None,
 ) -> dict[str, Path]:
-    """Write the three report files, print the metrics tables and hand the reports to the loggers.
+    """Write the report files, print the metrics tables and hand the reports to the loggers.
 
     ``explanations``: relevance maps of the example queries' top-1 tiles, overlaid on examples.png.
     ``reranking``: a re-ranking of some queries, reported beside the dual encoder's metrics.
     ``confidence``: the metrics' bootstrap intervals (:meth:`Evaluation.intervals`), in
     metrics.json and under each row of the tables.
+    ``calibration``: the queries' calibrated confidence: its figures in metrics.json, its columns
+    in predictions.csv, and reliability.png and risk_coverage.png.
     """
     output_dir = Path(output_dir)
     paths = {
@@ -251,9 +278,14 @@ def write_reports(
         "predictions": output_dir / "predictions.csv",
         "examples": output_dir / "examples.png",
     }
-    write_metrics(paths["metrics"], evaluation, summary, reranking, confidence)
-    write_predictions(paths["predictions"], evaluation, dataset, reranking)
+    if calibration is not None:
+        paths.update(reliability=output_dir / "reliability.png", risk_coverage=output_dir / "risk_coverage.png")
+    write_metrics(paths["metrics"], evaluation, summary, reranking, confidence, calibration)
+    write_predictions(paths["predictions"], evaluation, dataset, reranking, calibration)
     draw_examples(paths["examples"], evaluation, dataset, explanations=explanations)
+    if calibration is not None:
+        draw_reliability(paths["reliability"], calibration)
+        draw_risk_coverage(paths["risk_coverage"], calibration)
     confidence = confidence or {}
     where = f"{summary.get('city')} {summary.get('img')} {summary.get('split')}"
     level = f", {100 * confidence['level']:g}% intervals" if confidence else ""
@@ -265,6 +297,8 @@ def write_reports(
         print(metrics_table(metrics, f"{where} ({protocol}), percent / km{level}", intervals))
     if reranking is not None:
         print(comparison_table(reranking))
+    if calibration is not None:
+        print(calibration_table(calibration))
     log.info("Reports written to %s", output_dir)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
@@ -272,4 +306,7 @@ def write_reports(
                 rows = list(csv.reader(stream))
             logger.log_table(key=f"{summary.get('split')}/predictions", columns=rows[0], data=rows[1:])
             logger.log_image(key=f"{summary.get('split')}/examples", images=[str(paths["examples"])])
+            for picture in ("reliability", "risk_coverage"):
+                if picture in paths:
+                    logger.log_image(key=f"{summary.get('split')}/{picture}", images=[str(paths[picture])])
     return paths

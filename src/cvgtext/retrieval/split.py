@@ -44,6 +44,10 @@ class Evaluation:
     # the whole gallery's ranking (``ranking`` when nearest is None; None where it was not scored)
     full_city_ranking: Ranking | None = None
     panorama: torch.Tensor | None = None  # [queries] bool: the query is a panorama's text
+    queries: torch.Tensor | None = None  # [queries, embed_dim] embeddings of the captions
+    query_places: torch.Tensor | None = None  # [queries, 2] latitude, longitude (degrees) of each true place
+    gallery_places: torch.Tensor | None = None  # [gallery, 2]
+    true_rows: torch.Tensor | None = None  # [queries] the gallery row of each caption's tile
 
     def intervals(self, bootstrap: int = 0, seed: int = 0, level: float = 0.95) -> dict[str, Any]:
         """Bootstrap intervals of :attr:`metrics` and :attr:`full_city_metrics` from ``bootstrap``
@@ -112,11 +116,13 @@ def evaluation_of(
     nearest: int | None,
     whole_gallery: bool = True,
     gallery: torch.Tensor | None = None,
+    queries: torch.Tensor | None = None,
 ) -> Evaluation:
     """The evaluation of a split whose rankings ``rank(nearest)`` gives; ``whole_gallery=False``
     leaves the whole gallery's figures out (they cost a pair scorer every pair)."""
     ranking = rank(nearest)
     whole = ranking if nearest is None else (rank(None) if whole_gallery else None)
+    row_of_name = {name: row for row, name in enumerate(layout.gallery_names)}
     return Evaluation(
         query_index=layout.index,
         gallery_index=[layout.index[p] for p in layout.gallery_positions],
@@ -127,6 +133,10 @@ def evaluation_of(
         gallery=gallery,
         full_city_ranking=whole,
         panorama=layout.panorama,
+        queries=queries,
+        query_places=layout.places,
+        gallery_places=layout.gallery_places,
+        true_rows=torch.tensor([row_of_name[name] for name in layout.names], dtype=torch.long),
     )
 
 
@@ -140,7 +150,7 @@ def evaluate_split(embedded: EmbeddedSplit, dataset: PairDataset, nearest: int |
             embedded.text, gallery, layout.names, layout.gallery_names, layout.places, layout.gallery_places, nearest
         )
 
-    return evaluation_of(layout, rank, nearest, gallery=gallery)
+    return evaluation_of(layout, rank, nearest, gallery=gallery, queries=embedded.text)
 
 
 def flatten_metrics(

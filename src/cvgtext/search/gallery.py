@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from cvgtext.commands.queries import GALLERY_SPLITS
 from cvgtext.data.dataset import load_image
 from cvgtext.data.names import parse_coordinates
+from cvgtext.model.text_context import encode_text
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import ConfigError, DataError, OutputError
 from cvgtext.utils.fingerprint import changed_parts, digest, file_digest, files_signature, stable_repr
@@ -121,12 +122,13 @@ def embed_captions(
     batch_size: int = 128,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """L2-normalised text embeddings ``[captions, embed_dim]``, float32 on the CPU."""
+    """L2-normalised text embeddings ``[captions, embed_dim]``, float32 on the CPU (each batch on
+    the positions its longest caption uses, where that is exact: ``model/text_context.py``)."""
     model.eval().to(device)
     parts = []
     for start in range(0, len(captions), batch_size):
         tokens = tokenizer(list(captions[start : start + batch_size])).to(device)
-        parts.append(model.encode_text(tokens, normalize=True).float().cpu())
+        parts.append(encode_text(model, tokens, normalize=True).float().cpu())
     return torch.cat(parts)
 
 

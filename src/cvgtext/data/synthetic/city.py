@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,42 @@ def _arguments(name: str, places: int, seed: int, test_fraction: float, photo_fr
     }
 
 
+@dataclass
+class CityPlan:
+    """Where the places of a city lie and what kind each is: all that is drawn before any place's own stream."""
+
+    rng: np.random.Generator  # the city's stream, as it stands after the plan (the tiles' noise comes next)
+    seed: int
+    lat: np.ndarray  # [places] degrees
+    lon: np.ndarray
+    district: np.ndarray  # [places]
+    to_river: np.ndarray  # [places, 2] km
+    styles: list[dict]
+    is_photo: np.ndarray  # [places] bool
+    is_test: np.ndarray
+
+
+def city_plan(places: int, seed: int, test_fraction: float, photo_fraction: float) -> CityPlan:
+    """The plan :func:`generate_city` draws first, from the city's seed."""
+    rng = np.random.default_rng(seed)
+    points, district, to_river = _city(places, rng)
+    styles = _district_styles(rng)
+    is_photo = np.zeros(places, bool)
+    is_photo[rng.choice(places, round(photo_fraction * places), replace=False)] = True
+    is_test = np.zeros(places, bool)
+    for members in (np.flatnonzero(is_photo), np.flatnonzero(~is_photo)):
+        is_test[rng.choice(members, round(test_fraction * len(members)), replace=False)] = True
+    lat_per_km = 1 / 110.574
+    lon_per_km = 1 / (111.320 * math.cos(math.radians(_CENTRE[0])))
+    lat, lon = _CENTRE[0] + points[:, 1] * lat_per_km, _CENTRE[1] + points[:, 0] * lon_per_km
+    return CityPlan(rng, seed, lat, lon, district, to_river, styles, is_photo, is_test)
+
+
+def place_scene(plan: CityPlan, i: int, place_rng: np.random.Generator) -> Scene:
+    """The facts of place ``i``: the first draws of its own stream ``place_rng`` (``[seed, i]``)."""
+    return _scene(plan.styles[plan.district[i]], plan.to_river[i], 90 if plan.is_photo[i] else 360, place_rng)
+
+
 def generate_city(
     root,
     name: str = "Synthetic",
@@ -204,23 +241,15 @@ def generate_city(
     partial = root / "annotation" / name / PARTIAL
     partial.write_text(json.dumps(arguments) + "\n", encoding="utf-8")
 
-    rng = np.random.default_rng(seed)
-    points, district, to_river = _city(places, rng)
-    styles = _district_styles(rng)
-    is_photo = np.zeros(places, bool)
-    is_photo[rng.choice(places, round(photo_fraction * places), replace=False)] = True
-    is_test = np.zeros(places, bool)
-    for members in (np.flatnonzero(is_photo), np.flatnonzero(~is_photo)):
-        is_test[rng.choice(members, round(test_fraction * len(members)), replace=False)] = True
-    noise = render.noise_texture(tile_size, rng)
+    layout = city_plan(places, seed, test_fraction, photo_fraction)
+    is_photo, is_test = layout.is_photo, layout.is_test
+    noise = render.noise_texture(tile_size, layout.rng)
 
     captions = {(v, s): {} for v in (name, f"{name}-photos") for s in ("train", "test")}  # -> {file name: caption}
-    lat_per_km = 1 / 110.574
-    lon_per_km = 1 / (111.320 * math.cos(math.radians(_CENTRE[0])))
     for i in range(places):
         place_rng = np.random.default_rng([seed, i])  # one stream per place: a change in one place moves no other
-        scene = _scene(styles[district[i]], to_river[i], 90 if is_photo[i] else 360, place_rng)
-        lat, lon = _CENTRE[0] + points[i, 1] * lat_per_km, _CENTRE[1] + points[i, 0] * lon_per_km
+        scene = place_scene(layout, i, place_rng)
+        lat, lon = layout.lat[i], layout.lon[i]
         if is_photo[i]:
             version, caption = f"{name}-photos", photo_caption(scene, place_rng)
             file_name = f"{lat:.8f},{lon:.8f}_{int(place_rng.integers(10**9, 10**10))}.jpg"
