@@ -1,4 +1,7 @@
-"""What the entry points run: ``train``, ``evaluate``, ``locate``, ``app`` (the web page) and
-``pack``, one module each, which never import one another; ``cli`` (one-line errors, run-folder
-and launcher checks), ``queries`` (a query run's input) and ``locator`` (a model and its gallery
-index, loaded once, answering descriptions) are what they share."""
+"""What the entry points run, one module each, which never import one another: ``train``,
+``evaluate``, ``locate`` (the query tool), ``app`` (the web page's server), ``pack`` (shards),
+``download`` (the release) and ``build_city`` (a town of one's own). What they share: ``cli``
+(one-line errors, run-folder, launcher and data checks), ``queries`` (a query run's input),
+``locator`` (a model and its gallery index, loaded once, answering descriptions), ``calibrate``
+(the calibrations fitted on validation), and the page's own parts: ``page`` (its steps),
+``asking`` (one question typed) and ``shown_files`` (its pictures, handed over as files)."""

@@ -26,6 +26,7 @@ from cvgtext.retrieval.split import Evaluation, flatten_metrics
 from cvgtext.search.gallery import config_index_key, find_index, gallery_tiles, store_index
 from cvgtext.utils.errors import ConfigError
 from cvgtext.utils.instantiate import instantiate_group
+from cvgtext.utils.library_messages import start_lightning
 from cvgtext.utils.loggers import finish_wandb
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     split = cfg.get("split", "test")
     if split not in SPLITS:
         raise ConfigError(f"split={split!r} is not one of {', '.join(SPLITS)}")
+    start_lightning()
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     module, backbone = build_module(cfg)

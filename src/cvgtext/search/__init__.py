@@ -1,2 +1,3 @@
 """Searching a city's gallery: ``gallery`` (its tiles, their embeddings, the gallery index cached
-on disk) and ``backends`` (exact search and faiss indexes over those embeddings)."""
+on disk), ``calibration_store`` (the calibrations fitted for an index, kept beside it) and
+``backends`` (exact search and faiss indexes over those embeddings)."""
