@@ -103,6 +103,7 @@ def test_the_backbone_is_the_papers_model_for_the_runs_city_and_gallery_type(tmp
 
 @pytest.mark.heavy  # the CLI in a subprocess; the message itself is checked above
 def test_eval_refuses_street_views_in_one_line_before_building_anything(tmp_path):
+    write_release(tmp_path / "data", city="Brisbane")  # the city is there: only the checkpoint is refused
     run = run_cli(
         "eval.py", "backbone=crosstext2loc", "city=Brisbane", "img=stv", f"paths.data_dir={tmp_path}/data",
         f"hydra.run.dir={tmp_path}/run", "trainer=cpu",
