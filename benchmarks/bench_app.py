@@ -57,7 +57,14 @@ def median_ms(function, inputs) -> float:
 
 
 def test_captions(data_dir: str, city: str = "Synthetic") -> tuple[list[str], list[str]]:
-    """The city's test captions: panorama texts (long) and single-view texts (typed length)."""
+    """The city's test captions: panorama texts (long) and single-view texts (typed length); the
+    synthetic city is generated first where ``data_dir`` has none, with the page's own settings."""
+    from omegaconf import OmegaConf
+
+    from cvgtext.data.synthetic.city import ensure_city
+
+    synthetic = compose([f"paths.data_dir={data_dir}"]).city.synthetic
+    ensure_city(data_dir, name=city, **OmegaConf.to_container(synthetic))
     root = Path(data_dir) / "annotation"
     long = list(json.loads((root / city / "test.json").read_text()).values())
     short = list(json.loads((root / f"{city}-photos" / "test.json").read_text()).values())
