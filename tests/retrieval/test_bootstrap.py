@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cvgtext.retrieval.bootstrap import metric_intervals, per_query_values, resampled_means
+from cvgtext.retrieval.bootstrap import metric_intervals, per_query_values, percentile_interval, resampled_means
 from cvgtext.retrieval.metrics import geo_retrieval_metrics
 from cvgtext.retrieval.ranking import NOT_RANKED, Ranking, rank_similarity, summarize
 from cvgtext.retrieval.split import evaluate_split
@@ -95,6 +95,14 @@ def test_a_95_percent_interval_covers_the_true_rate_about_95_times_in_100():
         low, high = metric_intervals(ranking, [True] * 150, resamples=400, seed=trial)["all"]["R@1"]
         covered += low <= 30.0 <= high
     assert 0.90 <= covered / trials <= 0.99
+
+
+def test_the_interval_leaves_half_the_rest_out_on_each_side():
+    """The central 95 % of 0, 1, ..., 1000 runs from 25 to 975 (a 90 % one from 50 to 950): the
+    coverage check above cannot tell a 95 % interval from a slightly narrower one."""
+    means = torch.arange(1001, dtype=torch.float64)[None]
+    assert percentile_interval(means, 0.95) == [pytest.approx((25.0, 975.0))]
+    assert percentile_interval(means, 0.90) == [pytest.approx((50.0, 950.0))]
 
 
 def test_bad_settings_are_refused():
