@@ -35,12 +35,12 @@ def gallery_key(**changes):
 
 
 class Fits:
-    def __init__(self, split="val"):
-        self.count, self.split = 0, split
+    def __init__(self, split="val", queries=100):
+        self.count, self.split, self.queries = 0, split, queries
 
     def __call__(self):
         self.count += 1
-        return Calibration(temperature=0.05 * self.count, queries=10, split=self.split, nll=1.5)
+        return Calibration(temperature=0.05 * self.count, queries=self.queries, split=self.split, nll=1.5)
 
 
 def test_a_calibration_is_reused_for_the_same_key_and_fitted_again_for_another(tmp_path, caplog):
@@ -88,3 +88,16 @@ def test_the_validation_digest_follows_names_and_captions():
     assert validation_digest(pairs) == validation_digest(list(pairs))
     assert validation_digest(pairs) != validation_digest(pairs[::-1])
     assert validation_digest(pairs) != validation_digest([pairs[0], SimpleNamespace(name="b.jpg", caption="a lake")])
+
+
+@pytest.mark.parametrize("queries, rough", [(3, True), (49, True), (50, False), (400, False)])
+def test_a_calibration_fitted_on_few_validation_queries_is_said_to_be_rough(tmp_path, caplog, queries, rough):
+    key = calibration_key(gallery_key(), "full", "v1")
+    for _ in range(2):  # fitted, then reused: said both times
+        caplog.clear()
+        load_or_fit(tmp_path, key, Fits(queries=queries))
+        said = [r for r in caplog.records if r.levelno == logging.WARNING and "validation queries only" in r.message]
+        assert bool(said) == rough, caplog.text
+        assert (
+            not said or f"fitted on {queries} validation" in said[0].message and "data.val_fraction" in said[0].message
+        )

@@ -23,6 +23,8 @@ from cvgtext.utils.errors import OutputError
 from cvgtext.utils.fingerprint import changed_parts, digest
 
 log = logging.getLogger(__name__)
+# Fewer validation queries than this fit a temperature too loosely to trust its probabilities.
+FEW_QUERIES = 50
 
 CALIBRATION_FORMAT = 1  # bump when the fit or the stored layout changes
 
@@ -119,9 +121,12 @@ def store_calibration(cache_dir: str | Path | None, key: dict[str, Any], calibra
 def load_or_fit(
     cache_dir: str | Path | None, key: dict[str, Any], fit: Callable[[], Calibration]
 ) -> tuple[Calibration, bool]:
-    """``(calibration, reused)``: the stored one for ``key``, or ``fit()`` stored for next time."""
+    """``(calibration, reused)``: the stored one for ``key``, or ``fit()`` stored for next time.
+    Either way, a calibration fitted on fewer than :data:`FEW_QUERIES` validation queries is said
+    to be rough."""
     stored = read_calibration(cache_dir, key)
     if stored is not None:
+        warn_if_few(stored)
         return stored, True
     calibration = fit()
     if calibration.split != "val":
@@ -133,4 +138,15 @@ def load_or_fit(
         calibration.temperature,
         calibration.nll,
     )
+    warn_if_few(calibration)
     return calibration, False
+
+
+def warn_if_few(calibration: Calibration) -> None:
+    if calibration.queries < FEW_QUERIES:
+        log.warning(
+            "the calibration was fitted on %d validation queries only (fewer than %d): its confidence "
+            "and 80 %% areas are rough; hold out more captions for validation (data.val_fraction)",
+            calibration.queries,
+            FEW_QUERIES,
+        )
