@@ -17,10 +17,7 @@ import io
 import json
 import logging
 import os
-import socket
 import threading
-import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +26,17 @@ from PIL import Image
 
 from cvgtext.utils.atomic import atomic_write
 from cvgtext.utils.errors import OutputError
-from cvgtext.utils.web import url_opener
+from cvgtext.utils.web import send_with_retries, url_opener
 
 log = logging.getLogger(__name__)
 
 # Failures retried with backoff: the server may answer next time.
 RETRIED_STATUS = {408, 409, 429}
+
+
+def retried(status: int) -> bool:
+    """Whether an HTTP error status is asked again: :data:`RETRIED_STATUS` and every 5xx."""
+    return status in RETRIED_STATUS or status >= 500
 
 
 @dataclass
@@ -142,39 +144,33 @@ class ChatEndpoint:
 
     def _post(self, body: dict) -> Reply:
         data = json.dumps(body).encode()
-        failure = "unreachable"
-        for attempt in range(self.retries + 1):
-            if self.unreachable.is_set():
-                return Reply(None, "unreachable")
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            with self._count:
-                self.sent += 1
-            request = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
-            try:
-                with self.opener.open(request, timeout=self.timeout_s) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as error:
-                failure = "http_error"
-                if error.code in RETRIED_STATUS or error.code >= 500:
-                    continue
-                log.warning("The endpoint of %s, %s, answered HTTP %d", self.user, self.url, error.code)
-                return Reply(None, failure)
-            except TimeoutError:
-                failure = "timeout"
-                continue
-            except (urllib.error.URLError, ConnectionError, OSError) as error:
-                reason = getattr(error, "reason", error)
-                failure = "timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "unreachable"
-                continue
-            try:
-                content = json.loads(raw)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                return Reply(None, "bad_response")
-            if not isinstance(content, str):
-                return Reply(None, "bad_response")
-            return Reply(content)
-        if failure == "unreachable" and not self.unreachable.is_set():
-            self.unreachable.set()
-            log.warning("The endpoint of %s, %s, is unreachable: %s", self.user, self.url, self.unreachable_note)
-        return Reply(None, failure)
+        sent = send_with_retries(
+            self.opener,
+            lambda: urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST"),
+            self.timeout_s,
+            self.retries,
+            self.backoff_s,
+            self.unreachable,
+            retried=retried,
+            before_each=self._count_request,
+        )
+        if sent.stopped:
+            return Reply(None, "unreachable")
+        if sent.body is None:
+            if sent.failure == "http_error" and not retried(sent.status):
+                log.warning("The endpoint of %s, %s, answered HTTP %d", self.user, self.url, sent.status)
+            elif sent.failure == "unreachable" and not self.unreachable.is_set():
+                self.unreachable.set()
+                log.warning("The endpoint of %s, %s, is unreachable: %s", self.user, self.url, self.unreachable_note)
+            return Reply(None, sent.failure)
+        try:
+            content = json.loads(sent.body)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return Reply(None, "bad_response")
+        if not isinstance(content, str):
+            return Reply(None, "bad_response")
+        return Reply(content)
+
+    def _count_request(self) -> None:
+        with self._count:
+            self.sent += 1

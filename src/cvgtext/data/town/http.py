@@ -5,15 +5,13 @@ for what a server may answer next time, and one clear stop when nothing answers 
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-import urllib.error
 import urllib.request
 
 from cvgtext.data.town.places import LeftOut
 from cvgtext.utils.errors import ConfigError, DataError
-from cvgtext.utils.web import url_opener
+from cvgtext.utils.web import send_with_retries, url_opener
 
 # Answers worth asking again after a pause.
 RETRIED_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -52,47 +50,43 @@ class PoliteClient:
         self.unreachable = threading.Event()
         self.sent = 0
 
-    def _wait_turn(self) -> None:
+    def _before_request(self) -> None:
+        """Wait for this client's turn (one request per ``min_interval_s``), and count the request."""
         with self._pace:
             now = time.monotonic()
             if now < self._next_request:
                 time.sleep(self._next_request - now)
             self._next_request = max(now, self._next_request) + self.min_interval_s
+        with self._count:
+            self.sent += 1
 
     def get(self, url: str, what: str, missing_reason: str, failed_reason: str) -> bytes:
         """The body at ``url``. HTTP 404/410/204 raises LeftOut(``missing_reason``); other failures,
         after the retries, LeftOut(``failed_reason``); nothing answering, SourceUnreachable."""
         where = f"{what} of {self.label} ({self.address})"
-        failure = "unreachable"
-        for attempt in range(self.retries + 1):
-            if self.unreachable.is_set():
-                break
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            self._wait_turn()
-            with self._count:
-                self.sent += 1
-            request = urllib.request.Request(url, headers={"User-Agent": self.user_agent})
-            try:
-                with self.opener.open(request, timeout=self.timeout_s) as response:
-                    if response.status == 204:
-                        raise LeftOut(missing_reason, f"{where}: the service has none (HTTP 204)")
-                    return response.read()
-            except urllib.error.HTTPError as error:
-                if error.code in (404, 410):
-                    raise LeftOut(missing_reason, f"{where}: the service has none (HTTP {error.code})") from None
-                if error.code not in RETRIED_STATUS:
-                    raise LeftOut(failed_reason, f"{where}: HTTP {error.code}") from None
-                failure = f"HTTP {error.code}"
-            except TimeoutError:
-                failure = "timeout"
-            except (urllib.error.URLError, ConnectionError, OSError) as error:
-                reason = getattr(error, "reason", error)
-                failure = "timeout" if isinstance(reason, (TimeoutError, socket.timeout)) else "unreachable"
-        if failure == "unreachable":
+        sent = send_with_retries(
+            self.opener,
+            lambda: urllib.request.Request(url, headers={"User-Agent": self.user_agent}),
+            self.timeout_s,
+            self.retries,
+            self.backoff_s,
+            self.unreachable,
+            retried=RETRIED_STATUS.__contains__,
+            before_each=self._before_request,
+        )
+        if sent.body is not None:
+            if sent.status == 204:
+                raise LeftOut(missing_reason, f"{where}: the service has none (HTTP 204)")
+            return sent.body
+        if sent.status in (404, 410):
+            raise LeftOut(missing_reason, f"{where}: the service has none (HTTP {sent.status})")
+        if sent.failure == "http_error" and sent.status not in RETRIED_STATUS:
+            raise LeftOut(failed_reason, f"{where}: HTTP {sent.status}")
+        if sent.failure == "unreachable":
             self.unreachable.set()
             raise SourceUnreachable(
                 f"{self.label} at {self.address} is unreachable (nothing answered {self.retries + 1} tries); "
                 "check the URL and the network, then run the build again: it goes on where it stopped"
             )
+        failure = f"HTTP {sent.status}" if sent.failure == "http_error" else sent.failure
         raise LeftOut(failed_reason, f"{where}: {failure} after {self.retries + 1} tries")
