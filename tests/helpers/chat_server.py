@@ -12,29 +12,21 @@ from __future__ import annotations
 import json
 import random
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
-from helpers.servers import LocalServer, send_chat_reply
+from helpers.servers import LocalServer, QuietHandler, send_chat_reply
 
 
 class ChatServer(LocalServer):
     def __init__(self, behaviour: str, truth: dict[str, str] | None = None, delay_s: float = 0.0, seed: int = 0):
         self.behaviour, self.truth, self.delay_s = behaviour, truth or {}, delay_s
         self.seed = seed
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                server.record({"path": self.path, "body": body, "headers": dict(self.headers)})
                 if server.behaviour == "slow":
                     time.sleep(server.delay_s)
                 if server.behaviour == "error":

@@ -22,10 +22,9 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from helpers.servers import LocalServer
+from helpers.servers import LocalServer, QuietHandler
 
 LFS_FROM = 4096  # files of this many bytes or more are stored as large (LFS) files
 
@@ -41,11 +40,9 @@ class FakeHub(LocalServer):
         self.commits: dict[tuple[str, str], str] = {}
         self.by_sha256: dict[str, tuple[str, bytes]] = {}  # what the CDN serves
         self.token, self.page_size, self.latency_s = token, page_size, latency_s
-        self.requests: list[dict] = []
         self.stall: dict[str, int] = {}
         self.stalled = threading.Event()
         self.released = threading.Event()
-        self.lock = threading.Lock()
         super().__init__(self.handler())
 
     def add(self, repo_type: str, repo_id: str, files: dict[str, bytes]) -> None:
@@ -87,10 +84,7 @@ class FakeHub(LocalServer):
     def handler(self) -> type:
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_HEAD(self):
                 self.answer(body=False)
 
@@ -99,15 +93,14 @@ class FakeHub(LocalServer):
 
             def answer(self, body: bool) -> None:
                 path = unquote(urlsplit(self.path).path)
-                with hub.lock:
-                    hub.requests.append(
-                        {
-                            "method": self.command,
-                            "path": path,
-                            "range": self.headers.get("Range"),
-                            "authorization": self.headers.get("Authorization"),
-                        }
-                    )
+                hub.record(
+                    {
+                        "method": self.command,
+                        "path": path,
+                        "range": self.headers.get("Range"),
+                        "authorization": self.headers.get("Authorization"),
+                    }
+                )
                 time.sleep(hub.latency_s)  # a far hub's round trip
                 try:
                     self.route(path, body)

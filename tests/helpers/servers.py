@@ -8,13 +8,27 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that prints no line per request."""
+
+    def log_message(self, *args):
+        pass
+
+
 class LocalServer:
-    """Serves ``handler`` on 127.0.0.1 while the context is open; ``root`` is its address."""
+    r"""Serves ``handler`` on 127.0.0.1 while the context is open; ``root`` is its address.
+    ``requests`` holds what the handler :meth:`record`\ s, from any of its threads."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.requests: list = []
+        self.lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def record(self, request) -> None:
+        with self.lock:
+            self.requests.append(request)
 
     @property
     def root(self) -> str:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 from PIL import Image
 
-from helpers.servers import LocalServer
+from helpers.servers import LocalServer, QuietHandler
 
 Draw = Callable[[str, int, int, int], "Image.Image | None"]
 
@@ -60,17 +58,11 @@ def bright_centroid(image: Image.Image, threshold: int = 90) -> tuple[float, flo
 class TileServer(LocalServer):
     def __init__(self, draw: Draw, fail: dict[str, int] | None = None, garbage: Sequence[str] = ()):
         self.draw, self.fail, self.garbage = draw, dict(fail or {}), set(garbage)
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self):
-                with server.lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers)})
+                server.record({"path": self.path, "headers": dict(self.headers)})
                 status, body = server.answer(self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", "image/png")

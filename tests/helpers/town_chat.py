@@ -22,14 +22,12 @@ import base64
 import io
 import json
 import re
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 
 from PIL import Image
 
-from helpers.servers import LocalServer, send_chat_reply
+from helpers.servers import LocalServer, QuietHandler, send_chat_reply
 
 STEP_SENTENCES = {
     "road": "The road runs from north to south with two lanes and a zebra crossing ahead.",
@@ -54,18 +52,12 @@ def decode_data_url(url: str) -> Image.Image:
 class TownChatServer(LocalServer):
     def __init__(self, delay_s: float = 0.0, oracle: Callable[[Image.Image], str] | None = None):
         self.delay_s, self.oracle = delay_s, oracle
-        self.requests: list[dict] = []
-        self.lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
+                server.record(body)
                 send_chat_reply(self, server.answer(body))
 
         super().__init__(Handler)
