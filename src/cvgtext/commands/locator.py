@@ -30,7 +30,14 @@ from cvgtext.model.family import scores_pairs
 from cvgtext.reports.locations import MAX_AREA_LISTED, Area, AreaPlace, Candidate, Location
 from cvgtext.rerank import Query, Reranker, rerank
 from cvgtext.rerank.build import build_reranker
-from cvgtext.retrieval.calibration import AREA_PROBABILITY, WITHIN_M, area_members, confidence, log_probabilities
+from cvgtext.retrieval.calibration import (
+    AREA_PROBABILITY,
+    WITHIN_M,
+    area_members,
+    combined_scores,
+    confidence,
+    log_probabilities,
+)
 from cvgtext.retrieval.geo import haversine_km
 from cvgtext.search.backends import SearchIndex
 from cvgtext.search.gallery import (
@@ -230,7 +237,7 @@ class Locator:
 
     def add_confidence(self, location: Location, query_emb: torch.Tensor) -> None:
         """The calibrated confidence and area of a location from its descriptions' embeddings."""
-        scores = (query_emb @ self.gallery.embeddings.T).double().sum(0)  # [tiles]
+        scores = combined_scores(query_emb @ self.gallery.embeddings.T)  # [tiles]
         log_p = log_probabilities(scores[None], self.calibration.temperature)  # [1, tiles]
         places = torch.stack([self.gallery.lat, self.gallery.lon], 1)
         found = confidence(log_p, places, probability=self.area_probability, within_m=self.within_m)
