@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -30,9 +30,6 @@ class SceneText:
     text: str
     score: float  # the recogniser's confidence, 0..1
     box: Box
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def inside(box: Box, areas: Sequence[Box], share: float = 0.5) -> bool:
