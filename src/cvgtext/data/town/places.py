@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cvgtext.retrieval.geo import EARTH_RADIUS_KM
 from cvgtext.utils.errors import ConfigError, DataError
 
-EARTH_RADIUS_M = 6_371_000.0
+EARTH_RADIUS_M = 1000 * EARTH_RADIUS_KM
 # Road types sampled by default: those a street-view car drives along.
 STREET_HIGHWAYS = (
     "motorway_link",

@@ -15,16 +15,17 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from cvgtext.data.town.places import EARTH_RADIUS_M, local_metres
+from cvgtext.data.town.places import local_metres
+from cvgtext.retrieval.geo import haversine_km
 from cvgtext.utils.errors import ConfigError
 
 
 def haversine_m(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
-    """Great-circle distances in metres (broadcasting)."""
-    phi1, phi2 = np.radians(lat1), np.radians(lat2)
-    a = np.sin((phi2 - phi1) / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(np.radians(lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+    """Great-circle distances in metres (broadcasting): the protocol's :func:`haversine_km` on arrays."""
+    degrees = (torch.as_tensor(np.asarray(x, dtype=np.float64)) for x in (lat1, lon1, lat2, lon2))
+    return 1000 * haversine_km(*degrees).numpy()
 
 
 def nearest_distance_m(lat: np.ndarray, lon: np.ndarray, to_lat: np.ndarray, to_lon: np.ndarray) -> np.ndarray:
