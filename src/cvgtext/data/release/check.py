@@ -10,7 +10,6 @@ them; differences from the published sizes are notes (the published figures disa
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from cvgtext.data.release.facts import (
     PUBLISHED_TEST_PANORAMAS,
 )
 from cvgtext.utils.errors import DataError
+from cvgtext.utils.fingerprint import file_digest
 
 SPLITS = ("train", "test")
 
@@ -173,7 +173,7 @@ def twin_groups(folders: list[Path]) -> list[list[str]]:
     for paths in by_size.values():
         if len({path.name for path in paths}) > 1:
             for path in paths:
-                by_digest[hashlib.sha256(path.read_bytes()).hexdigest()].add(path.name)
+                by_digest[file_digest(path)].add(path.name)
     return sorted(sorted(names) for names in by_digest.values() if len(names) > 1)
 
 
