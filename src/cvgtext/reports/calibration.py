@@ -6,7 +6,6 @@ the least confident are withheld). All files are written atomically.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import torch
 
 from cvgtext.retrieval.calibration import Calibration, Confidence
 from cvgtext.retrieval.reliability import BINS, calibration_summary, coverage_table, risk_coverage
-from cvgtext.utils.atomic import atomic_write
+from cvgtext.utils.atomic import save_figure
 
 
 @dataclass
@@ -111,13 +110,6 @@ def prediction_cells(report: CalibrationReport, query: int) -> list[Any]:
     ]
 
 
-def _save(figure: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    with atomic_write(path, "wb") as stream:
-        stream.write(buffer.getvalue())
-
-
 def draw_reliability(path: Path, report: CalibrationReport) -> None:
     """``reliability.png``: accuracy against stated confidence per bin (the diagonal is calibrated),
     for the top-1 and for the top-1 within ``within_m``, with the queries per bin beneath."""
@@ -166,7 +158,7 @@ def draw_reliability(path: Path, report: CalibrationReport) -> None:
         f"fitted on {report.calibration.split} ({report.calibration.queries:,} queries)",
         fontsize=9,
     )
-    _save(figure, path)
+    save_figure(figure, path, dpi=100)
 
 
 def draw_risk_coverage(path: Path, report: CalibrationReport) -> None:
@@ -192,7 +184,7 @@ def draw_risk_coverage(path: Path, report: CalibrationReport) -> None:
     axes.set_ylabel("R@1 of those answered (%)")
     axes.set_title(f"Risk-coverage, {report.split} split ({len(report.correct):,} queries)", fontsize=9)
     axes.legend(fontsize=7, loc="lower left")
-    _save(figure, path)
+    save_figure(figure, path, dpi=100)
 
 
 def calibration_table(report: CalibrationReport) -> str:

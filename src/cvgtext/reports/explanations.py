@@ -26,7 +26,7 @@ from cvgtext.model.relevance import Explanation, explain_pairs, refusal
 from cvgtext.reports.overlays import heat_overlay, plot_shaded_words, word_relevance
 from cvgtext.reports.results import example_queries
 from cvgtext.retrieval.split import Evaluation
-from cvgtext.utils.atomic import atomic_write
+from cvgtext.utils.atomic import atomic_write, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,7 @@ def draw_explanation(path: Path, tile: Any, explanation: Explanation, caption: s
         plot_shaded_words(text_axes, words)
     else:
         text_axes.text(0, 1, caption, fontsize=9, va="top", wrap=True)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    with atomic_write(path, "wb") as stream:
-        stream.write(buffer.getvalue())
+    save_figure(figure, path, dpi=100, bbox_inches="tight")
 
 
 def explain_caption(

@@ -7,7 +7,6 @@ nothing outside this machine is reached).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -19,7 +18,7 @@ from typing import Any
 
 from cvgtext.reports.maps import draw_map
 from cvgtext.retrieval.geo import EARTH_RADIUS_KM
-from cvgtext.utils.atomic import atomic_write
+from cvgtext.utils.atomic import atomic_write, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +285,5 @@ def draw_locations(path: Path, locations: Sequence[Location], tile_inches: float
             axes.set_yticks([])
             axes.set_xlabel(f"{candidate.rank}: {candidate.score:.3f}\n{candidate.distance_m:.0f} m", fontsize=7)
         draw_map(figure.add_subplot(grid[row, columns - 1]), location)
-    with atomic_write(path, "wb") as stream:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        stream.write(buffer.getvalue())
+    save_figure(figure, path)
     plt.close(figure)

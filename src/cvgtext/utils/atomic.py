@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -63,3 +64,12 @@ def atomic_write(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator[I
             kept = "the previous file is unchanged" if path.exists() else "nothing was written"
             raise OutputError(f"cannot write {path}: {error.strerror}; {kept}") from None
         raise
+
+
+def save_figure(figure, path: str | Path, **savefig_kwargs) -> None:
+    """A matplotlib ``figure`` written to ``path`` as PNG whole or not at all: drawn into memory
+    first (``savefig_kwargs`` as matplotlib's), then written atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", **savefig_kwargs)
+    with atomic_write(path, "wb") as stream:
+        stream.write(buffer.getvalue())
