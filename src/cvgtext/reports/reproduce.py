@@ -29,6 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from cvgtext.reports.tables import interval_cell, markdown_table
 from cvgtext.utils.atomic import atomic_write
 
 PUBLISHED = "data/published_table2.csv"
@@ -128,9 +129,8 @@ def cell(metrics: dict[str, Any], key: str, intervals: dict[str, Any] | None) ->
     """``43.6 [40.8, 46.4]``: a value and its interval where there is one."""
     if key not in metrics:
         return MISSING
-    bounds = (intervals or {}).get(key)
-    interval = f" [{bounds[0]:.1f}, {bounds[1]:.1f}]" if bounds else ""
-    return f"{metrics[key]:.2f}{interval}"
+    interval = interval_cell((intervals or {}).get(key), key)
+    return f"{metrics[key]:.2f} {interval}" if interval else f"{metrics[key]:.2f}"
 
 
 def paper_cell(run: Run, key: str, paper: dict[tuple[str, str], dict[str, float]]) -> str:
@@ -180,11 +180,6 @@ def cross_city_rows(runs: Sequence[Run], img: str) -> tuple[list[str], list[list
     return ["trained on \\ tested on", *tested], rows
 
 
-def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def report(runs: Sequence[Run]) -> str:
     """The Markdown of the tables."""
     header, rows = main_rows(runs)
@@ -198,7 +193,7 @@ def report(runs: Sequence[Run]) -> str:
         "whole gallery: every test tile ranked. The official checkpoints were chosen on the test split "
         f"(their R@1 is in their file names). Paper: {source()}.",
         "",
-        markdown(header, rows) if rows else "(no run on its own city under the paper's protocol)",
+        markdown_table(header, rows) if rows else "(no run on its own city under the paper's protocol)",
     ]
     for img in ("sat", "osm"):
         if not any(run.img == img and not run.own_city for run in runs):
@@ -208,7 +203,7 @@ def report(runs: Sequence[Run]) -> str:
             "",
             f"## Across cities, {img}: R@1 of each official checkpoint, 100 nearest / whole gallery (ours)",
             "",
-            markdown(cross_header, cross),
+            markdown_table(cross_header, cross),
         ]
     return "\n".join(parts) + "\n"
 

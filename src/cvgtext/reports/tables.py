@@ -1,8 +1,9 @@
-"""The metrics as a fixed-width table, one row per text view, with each metric's interval below it."""
+"""The metrics as a fixed-width table, one row per text view, with each metric's interval below it;
+Markdown tables."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 TABLE_COLUMNS = ("R@1", "R@5", "R@10", "MRR", "L@50", "L@100", "L@150", "mean_error_km", "count")
 WIDTH = 15  # characters per column: an interval of two 100.0 and a space
@@ -14,6 +15,12 @@ def interval_cell(bounds: list[float] | None, key: str) -> str:
         return ""
     digits = 2 if key.endswith("_km") else 1
     return f"[{bounds[0]:.{digits}f}, {bounds[1]:.{digits}f}]"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of ``rows`` under ``header`` (cells already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def metrics_table(

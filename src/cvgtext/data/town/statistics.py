@@ -18,6 +18,8 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
+from cvgtext.reports.tables import markdown_table
+
 PAPER = {"tokens_mean": 126.0, "type_token_ratio": 0.756, "entropy_bits": 5.74, "inspector_pass_rate": 0.776}
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
@@ -103,7 +105,7 @@ def report(statistics: dict, town: str) -> str:
         ("inspector: accepted at once", "inspector_pass_rate", True),
         ("inspector: rejected", "inspector_rejected", True),
     ]
-    lines = [f"| statistic | {town} | CVG-Text (paper) |", "|---|---|---|"]
+    cells = []
     for label, key, percent in rows:
         value = _cell(statistics.get(key), percent)
         if key == "tokens_median" and "tokens_min" in statistics:
@@ -111,5 +113,5 @@ def report(statistics: dict, town: str) -> str:
         if key == "ocr_words_used" and statistics.get("ocr_words_read"):
             value += f" of {statistics['ocr_words_read']}"
         paper = _cell(PAPER.get(key), percent) if key in PAPER else "-"
-        lines.append(f"| {label} | {value} | {paper} |")
-    return "\n".join(lines) + "\n"
+        cells.append([label, value, paper])
+    return markdown_table(["statistic", town, "CVG-Text (paper)"], cells) + "\n"
