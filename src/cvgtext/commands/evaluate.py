@@ -46,15 +46,14 @@ class SplitRuns:
 
     def __init__(self, cfg: DictConfig, module: Any, backbone: dict[str, Any], trainer: L.Trainer, splits: list[str]):
         self.cfg, self.module, self.trainer = cfg, module, trainer
-        datamodule = data_of(cfg, module)
+        pair_scorer = scores_pairs(module.model)
+        # A pair scorer reads each tile itself when it scores its pairs: the loaders read the captions.
+        datamodule = data_of(cfg, module, **({"known_gallery": dict.fromkeys(splits)} if pair_scorer else {}))
         # One process: several would each read (or generate) the city before Lightning syncs them.
         # (Shards: the index's fingerprint would read every tile file; a stream embeds the gallery.)
-        indexable = trainer.world_size == 1 and datamodule.format == "folders" and not scores_pairs(module.model)
+        indexable = trainer.world_size == 1 and datamodule.format == "folders" and not pair_scorer
         self.cache_dir = cfg.paths.get("cache_dir") if indexable else None
         self.indexes: dict[str, tuple[dict[str, Any], list[Any], Any]] = {}
-        if scores_pairs(module.model):
-            # The model reads each tile itself when it scores its pairs: the loaders read the captions.
-            datamodule = data_of(cfg, module, known_gallery=dict.fromkeys(splits))
         if self.cache_dir is not None:
             # The splits are read and checked once, here, and the loaders use them.
             datamodule.source.prepare()
